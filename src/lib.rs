@@ -1,0 +1,6 @@
+//! imsctl: customize boot images locally, the IMS way, with no cluster.
+//!
+//! The pipeline (see DESIGN.md): source --import--> base image --open--> image root
+//! --customize--> changed root --pack--> artifacts --publish--> store.
+
+pub mod squashfs;

@@ -1,0 +1,47 @@
+//! Our SquashFS 4.0 engine: read, write, compressors, xattrs, block reuse.
+//!
+//! backhand (the crate the user named) reads and writes no xattrs, knows no hardlinks and
+//! compresses sequentially; a root filesystem needs all three, so the engine is written here from
+//! the format. backhand stays as a dev-dependency: one more independent reader in the tests.
+
+pub mod compress;
+pub mod entry;
+pub mod format;
+pub mod metadata;
+pub mod writer;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use compress::{Algorithm, Compressor};
+pub use entry::{Meta, Special, Xattr};
+
+/// Errors of the engine. Each names the operation and the file it was about.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: corrupt SquashFS image: {what}", path.display())]
+    Corrupt { path: PathBuf, what: String },
+    #[error("{}: {what}", path.display())]
+    Unsupported { path: PathBuf, what: String },
+    /// Bad input handed to the writer: a path conflict, a hardlink to nothing, an invalid name.
+    #[error("{entry}: {what}")]
+    BadEntry { entry: String, what: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io { op, path: path.into(), source }
+    }
+    pub fn bad_entry(entry: &[u8], what: impl Into<String>) -> Self {
+        Error::BadEntry { entry: String::from_utf8_lossy(entry).into_owned(), what: what.into() }
+    }
+}
