@@ -29,3 +29,19 @@ pub enum Special {
     Fifo,
     Socket,
 }
+
+/// Where sources (a directory walk, a tar stream, a SquashFS image) deliver entries. The SquashFS
+/// writer is the real sink; tests use recording sinks to check a source on its own.
+///
+/// Paths are relative, '/'-separated byte strings with no empty, '.' or '..' components; the
+/// root directory itself is `set_root_meta`.
+pub trait EntrySink {
+    fn set_root_meta(&mut self, meta: Meta);
+    fn add_dir(&mut self, path: &[u8], meta: Meta) -> super::Result<()>;
+    /// Reads `data` to its end; the file's size is what was read.
+    fn add_file(&mut self, path: &[u8], meta: Meta, data: &mut dyn std::io::Read) -> super::Result<()>;
+    fn add_symlink(&mut self, path: &[u8], meta: Meta, target: &[u8]) -> super::Result<()>;
+    fn add_special(&mut self, path: &[u8], meta: Meta, kind: Special) -> super::Result<()>;
+    /// Make `path` another name of the non-directory entry already added at `target`.
+    fn add_hardlink(&mut self, path: &[u8], target: &[u8]) -> super::Result<()>;
+}

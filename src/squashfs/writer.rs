@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use super::{Compressor, Meta, Result, Special};
+use super::{Compressor, EntrySink, Meta, Result, Special};
 
 /// How to build an image. `Default` is mksquashfs' default: gzip level 9, 128 KiB blocks,
 /// fragments and tail packing on, xattrs kept, NFS export table written.
@@ -39,30 +39,27 @@ impl Writer {
     pub fn create(_path: &Path, _opts: WriterOptions) -> Result<Self> {
         unimplemented!()
     }
-    /// Ownership, mode, mtime and xattrs of the root directory.
-    pub fn set_root_meta(&mut self, _meta: Meta) {}
-    /// `path` is relative, '/'-separated, with no '.', '..' or empty components. Missing parent
-    /// directories are created (mode 0755, root-owned, mtime 0) and take the metadata of a later
-    /// `add_dir` of the same path. Adding a path twice replaces the earlier entry, as tar does.
-    pub fn add_dir(&mut self, _path: &[u8], _meta: Meta) -> Result<()> {
-        unimplemented!()
-    }
-    /// Reads `data` to its end; the file's size is what was read.
-    pub fn add_file(&mut self, _path: &[u8], _meta: Meta, _data: &mut dyn Read) -> Result<()> {
-        unimplemented!()
-    }
-    pub fn add_symlink(&mut self, _path: &[u8], _meta: Meta, _target: &[u8]) -> Result<()> {
-        unimplemented!()
-    }
-    pub fn add_special(&mut self, _path: &[u8], _meta: Meta, _kind: Special) -> Result<()> {
-        unimplemented!()
-    }
-    /// Make `path` another name of the non-directory inode already added at `target`.
-    pub fn add_hardlink(&mut self, _path: &[u8], _target: &[u8]) -> Result<()> {
-        unimplemented!()
-    }
     /// Write the metadata tables and superblock; the image is complete when this returns.
     pub fn finish(self) -> Result<Summary> {
+        unimplemented!()
+    }
+}
+
+impl EntrySink for Writer {
+    fn set_root_meta(&mut self, _meta: Meta) {}
+    fn add_dir(&mut self, _path: &[u8], _meta: Meta) -> Result<()> {
+        unimplemented!()
+    }
+    fn add_file(&mut self, _path: &[u8], _meta: Meta, _data: &mut dyn Read) -> Result<()> {
+        unimplemented!()
+    }
+    fn add_symlink(&mut self, _path: &[u8], _meta: Meta, _target: &[u8]) -> Result<()> {
+        unimplemented!()
+    }
+    fn add_special(&mut self, _path: &[u8], _meta: Meta, _kind: Special) -> Result<()> {
+        unimplemented!()
+    }
+    fn add_hardlink(&mut self, _path: &[u8], _target: &[u8]) -> Result<()> {
         unimplemented!()
     }
 }
