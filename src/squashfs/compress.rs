@@ -10,7 +10,7 @@ use std::fmt;
 use std::io;
 use std::str::FromStr;
 
-use super::format::{compressor_id, put_u16, put_u32, Cursor};
+use super::format::{Cursor, compressor_id, put_u16, put_u32};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Algorithm {
@@ -85,7 +85,9 @@ impl FromStr for Algorithm {
             "xz" => Ok(Algorithm::Xz),
             "zstd" => Ok(Algorithm::Zstd),
             "lz4" => Ok(Algorithm::Lz4),
-            other => Err(format!("unknown compressor '{other}' (expected gzip, xz, zstd or lz4)")),
+            other => Err(format!(
+                "unknown compressor '{other}' (expected gzip, xz, zstd or lz4)"
+            )),
         }
     }
 }
@@ -110,7 +112,11 @@ impl Compressor {
                 r.end()
             ));
         }
-        Ok(Compressor { algorithm, level, xz_dict_size: block_size.max(8192) })
+        Ok(Compressor {
+            algorithm,
+            level,
+            xz_dict_size: block_size.max(8192),
+        })
     }
 
     /// The compressor of an existing image, from its superblock id and stored options.
@@ -266,7 +272,8 @@ fn xz_compress(level: u32, dict_size: u32, input: &[u8], out: &mut Vec<u8>) -> i
 
 fn xz_decompress(input: &[u8], out: &mut Vec<u8>, max: usize) -> io::Result<()> {
     use liblzma::stream::{Action, Status, Stream};
-    let mut dec = Stream::new_stream_decoder(u64::MAX, 0).map_err(|e| invalid(format!("xz: {e}")))?;
+    let mut dec =
+        Stream::new_stream_decoder(u64::MAX, 0).map_err(|e| invalid(format!("xz: {e}")))?;
     out.reserve(max + 1);
     loop {
         let consumed = dec.total_in() as usize;
@@ -276,7 +283,9 @@ fn xz_decompress(input: &[u8], out: &mut Vec<u8>, max: usize) -> io::Result<()> 
         match status {
             Status::StreamEnd => return Ok(()),
             _ if out.len() > max => {
-                return Err(invalid(format!("xz: block decompresses to more than {max} bytes")));
+                return Err(invalid(format!(
+                    "xz: block decompresses to more than {max} bytes"
+                )));
             }
             _ if dec.total_in() as usize >= input.len() && out.len() < out.capacity() => {
                 return Err(invalid("xz: truncated block".into()));
@@ -315,16 +324,26 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
-        (0..200_000u32).flat_map(|i| ((i / 7) as u16).to_le_bytes()).collect()
+        (0..200_000u32)
+            .flat_map(|i| ((i / 7) as u16).to_le_bytes())
+            .collect()
     }
 
     #[test]
     fn every_algorithm_round_trips() {
         let data = sample();
-        for algo in [Algorithm::Gzip, Algorithm::Xz, Algorithm::Zstd, Algorithm::Lz4] {
+        for algo in [
+            Algorithm::Gzip,
+            Algorithm::Xz,
+            Algorithm::Zstd,
+            Algorithm::Lz4,
+        ] {
             let c = Compressor::new(algo, None, 131072).unwrap();
             let mut packed = Vec::new();
-            assert!(c.compress(&data, &mut packed).unwrap(), "{algo} should shrink");
+            assert!(
+                c.compress(&data, &mut packed).unwrap(),
+                "{algo} should shrink"
+            );
             let mut back = Vec::new();
             c.decompress(&packed, &mut back, data.len()).unwrap();
             assert_eq!(back, data, "{algo}");
@@ -348,10 +367,19 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for algo in [Algorithm::Gzip, Algorithm::Xz, Algorithm::Zstd, Algorithm::Lz4] {
+        for algo in [
+            Algorithm::Gzip,
+            Algorithm::Xz,
+            Algorithm::Zstd,
+            Algorithm::Lz4,
+        ] {
             let c = Compressor::new(algo, None, 131072).unwrap();
             let mut out = Vec::new();
-            assert!(c.decompress(&[1, 2, 3, 4, 5, 6, 7], &mut out, 8192).is_err(), "{algo}");
+            assert!(
+                c.decompress(&[1, 2, 3, 4, 5, 6, 7], &mut out, 8192)
+                    .is_err(),
+                "{algo}"
+            );
         }
     }
 

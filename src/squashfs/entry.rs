@@ -39,7 +39,12 @@ pub trait EntrySink {
     fn set_root_meta(&mut self, meta: Meta);
     fn add_dir(&mut self, path: &[u8], meta: Meta) -> super::Result<()>;
     /// Reads `data` to its end; the file's size is what was read.
-    fn add_file(&mut self, path: &[u8], meta: Meta, data: &mut dyn std::io::Read) -> super::Result<()>;
+    fn add_file(
+        &mut self,
+        path: &[u8],
+        meta: Meta,
+        data: &mut dyn std::io::Read,
+    ) -> super::Result<()>;
     fn add_symlink(&mut self, path: &[u8], meta: Meta, target: &[u8]) -> super::Result<()>;
     fn add_special(&mut self, path: &[u8], meta: Meta, kind: Special) -> super::Result<()>;
     /// Make `path` another name of the non-directory entry already added at `target`.

@@ -85,7 +85,10 @@ impl MetaRef {
         (self.block << 16) | u64::from(self.offset)
     }
     pub fn unpack(v: u64) -> Self {
-        MetaRef { block: v >> 16, offset: (v & 0xFFFF) as u16 }
+        MetaRef {
+            block: v >> 16,
+            offset: (v & 0xFFFF) as u16,
+        }
     }
 }
 
@@ -143,7 +146,10 @@ impl Superblock {
     /// Decode and sanity-check a superblock. The error text says which field is wrong.
     pub fn decode(b: &[u8]) -> Result<Self, String> {
         if b.len() < SUPERBLOCK_SIZE {
-            return Err(format!("superblock truncated: {} of {SUPERBLOCK_SIZE} bytes", b.len()));
+            return Err(format!(
+                "superblock truncated: {} of {SUPERBLOCK_SIZE} bytes",
+                b.len()
+            ));
         }
         let mut c = Cursor::new(b);
         let magic = c.u32();
@@ -163,7 +169,9 @@ impl Superblock {
         };
         let (major, minor) = (c.u16(), c.u16());
         if (major, minor) != (4, 0) {
-            return Err(format!("unsupported SquashFS version {major}.{minor} (only 4.0)"));
+            return Err(format!(
+                "unsupported SquashFS version {major}.{minor} (only 4.0)"
+            ));
         }
         sb.root_inode = c.u64();
         sb.bytes_used = c.u64();
@@ -222,7 +230,11 @@ pub struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     pub fn new(data: &'a [u8]) -> Self {
-        Cursor { data, pos: 0, overrun: false }
+        Cursor {
+            data,
+            pos: 0,
+            overrun: false,
+        }
     }
     pub fn pos(&self) -> usize {
         self.pos
@@ -278,7 +290,11 @@ mod tests {
             block_size: 131072,
             block_log: 17,
             compressor: compressor_id::GZIP,
-            root_inode: MetaRef { block: 0x2000, offset: 12 }.pack(),
+            root_inode: MetaRef {
+                block: 0x2000,
+                offset: 12,
+            }
+            .pack(),
             bytes_used: 4096,
             xattr_table: NO_TABLE,
             ..Default::default()
@@ -288,12 +304,26 @@ mod tests {
 
     #[test]
     fn superblock_rejects_bad_magic_and_block_size() {
-        let mut raw = Superblock { block_size: 131072, block_log: 17, ..Default::default() }.encode();
+        let mut raw = Superblock {
+            block_size: 131072,
+            block_log: 17,
+            ..Default::default()
+        }
+        .encode();
         raw[0] = 0;
         assert!(Superblock::decode(&raw).unwrap_err().contains("magic"));
-        let raw = Superblock { block_size: 3000, block_log: 12, ..Default::default() }.encode();
+        let raw = Superblock {
+            block_size: 3000,
+            block_log: 12,
+            ..Default::default()
+        }
+        .encode();
         assert!(Superblock::decode(&raw).unwrap_err().contains("block size"));
-        assert!(Superblock::decode(&raw[..10]).unwrap_err().contains("truncated"));
+        assert!(
+            Superblock::decode(&raw[..10])
+                .unwrap_err()
+                .contains("truncated")
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::io;
 
 use super::compress::Compressor;
-use super::format::{MetaRef, METADATA_SIZE, METADATA_UNCOMPRESSED};
+use super::format::{METADATA_SIZE, METADATA_UNCOMPRESSED, MetaRef};
 
 /// Accumulates a metadata stream and emits its blocks into an in-memory table.
 pub struct MetaWriter {
@@ -17,12 +17,20 @@ pub struct MetaWriter {
 impl MetaWriter {
     /// `compressor` None stores every block uncompressed (the `-noI`/`-noX` style flags).
     pub fn new(compressor: Option<Compressor>) -> Self {
-        MetaWriter { compressor, pending: Vec::with_capacity(METADATA_SIZE), table: Vec::new(), scratch: Vec::new() }
+        MetaWriter {
+            compressor,
+            pending: Vec::with_capacity(METADATA_SIZE),
+            table: Vec::new(),
+            scratch: Vec::new(),
+        }
     }
 
     /// Where the next byte written will land: block start relative to this table, and offset.
     pub fn position(&self) -> MetaRef {
-        MetaRef { block: self.table.len() as u64, offset: self.pending.len() as u16 }
+        MetaRef {
+            block: self.table.len() as u64,
+            offset: self.pending.len() as u16,
+        }
     }
 
     pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
@@ -49,7 +57,10 @@ impl MetaWriter {
         let (header, body) = if compressed {
             (self.scratch.len() as u16, &self.scratch)
         } else {
-            (self.pending.len() as u16 | METADATA_UNCOMPRESSED, &self.pending)
+            (
+                self.pending.len() as u16 | METADATA_UNCOMPRESSED,
+                &self.pending,
+            )
         };
         self.table.extend_from_slice(&header.to_le_bytes());
         self.table.extend_from_slice(body);
@@ -77,7 +88,11 @@ impl MetaWriter {
 /// Lay out a lookup table (ids, fragments, export): its entries in metadata blocks starting at
 /// absolute offset `start`, followed by the array of block offsets the superblock points at.
 /// Returns the bytes to write at `start` and the absolute offset of the pointer array.
-pub fn lookup_table(entries: &[u8], start: u64, compressor: Option<Compressor>) -> io::Result<(Vec<u8>, u64)> {
+pub fn lookup_table(
+    entries: &[u8],
+    start: u64,
+    compressor: Option<Compressor>,
+) -> io::Result<(Vec<u8>, u64)> {
     let mut blocks = Vec::new();
     let mut pointers = Vec::new();
     for chunk in entries.chunks(METADATA_SIZE) {
@@ -103,14 +118,24 @@ mod tests {
         let c = Compressor::new(Algorithm::Gzip, None, 131072).unwrap();
         let mut w = MetaWriter::new(Some(c));
         w.write(&vec![7u8; METADATA_SIZE - 2]).unwrap();
-        assert_eq!(w.position(), MetaRef { block: 0, offset: (METADATA_SIZE - 2) as u16 });
+        assert_eq!(
+            w.position(),
+            MetaRef {
+                block: 0,
+                offset: (METADATA_SIZE - 2) as u16
+            }
+        );
         w.write(&[1, 2, 3, 4]).unwrap();
         let p = w.position();
         assert_eq!(p.offset, 2);
         assert!(p.block > 2, "first block emitted with its header");
         let table = w.finish().unwrap();
         let first = u16::from_le_bytes([table[0], table[1]]);
-        assert_eq!(first & METADATA_UNCOMPRESSED, 0, "repetitive data compresses");
+        assert_eq!(
+            first & METADATA_UNCOMPRESSED,
+            0,
+            "repetitive data compresses"
+        );
         assert_eq!(p.block as usize, 2 + first as usize);
     }
 

@@ -1,0 +1,604 @@
+//! File data: cut into blocks, compressed on a thread pool, written in order by one writer
+//! thread, packed into fragments, deduplicated.
+//!
+//! Every decision that shapes the output (block boundaries, which tail goes into which fragment,
+//! which file is a duplicate) is made in a fixed order on the calling thread or the writer
+//! thread; the pool only compresses. So the image is byte-identical whatever the thread count.
+//!
+//! Dedup compares content, never a hash alone: a hash only nominates a candidate. Block runs are
+//! compared as compressed bytes on disk (compression is deterministic, so equal input gives equal
+//! output and equal output decompresses to equal input); fragment tails are compared as
+//! uncompressed bytes.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use xxhash_rust::xxh3::Xxh3;
+
+use super::super::compress::Compressor;
+use super::super::format::DATA_UNCOMPRESSED;
+use super::super::{Error, Result};
+
+/// Where a fragment tail lives: fragment block index and byte offset inside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FragRef {
+    pub index: u32,
+    pub offset: u32,
+}
+
+/// What the caller thread knows about one file's data once it has been read.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FileData {
+    pub size: u64,
+    /// Index into the writer thread's block-run table, when the file has full blocks.
+    pub run: Option<u32>,
+    pub fragment: Option<FragRef>,
+    /// Bytes of the file held in sparse (all-zero, not stored) blocks.
+    pub sparse: u64,
+}
+
+/// A file's blocks as finally laid out: where the first stored block starts and the size word of
+/// each block (bit 24 = stored uncompressed, 0 = sparse).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct BlockRun {
+    pub start: u64,
+    pub sizes: Vec<u32>,
+}
+
+impl BlockRun {
+    fn stored_len(&self) -> u64 {
+        self.sizes
+            .iter()
+            .map(|s| u64::from(s & !DATA_UNCOMPRESSED))
+            .sum()
+    }
+}
+
+/// One fragment table entry: where the block starts and its size word.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FragEntry {
+    pub start: u64,
+    pub size: u32,
+}
+
+/// What the writer thread leaves behind.
+pub(crate) struct DataLayout {
+    pub runs: Vec<BlockRun>,
+    pub fragments: Vec<FragEntry>,
+    /// First byte after the data area.
+    pub end: u64,
+    pub duplicate_runs: u64,
+}
+
+struct Block {
+    bytes: Vec<u8>,
+    compressed: bool,
+}
+
+type Pending = Receiver<io::Result<Block>>;
+
+enum Op {
+    RunStart(u32),
+    Block(Pending),
+    Sparse,
+    /// Bytes copied verbatim (a block taken whole from another image) with their size word.
+    Raw(Vec<u8>, u32),
+    RunEnd {
+        run: u32,
+        candidate: Option<u32>,
+    },
+    Fragment(Pending),
+}
+
+/// Fragment blocks the writer thread has put on disk, shared so the caller thread can read a
+/// tail back when it must compare against it.
+struct Written {
+    fragments: Mutex<Vec<FragEntry>>,
+    cond: Condvar,
+}
+
+pub(crate) struct DataWriter {
+    compressor: Compressor,
+    block_size: usize,
+    fragments_enabled: bool,
+    tail_ends: bool,
+    pool: Arc<rayon::ThreadPool>,
+    ops: Option<Sender<Op>>,
+    thread: Option<JoinHandle<io::Result<DataLayout>>>,
+    written: Arc<Written>,
+    reader: File,
+    path: PathBuf,
+    next_run: u32,
+    run_index: HashMap<(u128, u64), u32>,
+    tail_index: HashMap<(u128, u32), FragRef>,
+    frag_buf: Vec<u8>,
+    frag_count: u32,
+    frag_cache: VecDeque<(u32, Arc<Vec<u8>>)>,
+    pub bytes_in: Arc<AtomicU64>,
+    pub duplicate_tails: u64,
+}
+
+pub(crate) struct DataConfig {
+    pub compressor: Compressor,
+    pub block_size: u32,
+    pub fragments: bool,
+    pub tail_ends: bool,
+    pub threads: usize,
+    /// Where the data area starts in the file (after superblock and compressor options).
+    pub start: u64,
+}
+
+const FRAG_CACHE_BLOCKS: usize = 32;
+
+impl DataWriter {
+    pub fn new(file: File, path: PathBuf, cfg: DataConfig) -> Result<Self> {
+        let threads = if cfg.threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            cfg.threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("sqfs-compress-{i}"))
+            .build()
+            .map_err(|e| Error::io("start compression threads for", &path, io::Error::other(e)))?;
+        let reader = file
+            .try_clone()
+            .map_err(|e| Error::io("reopen", &path, e))?;
+        let written = Arc::new(Written {
+            fragments: Mutex::new(Vec::new()),
+            cond: Condvar::new(),
+        });
+        // Enough ops in flight to keep every thread busy while the writer waits on the oldest.
+        let (tx, rx) = bounded(threads * 4 + 16);
+        let thread_written = written.clone();
+        let start = cfg.start;
+        let thread = std::thread::Builder::new()
+            .name("sqfs-writer".into())
+            .spawn(move || write_in_order(file, start, rx, &thread_written))
+            .map_err(|e| Error::io("start writer thread for", &path, e))?;
+        Ok(DataWriter {
+            compressor: cfg.compressor,
+            block_size: cfg.block_size as usize,
+            fragments_enabled: cfg.fragments,
+            tail_ends: cfg.tail_ends,
+            pool: Arc::new(pool),
+            ops: Some(tx),
+            thread: Some(thread),
+            written,
+            reader,
+            path,
+            next_run: 0,
+            run_index: HashMap::new(),
+            tail_index: HashMap::new(),
+            frag_buf: Vec::new(),
+            frag_count: 0,
+            frag_cache: VecDeque::new(),
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            duplicate_tails: 0,
+        })
+    }
+
+    fn send(&mut self, op: Op) -> Result<()> {
+        let sent = match &self.ops {
+            Some(tx) => tx.send(op).is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The writer thread stopped early: its error is the one worth reporting.
+        Err(self.join_error())
+    }
+
+    fn join_error(&mut self) -> Error {
+        self.ops = None;
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(Err(e))) => Error::io("write", &self.path, e),
+            Some(Err(_)) => Error::io(
+                "write",
+                &self.path,
+                io::Error::other("writer thread panicked"),
+            ),
+            _ => Error::io(
+                "write",
+                &self.path,
+                io::Error::other("writer thread stopped"),
+            ),
+        }
+    }
+
+    fn compress_async(&self, bytes: Vec<u8>) -> Pending {
+        let (tx, rx) = bounded(1);
+        let compressor = self.compressor;
+        self.pool.spawn(move || {
+            let mut out = Vec::new();
+            let result = compressor.compress(&bytes, &mut out).map(|smaller| {
+                if smaller {
+                    Block {
+                        bytes: out,
+                        compressed: true,
+                    }
+                } else {
+                    Block {
+                        bytes,
+                        compressed: false,
+                    }
+                }
+            });
+            let _ = tx.send(result);
+        });
+        rx
+    }
+
+    /// Read one file to its end and queue its data. `entry` names it in errors.
+    pub fn add_file(&mut self, entry: &[u8], data: &mut dyn Read) -> Result<FileData> {
+        let block_size = self.block_size;
+        let mut file = FileData::default();
+        let mut hasher = Xxh3::new();
+        let mut run: Option<u32> = None;
+        let mut run_bytes = 0u64;
+        let mut tail = None;
+        loop {
+            let mut buf = vec![0u8; block_size];
+            let n = read_full(data, &mut buf)
+                .map_err(|e| Error::io("read", String::from_utf8_lossy(entry).into_owned(), e))?;
+            buf.truncate(n);
+            file.size += n as u64;
+            self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            let is_tail = n < block_size;
+            if n == 0 {
+                break;
+            }
+            // A short last piece goes into a fragment when the file is small (always) or when
+            // tail-end packing is on; otherwise it is a block of its own, as mksquashfs does.
+            // It is queued after the run ends, so that a run's blocks stay contiguous.
+            if is_tail && self.fragments_enabled && (run.is_none() || self.tail_ends) {
+                tail = Some(buf);
+                break;
+            }
+            if run.is_none() {
+                let id = self.next_run;
+                self.next_run += 1;
+                self.send(Op::RunStart(id))?;
+                run = Some(id);
+            }
+            hasher.update(&buf);
+            run_bytes += n as u64;
+            if buf.iter().all(|&b| b == 0) {
+                file.sparse += n as u64;
+                self.send(Op::Sparse)?;
+            } else {
+                let pending = self.compress_async(buf);
+                self.send(Op::Block(pending))?;
+            }
+            if is_tail {
+                break;
+            }
+        }
+        if let Some(id) = run {
+            let key = (hasher.digest128(), run_bytes);
+            let candidate = match self.run_index.get(&key) {
+                Some(&first) => Some(first),
+                None => {
+                    self.run_index.insert(key, id);
+                    None
+                }
+            };
+            self.send(Op::RunEnd { run: id, candidate })?;
+            file.run = Some(id);
+        }
+        if let Some(tail) = tail {
+            file.fragment = Some(self.add_tail(tail)?);
+        }
+        Ok(file)
+    }
+
+    /// Queue a file whose blocks are copied verbatim from another image of the same compressor
+    /// and block size. `blocks` are (stored bytes, size word) pairs; `tail` is the uncompressed
+    /// last piece that goes into a fragment, if any.
+    pub fn add_file_raw(
+        &mut self,
+        size: u64,
+        blocks: Vec<(Vec<u8>, u32)>,
+        tail: Option<Vec<u8>>,
+    ) -> Result<FileData> {
+        let mut file = FileData {
+            size,
+            ..FileData::default()
+        };
+        self.bytes_in.fetch_add(size, Ordering::Relaxed);
+        if !blocks.is_empty() {
+            let id = self.next_run;
+            self.next_run += 1;
+            self.send(Op::RunStart(id))?;
+            let mut hasher = Xxh3::new();
+            let mut stored = 0u64;
+            for (bytes, word) in blocks {
+                hasher.update(&word.to_le_bytes());
+                hasher.update(&bytes);
+                stored += bytes.len() as u64;
+                if word == 0 {
+                    file.sparse += self.block_size as u64;
+                    self.send(Op::Sparse)?;
+                } else {
+                    self.send(Op::Raw(bytes, word))?;
+                }
+            }
+            // Raw runs are keyed by their stored bytes; they dedup among themselves only.
+            let key = (hasher.digest128() ^ u128::MAX, stored);
+            let candidate = self.run_index.get(&key).copied();
+            if candidate.is_none() {
+                self.run_index.insert(key, id);
+            }
+            self.send(Op::RunEnd { run: id, candidate })?;
+            file.run = Some(id);
+        }
+        if let Some(tail) = tail {
+            file.fragment = Some(self.add_tail(tail)?);
+        }
+        Ok(file)
+    }
+
+    /// Put a tail into the open fragment block, unless an identical tail is already stored.
+    fn add_tail(&mut self, tail: Vec<u8>) -> Result<FragRef> {
+        let key = (xxhash_rust::xxh3::xxh3_128(&tail), tail.len() as u32);
+        if let Some(&candidate) = self.tail_index.get(&key)
+            && self.tail_bytes(candidate, tail.len())? == tail.as_slice()
+        {
+            self.duplicate_tails += 1;
+            return Ok(candidate);
+        }
+        if self.frag_buf.len() + tail.len() > self.block_size {
+            self.flush_fragment()?;
+        }
+        let at = FragRef {
+            index: self.frag_count,
+            offset: self.frag_buf.len() as u32,
+        };
+        self.frag_buf.extend_from_slice(&tail);
+        self.tail_index.entry(key).or_insert(at);
+        Ok(at)
+    }
+
+    fn flush_fragment(&mut self) -> Result<()> {
+        if self.frag_buf.is_empty() {
+            return Ok(());
+        }
+        let block = std::mem::take(&mut self.frag_buf);
+        let shared = Arc::new(block.clone());
+        self.remember_fragment(self.frag_count, shared);
+        let pending = self.compress_async(block);
+        self.send(Op::Fragment(pending))?;
+        self.frag_count += 1;
+        Ok(())
+    }
+
+    fn remember_fragment(&mut self, index: u32, bytes: Arc<Vec<u8>>) {
+        if self.frag_cache.len() == FRAG_CACHE_BLOCKS {
+            self.frag_cache.pop_front();
+        }
+        self.frag_cache.push_back((index, bytes));
+    }
+
+    /// The stored bytes of an earlier tail: from the open block, the cache, or read back from
+    /// the image once the writer thread has put its block on disk.
+    fn tail_bytes(&mut self, at: FragRef, len: usize) -> Result<Vec<u8>> {
+        let range = at.offset as usize..at.offset as usize + len;
+        if at.index == self.frag_count {
+            return Ok(self.frag_buf.get(range).unwrap_or_default().to_vec());
+        }
+        if let Some((_, block)) = self.frag_cache.iter().find(|(i, _)| *i == at.index) {
+            return Ok(block.get(range).unwrap_or_default().to_vec());
+        }
+        let entry = self.wait_for_fragment(at.index)?;
+        let block = self.read_back(entry)?;
+        let tail = block.get(range).unwrap_or_default().to_vec();
+        self.remember_fragment(at.index, Arc::new(block));
+        Ok(tail)
+    }
+
+    fn wait_for_fragment(&mut self, index: u32) -> Result<FragEntry> {
+        let mut done = self
+            .written
+            .fragments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(e) = done.get(index as usize) {
+                return Ok(*e);
+            }
+            if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+                drop(done);
+                return Err(self.join_error());
+            }
+            done = self
+                .written
+                .cond
+                .wait_timeout(done, std::time::Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn read_back(&self, entry: FragEntry) -> Result<Vec<u8>> {
+        let len = (entry.size & !DATA_UNCOMPRESSED) as usize;
+        let mut stored = vec![0u8; len];
+        self.reader
+            .read_exact_at(&mut stored, entry.start)
+            .map_err(|e| Error::io("read back fragment from", &self.path, e))?;
+        if entry.size & DATA_UNCOMPRESSED != 0 {
+            return Ok(stored);
+        }
+        let mut out = Vec::new();
+        self.compressor
+            .decompress(&stored, &mut out, self.block_size)
+            .map_err(|e| Error::io("decompress fragment of", &self.path, e))?;
+        Ok(out)
+    }
+
+    /// Flush the last fragment, wait for every block to be written, and return the layout.
+    pub fn finish(mut self) -> Result<DataLayout> {
+        self.flush_fragment()?;
+        self.ops = None;
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(Ok(layout))) => Ok(layout),
+            Some(Ok(Err(e))) => Err(Error::io("write", &self.path, e)),
+            _ => Err(Error::io(
+                "write",
+                &self.path,
+                io::Error::other("writer thread panicked"),
+            )),
+        }
+    }
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The writer thread: takes ops in order, waits for each block's compression, writes it.
+fn write_in_order(
+    file: File,
+    start: u64,
+    ops: Receiver<Op>,
+    written: &Written,
+) -> io::Result<DataLayout> {
+    let mut out = OrderedOut {
+        file,
+        pos: start,
+        runs: Vec::new(),
+        current: None,
+        duplicate_runs: 0,
+    };
+    for op in ops {
+        match op {
+            Op::RunStart(id) => {
+                debug_assert_eq!(id as usize, out.runs.len());
+                out.runs.push(BlockRun {
+                    start: out.pos,
+                    sizes: Vec::new(),
+                });
+                out.current = Some(id as usize);
+            }
+            Op::Block(pending) => {
+                let block = pending
+                    .recv()
+                    .map_err(|_| io::Error::other("compression thread vanished"))??;
+                let word = out.put(&block)?;
+                out.push_size(word);
+            }
+            Op::Raw(bytes, word) => {
+                out.write(&bytes)?;
+                out.push_size(word);
+            }
+            Op::Sparse => out.push_size(0),
+            Op::RunEnd { run, candidate } => {
+                out.current = None;
+                if let Some(c) = candidate {
+                    out.dedup(run as usize, c as usize)?;
+                }
+            }
+            Op::Fragment(pending) => {
+                let block = pending
+                    .recv()
+                    .map_err(|_| io::Error::other("compression thread vanished"))??;
+                let start = out.pos;
+                let size = out.put(&block)?;
+                let mut done = written.fragments.lock().unwrap_or_else(|p| p.into_inner());
+                done.push(FragEntry { start, size });
+                written.cond.notify_all();
+            }
+        }
+    }
+    let fragments =
+        std::mem::take(&mut *written.fragments.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(DataLayout {
+        runs: out.runs,
+        fragments,
+        end: out.pos,
+        duplicate_runs: out.duplicate_runs,
+    })
+}
+
+struct OrderedOut {
+    file: File,
+    pos: u64,
+    runs: Vec<BlockRun>,
+    current: Option<usize>,
+    duplicate_runs: u64,
+}
+
+impl OrderedOut {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(bytes, self.pos)?;
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Write a block and return its size word.
+    fn put(&mut self, block: &Block) -> io::Result<u32> {
+        self.write(&block.bytes)?;
+        let len = block.bytes.len() as u32;
+        Ok(if block.compressed {
+            len
+        } else {
+            len | DATA_UNCOMPRESSED
+        })
+    }
+
+    fn push_size(&mut self, word: u32) {
+        if let Some(i) = self.current {
+            self.runs[i].sizes.push(word);
+        }
+    }
+
+    /// If run `id` (just written, at the end of the file) equals the earlier run `candidate`
+    /// byte for byte, drop it from the file and point it at the candidate.
+    fn dedup(&mut self, id: usize, candidate: usize) -> io::Result<()> {
+        let (new, old) = (&self.runs[id], &self.runs[candidate]);
+        if new.sizes != old.sizes || !self.same_bytes(new.start, old.start, new.stored_len())? {
+            return Ok(());
+        }
+        let start = new.start;
+        self.runs[id] = self.runs[candidate].clone();
+        self.file.set_len(start)?;
+        self.pos = start;
+        self.duplicate_runs += 1;
+        Ok(())
+    }
+
+    fn same_bytes(&self, a: u64, b: u64, len: u64) -> io::Result<bool> {
+        const CHUNK: u64 = 1 << 20;
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        let mut done = 0;
+        while done < len {
+            let n = CHUNK.min(len - done) as usize;
+            x.resize(n, 0);
+            y.resize(n, 0);
+            self.file.read_exact_at(&mut x, a + done)?;
+            self.file.read_exact_at(&mut y, b + done)?;
+            if x != y {
+                return Ok(false);
+            }
+            done += n as u64;
+        }
+        Ok(true)
+    }
+}

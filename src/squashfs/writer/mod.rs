@@ -1,0 +1,490 @@
+//! The SquashFS writer.
+//!
+//! Data is written as it arrives (compressed in parallel, see `data`); the namespace is kept in
+//! memory (`tree`) and turned into the inode, directory, fragment, export, id and xattr tables
+//! when the image is finished (`tables`). That is the same split mksquashfs and tar2sqfs use,
+//! and it lets a tar stream be converted in one pass.
+
+mod data;
+mod tables;
+mod tree;
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use super::format::{
+    DEVICE_BLOCK, MAX_BLOCK_SIZE, METADATA_UNCOMPRESSED, MIN_BLOCK_SIZE, SUPERBLOCK_SIZE,
+    Superblock, flags,
+};
+use super::{Algorithm, Compressor, EntrySink, Error, Meta, Result, Special};
+use data::{DataConfig, DataWriter};
+use tree::{Kind, Tree};
+
+/// How to build an image. `Default` is mksquashfs' default: gzip level 9, 128 KiB blocks,
+/// fragments for small files, tail ends not packed, xattrs kept, NFS export table written.
+#[derive(Clone, Debug)]
+pub struct WriterOptions {
+    pub compressor: Compressor,
+    pub block_size: u32,
+    /// Superblock time; callers fill it from `--mkfs-time` or `SOURCE_DATE_EPOCH`.
+    pub mkfs_time: u32,
+    /// Store files smaller than a block in shared fragment blocks.
+    pub fragments: bool,
+    /// Also put the last partial block of larger files into fragments.
+    pub tail_ends: bool,
+    pub xattrs: bool,
+    pub exportable: bool,
+    /// Compression threads; 0 means one per core.
+    pub threads: usize,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        let block_size = 128 * 1024;
+        WriterOptions {
+            compressor: Compressor {
+                algorithm: Algorithm::Gzip,
+                level: 9,
+                xz_dict_size: block_size,
+            },
+            block_size,
+            mkfs_time: 0,
+            fragments: true,
+            tail_ends: false,
+            xattrs: true,
+            exportable: true,
+            threads: 0,
+        }
+    }
+}
+
+impl WriterOptions {
+    /// Options for a compressor, level and block size, checked.
+    pub fn new(
+        algorithm: Algorithm,
+        level: Option<u32>,
+        block_size: u32,
+    ) -> std::result::Result<Self, String> {
+        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) || !block_size.is_power_of_two()
+        {
+            return Err(format!(
+                "block size {block_size} must be a power of two from 4 KiB to 1 MiB"
+            ));
+        }
+        let compressor = Compressor::new(algorithm, level, block_size)?;
+        Ok(WriterOptions {
+            compressor,
+            block_size,
+            ..WriterOptions::default()
+        })
+    }
+}
+
+/// What the writer did, for progress lines and closing reports.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub inodes: u32,
+    pub bytes_used: u64,
+    pub file_bytes: u64,
+    pub duplicate_files: u64,
+    pub fragment_blocks: u32,
+}
+
+pub struct Writer {
+    opts: WriterOptions,
+    path: PathBuf,
+    file: File,
+    tree: Tree,
+    data: DataWriter,
+    options_block: Option<Vec<u8>>,
+}
+
+impl Writer {
+    /// Create the image file at `path` (truncating it).
+    pub fn create(path: &Path, opts: WriterOptions) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| Error::io("create", path, e))?;
+        // The compressor options block follows the superblock, stored uncompressed.
+        let options_block = opts.compressor.options(opts.block_size).map(|o| {
+            let mut b = (o.len() as u16 | METADATA_UNCOMPRESSED)
+                .to_le_bytes()
+                .to_vec();
+            b.extend_from_slice(&o);
+            b
+        });
+        let start = SUPERBLOCK_SIZE as u64 + options_block.as_ref().map_or(0, |b| b.len() as u64);
+        let writer_file = file.try_clone().map_err(|e| Error::io("reopen", path, e))?;
+        let data = DataWriter::new(
+            writer_file,
+            path.to_path_buf(),
+            DataConfig {
+                compressor: opts.compressor,
+                block_size: opts.block_size,
+                fragments: opts.fragments,
+                tail_ends: opts.tail_ends,
+                threads: opts.threads,
+                start,
+            },
+        )?;
+        Ok(Writer {
+            opts,
+            path: path.to_path_buf(),
+            file,
+            tree: Tree::new(),
+            data,
+            options_block,
+        })
+    }
+
+    /// A counter of file bytes consumed so far, for progress bars.
+    pub fn progress(&self) -> Arc<AtomicU64> {
+        self.data.bytes_in.clone()
+    }
+
+    /// Queue a file whose data blocks are copied verbatim from another image with the same
+    /// compressor and block size: `blocks` are (stored bytes, size word) pairs, `tail` the
+    /// uncompressed last piece for a fragment. Metadata is written anew.
+    pub fn add_file_raw(
+        &mut self,
+        path: &[u8],
+        meta: Meta,
+        size: u64,
+        blocks: Vec<(Vec<u8>, u32)>,
+        tail: Option<Vec<u8>>,
+    ) -> Result<()> {
+        tree::components(path)?;
+        let file = self.data.add_file_raw(size, blocks, tail)?;
+        self.tree.add_leaf(path, meta, Kind::File(file))
+    }
+
+    /// Write the metadata tables and superblock; the image is complete when this returns.
+    pub fn finish(self) -> Result<Summary> {
+        let Writer {
+            opts,
+            path,
+            file,
+            tree,
+            data,
+            options_block,
+        } = self;
+        let duplicate_tails = data.duplicate_tails;
+        let file_bytes = data.bytes_in.load(std::sync::atomic::Ordering::Relaxed);
+        let layout = data.finish()?;
+        let built = tables::build(&tree, &layout, &opts).map_err(|e| match e {
+            tables::BuildError::Io(e) => Error::io("compress metadata for", &path, e),
+            tables::BuildError::Limit(what) => Error::Unsupported {
+                path: path.clone(),
+                what,
+            },
+        })?;
+        let mut sb = built.superblock;
+        sb.mkfs_time = opts.mkfs_time;
+        sb.block_size = opts.block_size;
+        sb.block_log = opts.block_size.trailing_zeros() as u16;
+        sb.compressor = opts.compressor.algorithm.id();
+        sb.flags = superblock_flags(&opts, options_block.is_some());
+        write_tail(
+            &file,
+            &path,
+            &sb,
+            options_block.as_deref(),
+            layout.end,
+            &built.tables,
+        )?;
+        Ok(Summary {
+            inodes: sb.inode_count,
+            bytes_used: sb.bytes_used,
+            file_bytes,
+            duplicate_files: layout.duplicate_runs + duplicate_tails,
+            fragment_blocks: sb.fragment_count,
+        })
+    }
+}
+
+fn superblock_flags(opts: &WriterOptions, has_options: bool) -> u16 {
+    let mut f = flags::DUPLICATES;
+    if !opts.fragments {
+        f |= flags::NO_FRAGMENTS;
+    }
+    if opts.exportable {
+        f |= flags::EXPORTABLE;
+    }
+    if !opts.xattrs {
+        f |= flags::NO_XATTRS;
+    }
+    if has_options {
+        f |= flags::COMPRESSOR_OPTIONS;
+    }
+    f
+}
+
+/// Write the tables after the data, then the superblock and options at the front, pad to 4 KiB
+/// and sync: only a complete image is ever left with a valid superblock.
+fn write_tail(
+    file: &File,
+    path: &Path,
+    sb: &Superblock,
+    options: Option<&[u8]>,
+    data_end: u64,
+    tables: &tables::Tables,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let io = |op| move |e| Error::io(op, path, e);
+    let mut sb = sb.clone();
+    let bytes = tables
+        .place(data_end, &mut sb)
+        .map_err(io("compress tables for"))?;
+    file.write_all_at(&bytes, data_end)
+        .map_err(io("write tables to"))?;
+    let used = data_end + bytes.len() as u64;
+    let padded = used.div_ceil(DEVICE_BLOCK) * DEVICE_BLOCK;
+    file.set_len(padded).map_err(io("pad"))?;
+    if let Some(o) = options {
+        file.write_all_at(o, SUPERBLOCK_SIZE as u64)
+            .map_err(io("write compressor options to"))?;
+    }
+    sb.bytes_used = used;
+    file.write_all_at(&sb.encode(), 0)
+        .map_err(io("write superblock to"))?;
+    file.sync_all().map_err(io("sync"))?;
+    Ok(())
+}
+
+impl EntrySink for Writer {
+    fn set_root_meta(&mut self, meta: Meta) {
+        self.tree.root_meta(meta);
+    }
+    fn add_dir(&mut self, path: &[u8], meta: Meta) -> Result<()> {
+        self.tree.add_dir(path, meta)
+    }
+    fn add_file(&mut self, path: &[u8], meta: Meta, data: &mut dyn Read) -> Result<()> {
+        // Validate before consuming data, so a bad name costs no work.
+        tree::components(path)?;
+        let file = self.data.add_file(path, data)?;
+        self.tree.add_leaf(path, meta, Kind::File(file))
+    }
+    fn add_symlink(&mut self, path: &[u8], meta: Meta, target: &[u8]) -> Result<()> {
+        if target.is_empty() || target.len() > 4095 {
+            return Err(Error::bad_entry(
+                path,
+                "symlink target must be 1 to 4095 bytes",
+            ));
+        }
+        self.tree
+            .add_leaf(path, meta, Kind::Symlink(target.to_vec()))
+    }
+    fn add_special(&mut self, path: &[u8], meta: Meta, kind: Special) -> Result<()> {
+        self.tree.add_leaf(path, meta, Kind::Special(kind))
+    }
+    fn add_hardlink(&mut self, path: &[u8], target: &[u8]) -> Result<()> {
+        self.tree.add_hardlink(path, target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::squashfs::Xattr;
+    use std::process::Command;
+
+    fn meta(mode: u16, uid: u32) -> Meta {
+        Meta {
+            mode,
+            uid,
+            gid: uid + 1,
+            mtime: 1_700_000_000,
+            xattrs: Vec::new(),
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
+            .collect()
+    }
+
+    /// Build an image with the writer API alone: every entry type, sizes around block limits.
+    pub(crate) fn sample_image(path: &Path, opts: WriterOptions) -> Summary {
+        let mut w = Writer::create(path, opts).unwrap();
+        w.set_root_meta(meta(0o755, 0));
+        w.add_dir(b"etc", meta(0o755, 0)).unwrap();
+        w.add_file(b"etc/hostname", meta(0o644, 0), &mut &b"node\n"[..])
+            .unwrap();
+        w.add_file(b"empty", meta(0o600, 7), &mut &b""[..]).unwrap();
+        let big = pattern(300_000, 1);
+        w.add_file(b"big", meta(0o644, 1000), &mut &big[..])
+            .unwrap();
+        w.add_file(b"big-copy", meta(0o644, 1000), &mut &big[..])
+            .unwrap();
+        let mut prefix = big.clone();
+        prefix[299_999] ^= 0xff;
+        w.add_file(b"same-prefix", meta(0o644, 1000), &mut &prefix[..])
+            .unwrap();
+        let mut sparse = vec![0u8; 3 * 131072];
+        sparse[..10].copy_from_slice(b"begin-data");
+        w.add_file(b"sparse", meta(0o644, 0), &mut &sparse[..])
+            .unwrap();
+        let cap = Xattr {
+            name: b"security.capability".to_vec(),
+            value: vec![
+                1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+        };
+        let user = Xattr {
+            name: b"user.note".to_vec(),
+            value: b"a value longer than eight".to_vec(),
+        };
+        let mut m = meta(0o4755, 0);
+        m.xattrs = vec![cap, user.clone()];
+        w.add_file(b"usr/bin/ping", m, &mut &b"ELF"[..]).unwrap();
+        let mut m = meta(0o755, 0);
+        m.xattrs = vec![user];
+        w.add_dir(b"usr", m).unwrap();
+        w.add_hardlink(b"usr/bin/ping2", b"usr/bin/ping").unwrap();
+        w.add_hardlink(b"usr/bin/ping3", b"usr/bin/ping").unwrap();
+        w.add_symlink(b"usr/bin/rel", meta(0o777, 0), b"ping")
+            .unwrap();
+        w.add_symlink(b"dangling", meta(0o777, 0), b"/nowhere/at/all")
+            .unwrap();
+        w.add_special(
+            b"dev/null",
+            meta(0o666, 0),
+            Special::CharDevice { major: 1, minor: 3 },
+        )
+        .unwrap();
+        w.add_special(
+            b"dev/sda",
+            meta(0o660, 0),
+            Special::BlockDevice { major: 8, minor: 0 },
+        )
+        .unwrap();
+        w.add_special(b"dev/fifo", meta(0o644, 0), Special::Fifo)
+            .unwrap();
+        w.add_special(b"dev/sock", meta(0o755, 0), Special::Socket)
+            .unwrap();
+        w.add_file(&[b'n'; 255], meta(0o644, 0), &mut &b"long name"[..])
+            .unwrap();
+        for i in 0..3000 {
+            let name = format!("many/entry-with-a-fairly-long-name-{i:05}");
+            w.add_file(
+                name.as_bytes(),
+                meta(0o644, 5000 + (i % 3)),
+                &mut format!("{i}").as_bytes(),
+            )
+            .unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    fn have(tool: &str) -> bool {
+        Command::new(tool).arg("-version").output().is_ok()
+    }
+
+    fn run(cmd: &mut Command) -> String {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{:?}: {}",
+            cmd,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn unsquashfs_reads_every_entry_type() {
+        if !have("unsquashfs") {
+            eprintln!("unsquashfs not installed: skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for algo in [
+            Algorithm::Gzip,
+            Algorithm::Xz,
+            Algorithm::Zstd,
+            Algorithm::Lz4,
+        ] {
+            let img = dir.path().join(format!("t-{algo}.sqsh"));
+            let summary = sample_image(&img, WriterOptions::new(algo, None, 131072).unwrap());
+            assert_eq!(summary.duplicate_files, 1, "big-copy shares big's blocks");
+            let listing = run(Command::new("unsquashfs")
+                .arg("-lln")
+                .arg(&img)
+                .env("TZ", "UTC"));
+            for needle in [
+                "-rwsr-xr-x 0/1",
+                "crw-rw-rw- 0/1",
+                "squashfs-root/dev/null",
+                "brw-rw---- 0/1",
+                "prw-r--r--",
+                "srwxr-xr-x",
+                "squashfs-root/usr/bin/rel -> ping",
+                "squashfs-root/dangling -> /nowhere/at/all",
+                "squashfs-root/many/entry-with-a-fairly-long-name-02999",
+                "-rw-r--r-- 5002/5003",
+            ] {
+                assert!(
+                    listing.contains(needle),
+                    "{algo}: missing {needle} in\n{}",
+                    &listing[..2000.min(listing.len())]
+                );
+            }
+            let cat = |p: &str| {
+                let out = Command::new("unsquashfs")
+                    .arg("-cat")
+                    .arg(&img)
+                    .arg(p)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{algo} cat {p}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                out.stdout
+            };
+            let big = pattern(300_000, 1);
+            assert_eq!(cat("big"), big, "{algo}");
+            assert_eq!(cat("big-copy"), big, "{algo}");
+            assert_ne!(
+                cat("same-prefix"),
+                big,
+                "{algo}: a shared prefix is not a duplicate"
+            );
+            assert_eq!(cat("sparse").len(), 3 * 131072);
+            assert_eq!(&cat("sparse")[..10], b"begin-data");
+            assert_eq!(cat("etc/hostname"), b"node\n");
+            assert_eq!(cat("many/entry-with-a-fairly-long-name-01234"), b"1234");
+        }
+    }
+
+    #[test]
+    fn output_does_not_depend_on_thread_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut images = Vec::new();
+        for threads in [1, 3] {
+            let img = dir.path().join(format!("t{threads}.sqsh"));
+            let mut opts = WriterOptions::new(Algorithm::Zstd, Some(3), 131072).unwrap();
+            opts.threads = threads;
+            sample_image(&img, opts);
+            images.push(std::fs::read(&img).unwrap());
+        }
+        assert_eq!(images[0], images[1]);
+        assert_eq!(images[0].len() % 4096, 0, "padded for loop devices");
+    }
+}
+#[cfg(test)]
+#[test]
+#[ignore]
+fn write_sample_for_manual_inspection() {
+    let p = std::path::Path::new("/tmp/sample.sqsh");
+    tests::sample_image(p, WriterOptions::default());
+}
