@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "imsctl", version, about = "Customize boot images locally, the IMS way, with no cluster")]
+#[command(
+    name = "imsctl",
+    version,
+    about = "Customize boot images locally, the IMS way, with no cluster"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -35,4 +39,118 @@ pub enum OutputFormat {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Convert a .txz/.tar[.gz|.xz|.zst] or SquashFS image into a SquashFS image, in one pass.
+    Convert(ConvertArgs),
+    /// Pack a directory tree into a SquashFS image (like mksquashfs DIR OUT).
+    Pack(PackArgs),
+    /// Extract a SquashFS image into a directory (like unsquashfs -d DIR IMG).
+    Extract(ExtractArgs),
+    /// List a SquashFS image (the format of unsquashfs -lln).
+    Ls(LsArgs),
+}
+
+/// How to build a SquashFS image. Defaults are mksquashfs' (and IMS'): gzip level 9, 128 KiB.
+#[derive(Args, Debug, Clone)]
+pub struct PackOptions {
+    /// Compressor.
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "xz", "zstd", "lz4"])]
+    pub comp: String,
+    /// Compression level (gzip 1-9, xz 0-9, zstd 1-22); the compressor's mksquashfs default if unset.
+    #[arg(long)]
+    pub level: Option<u32>,
+    /// Block size: bytes or with a K/M suffix, a power of two from 4K to 1M.
+    #[arg(long, default_value = "128K", value_parser = parse_size)]
+    pub block_size: u32,
+    /// Superblock time (seconds since the epoch). Default: $SOURCE_DATE_EPOCH, else now.
+    #[arg(long, env = "SOURCE_DATE_EPOCH")]
+    pub mkfs_time: Option<u32>,
+    /// Store small files in blocks of their own instead of shared fragments.
+    #[arg(long)]
+    pub no_fragments: bool,
+    /// Also pack the last partial block of larger files into fragments.
+    #[arg(long)]
+    pub tail_ends: bool,
+    /// Drop extended attributes.
+    #[arg(long)]
+    pub no_xattrs: bool,
+    /// Leave out the NFS export table.
+    #[arg(long)]
+    pub no_exports: bool,
+    /// Compression threads (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Input: .txz, .tar, .tar.gz, .tar.zst (detected by content) or a SquashFS image.
+    pub input: PathBuf,
+    /// Output SquashFS image.
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub pack: PackOptions,
+}
+
+#[derive(Args, Debug)]
+pub struct PackArgs {
+    /// Directory to pack.
+    pub dir: PathBuf,
+    /// Output SquashFS image.
+    pub output: PathBuf,
+    /// Do not descend into other filesystems mounted below DIR.
+    #[arg(long)]
+    pub one_file_system: bool,
+    #[command(flatten)]
+    pub pack: PackOptions,
+}
+
+#[derive(Args, Debug)]
+pub struct ExtractArgs {
+    /// SquashFS image.
+    pub image: PathBuf,
+    /// Target directory (created if missing; must be empty).
+    pub dir: PathBuf,
+    /// Skip device nodes that cannot be created (as non-root) with a warning instead of failing.
+    #[arg(long)]
+    pub skip_devices: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// SquashFS image.
+    pub image: PathBuf,
+}
+
+/// Parse `131072`, `128K`, `1M`.
+pub fn parse_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1024u64),
+        Some((i, 'm' | 'M')) => (&t[..i], 1024 * 1024),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 131072, 128K, 1M)"))?;
+    u32::try_from(n * mult).map_err(|_| format!("'{s}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size("128K"), Ok(131072));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("big").is_err());
+    }
+}

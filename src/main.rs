@@ -1,3 +1,1 @@
-fn main() {
-    println!("imsctl");
-}
+fn main() {}

@@ -350,7 +350,7 @@ impl Builder<'_> {
             });
         }
         let start = self.dir_w.position();
-        let (index, listing_len) = write_listing(&mut self.dir_w, start, &entries)?;
+        let (index, listing_len) = write_listing(&mut self.dir_w, &entries)?;
         let xattr = self.xattr_id(idx)?;
         let nlink = 2 + subdirs;
         let file_size = listing_len + 3;
@@ -403,64 +403,63 @@ struct IndexEntry<'a> {
 
 /// Write a directory listing: runs of entries behind headers. A header covers at most 256
 /// entries whose inodes share one metadata block and whose numbers are within ±32767 of its
-/// base; a new header also starts at each 8 KiB boundary of the listing, and each such header is
-/// indexed so the kernel can skip to it in big directories.
+/// base. As mksquashfs does, a new header also starts whenever the listing since the last
+/// indexed header would exceed 8 KiB, and that header gets an index entry, so the kernel can
+/// skip to it in big directories. Returns the index and the listing's length.
 fn write_listing<'a>(
     w: &mut MetaWriter,
-    start: MetaRef,
     entries: &[DirEntry<'a>],
 ) -> BResult<(Vec<IndexEntry<'a>>, u32)> {
-    let mut index = Vec::new();
-    let mut indexed_block = u32::from(start.offset) / METADATA_SIZE as u32;
-    let mut local = 0u32; // bytes of this listing written so far
-    let block_of = |local: u32| (u32::from(start.offset) + local) / METADATA_SIZE as u32;
-    let mut i = 0;
-    while i < entries.len() {
-        let first = &entries[i];
-        let header_block = block_of(local);
-        // Gather the run this header covers.
-        let mut end = i;
-        let mut size = 12u32;
-        while end < entries.len() && end - i < DIR_HEADER_MAX_ENTRIES {
-            let e = &entries[end];
-            let diff = i64::from(e.number) - i64::from(first.number);
-            let entry_size = 8 + e.name.len() as u32;
-            if e.inode.block != first.inode.block
-                || !(-32768..=32767).contains(&diff)
-                || (end > i && block_of(local + size) != header_block)
-            {
-                break;
+    let mut listing = Vec::new();
+    let mut marks: Vec<(u32, &'a [u8])> = Vec::new();
+    let mut header: Option<(usize, MetaRef, u32, u32)> = None; // (count field at, inode block, base, count)
+    let mut indexed_at = 0usize;
+    for e in entries {
+        let entry_end = listing.len() + 8 + e.name.len();
+        let too_long = header.is_some() && entry_end - indexed_at > METADATA_SIZE;
+        let fits = header.is_some_and(|(_, r, base, count)| {
+            let diff = i64::from(e.number) - i64::from(base);
+            (count as usize) < DIR_HEADER_MAX_ENTRIES
+                && r.block == e.inode.block
+                && (-32768..=32767).contains(&diff)
+        });
+        if !fits || too_long {
+            if too_long {
+                marks.push((listing.len() as u32, e.name));
+                indexed_at = listing.len();
             }
-            size += entry_size;
-            end += 1;
+            let at = listing.len();
+            put_u32(&mut listing, 0);
+            put_u32(&mut listing, e.inode.block as u32);
+            put_u32(&mut listing, e.number);
+            header = Some((at, e.inode, e.number, 0));
         }
-        if header_block != indexed_block {
-            indexed_block = header_block;
-            let pos = w.position();
-            index.push(IndexEntry {
-                offset: local,
-                block: pos.block as u32,
-                name: first.name,
-            });
-        }
-        let mut b = Vec::with_capacity(size as usize);
-        put_u32(&mut b, (end - i - 1) as u32);
-        put_u32(&mut b, first.inode.block as u32);
-        put_u32(&mut b, first.number);
-        for e in &entries[i..end] {
-            put_u16(&mut b, e.inode.offset);
-            b.extend_from_slice(
-                &((i64::from(e.number) - i64::from(first.number)) as i16).to_le_bytes(),
-            );
-            put_u16(&mut b, e.itype);
-            put_u16(&mut b, e.name.len() as u16 - 1);
-            b.extend_from_slice(e.name);
-        }
-        w.write(&b)?;
-        local += b.len() as u32;
-        i = end;
+        let Some((at, _, base, count)) = header.as_mut() else {
+            unreachable!("a header was just opened")
+        };
+        put_u16(&mut listing, e.inode.offset);
+        listing.extend_from_slice(&((i64::from(e.number) - i64::from(*base)) as i16).to_le_bytes());
+        put_u16(&mut listing, e.itype);
+        put_u16(&mut listing, e.name.len() as u16 - 1);
+        listing.extend_from_slice(e.name);
+        // The stored count is one less than the number of entries.
+        listing[*at..*at + 4].copy_from_slice(&count.to_le_bytes());
+        *count += 1;
     }
-    Ok((index, local))
+    // Write in pieces so each indexed header's metadata block is known when it is reached.
+    let mut index = Vec::with_capacity(marks.len());
+    let mut written = 0usize;
+    for (offset, name) in marks {
+        w.write(&listing[written..offset as usize])?;
+        written = offset as usize;
+        index.push(IndexEntry {
+            offset,
+            block: w.position().block as u32,
+            name,
+        });
+    }
+    w.write(&listing[written..])?;
+    Ok((index, listing.len() as u32))
 }
 
 /// Xattr sets, deduplicated, with values that occur more than once stored out of line.
@@ -557,7 +556,11 @@ impl XattrTable {
         if self.count == 0 {
             return Ok(None);
         }
-        Ok(Some(XattrBytes { kv: self.kv.finish()?, ids: self.ids, count: self.count }))
+        Ok(Some(XattrBytes {
+            kv: self.kv.finish()?,
+            ids: self.ids,
+            count: self.count,
+        }))
     }
 }
 
@@ -585,7 +588,12 @@ impl Tables {
         out.extend_from_slice(&ids);
         sb.id_table = at;
         sb.xattr_table = NO_TABLE;
-        if let Some(XattrBytes { kv, ids: id_entries, count }) = &self.xattrs {
+        if let Some(XattrBytes {
+            kv,
+            ids: id_entries,
+            count,
+        }) = &self.xattrs
+        {
             let kv_start = start + out.len() as u64;
             out.extend_from_slice(kv);
             let (blocks, _) = lookup_table(id_entries, start + out.len() as u64, c)?;
