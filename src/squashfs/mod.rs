@@ -41,16 +41,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        Error::Io { op, path: path.into(), source }
     }
     pub fn bad_entry(entry: &[u8], what: impl Into<String>) -> Self {
-        Error::BadEntry {
-            entry: String::from_utf8_lossy(entry).into_owned(),
-            what: what.into(),
-        }
+        Error::BadEntry { entry: String::from_utf8_lossy(entry).into_owned(), what: what.into() }
     }
 }
