@@ -7,7 +7,9 @@
 pub mod compress;
 pub mod entry;
 pub mod format;
+pub mod listing;
 pub mod metadata;
+pub mod reader;
 pub mod writer;
 
 use std::io;

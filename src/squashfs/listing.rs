@@ -1,0 +1,138 @@
+//! `unsquashfs -lln`: one line per inode in directory order, byte for byte as squashfs-tools
+//! 4.5 prints it (numeric owners, local time, paths under `squashfs-root`).
+
+use std::io::Write;
+
+use super::reader::{Image, Inode, InodeKind};
+use super::{Error, Result, Special};
+
+unsafe extern "C" {
+    /// POSIX tzset(3); the libc crate does not declare it.
+    fn tzset();
+}
+
+/// unsquashfs' TOTALCHARS: owner, group and size are padded to this width together.
+const TOTAL_CHARS: usize = 25;
+
+/// Write the listing of `image` to `out`.
+pub fn list(image: &Image, out: &mut dyn Write) -> Result<()> {
+    // localtime_r does not promise to read TZ by itself; tzset makes it honour the environment.
+    // SAFETY: tzset only (re)reads the TZ variable into libc's globals.
+    unsafe { tzset() };
+    image.walk(&mut |path, inode| {
+        let line = listing_line(path, inode);
+        out.write_all(line.as_bytes())
+            .map_err(|e| Error::io("write listing of", image.path(), e))
+    })
+}
+
+/// One line of the listing, with its newline.
+pub fn listing_line(path: &[u8], inode: &Inode) -> String {
+    let owner = inode.meta.uid.to_string();
+    let group = inode.meta.gid.to_string();
+    let mut line = format!("{} {owner}/{group} ", mode_string(inode.st_mode()));
+    let used = owner.len() + group.len();
+    match &inode.kind {
+        InodeKind::Special(
+            Special::CharDevice { major, minor } | Special::BlockDevice { major, minor },
+        ) => {
+            // unsquashfs prints the raw 32-bit device word as `(int)data >> 8, data & 0xff`,
+            // which differs from major,minor for large minors; we print what it prints.
+            let raw = crate::squashfs::format::encode_dev(*major, *minor) as i32;
+            let pad = TOTAL_CHARS.saturating_sub(used + 7).max(1);
+            line.push_str(&format!("{:>pad$}{:3},{:3} ", " ", raw >> 8, raw & 0xff));
+        }
+        other => {
+            let size: u64 = match other {
+                InodeKind::Dir(d) => u64::from(d.size),
+                InodeKind::File(f) => f.size,
+                InodeKind::Symlink(t) => t.len() as u64,
+                InodeKind::Special(_) => 0,
+            };
+            let pad = TOTAL_CHARS.saturating_sub(used);
+            line.push_str(&format!("{size:>pad$} "));
+        }
+    }
+    line.push_str(&format_time(inode.meta.mtime));
+    line.push_str(" squashfs-root");
+    if !path.is_empty() {
+        line.push('/');
+        line.push_str(&String::from_utf8_lossy(path));
+    }
+    if let InodeKind::Symlink(target) = &inode.kind {
+        line.push_str(" -> ");
+        line.push_str(&String::from_utf8_lossy(target));
+    }
+    line.push('\n');
+    line
+}
+
+/// `drwxr-xr-x`-style permissions, with s/S and t/T for setuid, setgid and sticky.
+pub fn mode_string(mode: u32) -> String {
+    let kind = match mode & libc::S_IFMT {
+        libc::S_IFDIR => 'd',
+        libc::S_IFLNK => 'l',
+        libc::S_IFCHR => 'c',
+        libc::S_IFBLK => 'b',
+        libc::S_IFIFO => 'p',
+        libc::S_IFSOCK => 's',
+        _ => '-',
+    };
+    let bit = |mask: u32, c: char| if mode & mask != 0 { c } else { '-' };
+    let exec =
+        |x: u32, special: u32, set: char, unset: char| match (mode & x != 0, mode & special != 0) {
+            (true, true) => set,
+            (false, true) => unset,
+            (true, false) => 'x',
+            (false, false) => '-',
+        };
+    [
+        kind,
+        bit(0o400, 'r'),
+        bit(0o200, 'w'),
+        exec(0o100, 0o4000, 's', 'S'),
+        bit(0o040, 'r'),
+        bit(0o020, 'w'),
+        exec(0o010, 0o2000, 's', 'S'),
+        bit(0o004, 'r'),
+        bit(0o002, 'w'),
+        exec(0o001, 0o1000, 't', 'T'),
+    ]
+    .iter()
+    .collect()
+}
+
+/// `YYYY-MM-DD HH:MM` in the local time zone, as unsquashfs prints it.
+fn format_time(mtime: u32) -> String {
+    let t = libc::time_t::from(mtime);
+    // SAFETY: localtime_r writes only into the `tm` we pass; a zeroed tm is a valid value.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    if !ok {
+        return format!("{mtime}");
+    }
+    format!(
+        "{}-{:02}-{:02} {:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_strings_match_ls() {
+        assert_eq!(mode_string(libc::S_IFDIR | 0o755), "drwxr-xr-x");
+        assert_eq!(mode_string(libc::S_IFREG | 0o4755), "-rwsr-xr-x");
+        assert_eq!(mode_string(libc::S_IFREG | 0o6644), "-rwSr-Sr--");
+        assert_eq!(mode_string(libc::S_IFDIR | 0o1777), "drwxrwxrwt");
+        assert_eq!(mode_string(libc::S_IFDIR | 0o1776), "drwxrwxrwT");
+        assert_eq!(mode_string(libc::S_IFSOCK | 0o755), "srwxr-xr-x");
+        assert_eq!(mode_string(libc::S_IFLNK | 0o777), "lrwxrwxrwx");
+    }
+}
