@@ -1,0 +1,154 @@
+//! `imsctl convert | pack | extract | ls`: the SquashFS engine's own commands.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::archive::{self, DirOptions, TarOptions};
+use crate::cli::{ConvertArgs, ExtractArgs, LsArgs, PackArgs, PackOptions};
+use crate::context::{Context, CountingReader, CounterTicker};
+use crate::squashfs::extract::{self, ExtractOptions};
+use crate::squashfs::reader::Image;
+use crate::squashfs::writer::{Summary, Writer, WriterOptions};
+use crate::squashfs::{Algorithm, from_image, listing};
+
+/// Writer options from the command line; the superblock time defaults to now.
+pub fn writer_options(p: &PackOptions) -> Result<WriterOptions> {
+    let algorithm: Algorithm = p.comp.parse().map_err(anyhow::Error::msg)?;
+    let mut opts = WriterOptions::new(algorithm, p.level, p.block_size).map_err(anyhow::Error::msg)?;
+    opts.mkfs_time = match p.mkfs_time {
+        Some(t) => t,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
+    };
+    opts.fragments = !p.no_fragments;
+    opts.tail_ends = p.tail_ends;
+    opts.xattrs = !p.no_xattrs;
+    opts.exportable = !p.no_exports;
+    opts.threads = p.threads;
+    Ok(opts)
+}
+
+/// What a conversion's input is, judged by content, not by name.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InputKind {
+    SquashFs,
+    Directory,
+    Archive,
+}
+
+pub fn input_kind(path: &Path) -> Result<InputKind> {
+    let meta = std::fs::metadata(path).with_context(|| format!("failed to stat {}", path.display()))?;
+    if meta.is_dir() {
+        return Ok(InputKind::Directory);
+    }
+    let mut magic = [0u8; 4];
+    let n = File::open(path)
+        .and_then(|mut f| f.read(&mut magic))
+        .with_context(|| format!("failed to read {}", path.display()))?;
+    Ok(if n == 4 && &magic == b"hsqs" { InputKind::SquashFs } else { InputKind::Archive })
+}
+
+/// Build a SquashFS image at `output` from any supported input, atomically.
+pub fn build_image(ctx: &Context, input: &Path, output: &Path, opts: WriterOptions) -> Result<Summary> {
+    let kind = input_kind(input)?;
+    super::write_atomically(output, |tmp| {
+        let mut writer = Writer::create(tmp, opts)?;
+        match kind {
+            InputKind::Directory => {
+                let bar = ctx.bytes_bar("packing", None);
+                let _ticker = CounterTicker::start(bar, writer.progress());
+                let report = archive::dir_into(input, &mut writer, &DirOptions::default())?;
+                report_warnings(ctx, &report.warnings);
+            }
+            InputKind::Archive => {
+                let total = std::fs::metadata(input).map(|m| m.len()).ok();
+                let (mut counted, count) = CountingReader::new(File::open(input).with_context(|| format!("failed to open {}", input.display()))?);
+                let _ticker = CounterTicker::start(ctx.bytes_bar("converting", total), count);
+                let mut stream = archive::tar::decompressing(&mut counted as &mut dyn Read, input)?;
+                let report = archive::tar_into(&mut stream, &mut writer, &TarOptions::default())
+                    .with_context(|| format!("failed to convert {}", input.display()))?;
+                report_warnings(ctx, &report.warnings);
+            }
+            InputKind::SquashFs => {
+                let image = Image::open(input)?;
+                let bar = ctx.bytes_bar("repacking", None);
+                let _ticker = CounterTicker::start(bar, writer.progress());
+                from_image::copy_image_into(&image, &mut writer)?;
+            }
+        }
+        let summary = writer.finish()?;
+        Ok(summary)
+    })
+}
+
+fn report_warnings(ctx: &Context, warnings: &[String]) {
+    for w in warnings {
+        eprintln!("imsctl: warning: {w}");
+    }
+    let _ = ctx;
+}
+
+fn print_summary(ctx: &Context, output: &Path, s: &Summary, secs: f64) {
+    if ctx.verbose > 0 || ctx.progress {
+        eprintln!(
+            "imsctl: wrote {} ({} inodes, {:.1} MiB of files into {:.1} MiB, {} duplicate files) in {:.1}s",
+            output.display(),
+            s.inodes,
+            s.file_bytes as f64 / 1048576.0,
+            s.bytes_used as f64 / 1048576.0,
+            s.duplicate_files,
+            secs
+        );
+    }
+}
+
+pub fn convert(ctx: &Context, args: &ConvertArgs) -> Result<()> {
+    if input_kind(&args.input)? == InputKind::Directory {
+        bail!("{} is a directory: use `imsctl pack DIR OUT`", args.input.display());
+    }
+    let started = std::time::Instant::now();
+    let summary = build_image(ctx, &args.input, &args.output, writer_options(&args.pack)?)?;
+    print_summary(ctx, &args.output, &summary, started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+pub fn pack(ctx: &Context, args: &PackArgs) -> Result<()> {
+    if input_kind(&args.dir)? != InputKind::Directory {
+        bail!("{} is not a directory", args.dir.display());
+    }
+    let started = std::time::Instant::now();
+    let opts = writer_options(&args.pack)?;
+    let summary = super::write_atomically(&args.output, |tmp| {
+        let mut writer = Writer::create(tmp, opts)?;
+        let _ticker = CounterTicker::start(ctx.bytes_bar("packing", None), writer.progress());
+        let dir_opts = DirOptions { one_file_system: args.one_file_system, ..DirOptions::default() };
+        let report = archive::dir_into(&args.dir, &mut writer, &dir_opts)?;
+        report_warnings(ctx, &report.warnings);
+        Ok(writer.finish()?)
+    })?;
+    print_summary(ctx, &args.output, &summary, started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+pub fn extract(ctx: &Context, args: &ExtractArgs) -> Result<()> {
+    let image = Image::open(&args.image)?;
+    let opts = ExtractOptions { skip_devices: args.skip_devices, ..ExtractOptions::default() };
+    let bar = ctx.bytes_bar("extracting", None);
+    let report = extract::extract(&image, &args.dir, &opts, Some(&bar))?;
+    bar.finish_and_clear();
+    ctx.info(format!("extracted {} entries to {}", report.entries, args.dir.display()));
+    Ok(())
+}
+
+pub fn ls(_ctx: &Context, args: &LsArgs) -> Result<()> {
+    let image = Image::open(&args.image)?;
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    listing::list(&image, &mut out)?;
+    out.flush().context("failed to write the listing")?;
+    Ok(())
+}

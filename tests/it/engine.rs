@@ -1,0 +1,151 @@
+//! The SquashFS engine against the reference tools: `imsctl pack | convert | extract | ls`.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::*;
+
+const COMPRESSORS: [&str; 4] = ["gzip", "xz", "zstd", "lz4"];
+
+fn mksquashfs(dir: &Path, img: &Path, comp: &str) {
+    run(Command::new("mksquashfs").arg(dir).arg(img).args(["-noappend", "-quiet", "-no-progress", "-comp", comp]));
+}
+
+fn pack(dir: &Path, img: &Path, extra: &[&str]) {
+    run(imsctl().arg("pack").arg(dir).arg(img).args(extra));
+}
+
+#[test]
+fn pack_lists_like_mksquashfs_and_sqfsdiff_finds_no_difference() {
+    let tree = fixture_tree();
+    let work = tempfile::tempdir().unwrap();
+    for comp in COMPRESSORS {
+        let ours = work.path().join(format!("ours-{comp}.sqsh"));
+        let theirs = work.path().join(format!("mksquashfs-{comp}.sqsh"));
+        pack(tree, &ours, &["--comp", comp]);
+        mksquashfs(tree, &theirs, comp);
+        let (a, b) = (unsquashfs_lln(&ours), unsquashfs_lln(&theirs));
+        assert!(a.lines().count() > 10_000, "{comp}: listing has every entry");
+        assert_eq!(a, b, "{comp}: unsquashfs -lln differs from mksquashfs'");
+        run(Command::new("sqfsdiff").arg("-T").arg("-a").arg(&ours).arg("-b").arg(&theirs));
+        let sizes = (fs::metadata(&ours).unwrap().len(), fs::metadata(&theirs).unwrap().len());
+        assert!(sizes.0 as f64 <= sizes.1 as f64 * 1.01 + 8192.0, "{comp}: size {} vs mksquashfs {}", sizes.0, sizes.1);
+    }
+}
+
+#[test]
+fn kernel_mount_of_pack_matches_the_source_tree() {
+    if !is_root() {
+        eprintln!("not root: kernel mount check skipped");
+        return;
+    }
+    let tree = fixture_tree();
+    let want = describe_tree(tree);
+    assert!(want.contains("security.capability=0x01000002"), "fixture carries a capability");
+    let work = tempfile::tempdir().unwrap();
+    for comp in COMPRESSORS {
+        let img = work.path().join(format!("{comp}.sqsh"));
+        pack(tree, &img, &["--comp", comp]);
+        let mnt = KernelMount::new(&img);
+        let got = describe_tree(mnt.path());
+        assert_eq!(got, want, "{comp}: kernel view of the image differs from the source tree");
+    }
+}
+
+#[test]
+fn backhand_reads_what_we_write() {
+    let tree = fixture_tree();
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("img.sqsh");
+    pack(tree, &img, &[]);
+    let file = std::io::BufReader::new(fs::File::open(&img).unwrap());
+    let fs = backhand::FilesystemReader::from_reader(file).expect("backhand opens the image");
+    let mut files = 0;
+    for node in fs.files() {
+        if let backhand::InnerNode::File(f) = &node.inner {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut fs.file(f).reader(), &mut data).unwrap();
+            let on_disk = fs::read(tree.join(node.fullpath.strip_prefix("/").unwrap())).unwrap();
+            assert_eq!(data, on_disk, "{}", node.fullpath.display());
+            files += 1;
+        }
+    }
+    assert!(files > 10_000);
+}
+
+#[test]
+fn packing_is_reproducible_and_independent_of_thread_count() {
+    let tree = fixture_tree();
+    let work = tempfile::tempdir().unwrap();
+    let one = work.path().join("one.sqsh");
+    let two = work.path().join("two.sqsh");
+    pack(tree, &one, &["--threads", "1", "--comp", "zstd", "--level", "3"]);
+    pack(tree, &two, &["--threads", "3", "--comp", "zstd", "--level", "3"]);
+    assert!(fs::read(&one).unwrap() == fs::read(&two).unwrap(), "same input and options give the same bytes");
+    let sb_time = u32::from_le_bytes(fs::read(&one).unwrap()[8..12].try_into().unwrap());
+    assert_eq!(sb_time, 1_700_000_000, "SOURCE_DATE_EPOCH sets the superblock time");
+}
+
+#[test]
+fn convert_of_a_gnu_tarball_equals_pack_of_the_tree() {
+    let tree = fixture_tree();
+    let work = tempfile::tempdir().unwrap();
+    for (name, compress) in [("t.tar", ""), ("t.txz", "-J"), ("t.tgz", "-z"), ("t.tar.zst", "--zstd")] {
+        let tarball = work.path().join(name);
+        let mut tar = Command::new("tar");
+        tar.args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-C"]).arg(tree).arg("-cf").arg(&tarball);
+        if !compress.is_empty() {
+            tar.arg(compress);
+        }
+        run(tar.arg("."));
+        let from_tar = work.path().join(format!("{name}.sqsh"));
+        let from_dir = work.path().join("dir.sqsh");
+        run(imsctl().arg("convert").arg(&tarball).arg(&from_tar));
+        pack(tree, &from_dir, &[]);
+        run(Command::new("sqfsdiff").arg("-T").arg("-a").arg(&from_tar).arg("-b").arg(&from_dir));
+        assert_eq!(unsquashfs_lln(&from_tar), unsquashfs_lln(&from_dir), "{name}");
+        if is_root() {
+            let (a, b) = (KernelMount::new(&from_tar), KernelMount::new(&from_dir));
+            assert_eq!(describe_tree(a.path()), describe_tree(b.path()), "{name}: xattrs and owners survive the tarball");
+        }
+    }
+}
+
+#[test]
+fn ls_prints_what_unsquashfs_prints() {
+    let tree = fixture_tree();
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("m.sqsh");
+    mksquashfs(tree, &img, "xz");
+    let ours = run(imsctl().arg("ls").arg(&img).env("TZ", "UTC"));
+    assert_eq!(ours, unsquashfs_lln(&img));
+}
+
+#[test]
+fn corrupt_and_truncated_inputs_fail_with_a_named_error() {
+    let tree = fixture_tree();
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("good.sqsh");
+    pack(tree, &img, &[]);
+    let bytes = fs::read(&img).unwrap();
+    for cut in [50usize, 4096, bytes.len() / 2, bytes.len() - 5000] {
+        let bad = work.path().join(format!("cut-{cut}.sqsh"));
+        fs::write(&bad, &bytes[..cut]).unwrap();
+        let out = run_failing(imsctl().arg("ls").arg(&bad));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&*bad.to_string_lossy()), "names the file: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let tarball = work.path().join("t.txz");
+    run(Command::new("tar").arg("-C").arg(tree).arg("-cJf").arg(&tarball).arg("files"));
+    let tbytes = fs::read(&tarball).unwrap();
+    let bad = work.path().join("cut.txz");
+    fs::write(&bad, &tbytes[..tbytes.len() / 2]).unwrap();
+    let out_img = work.path().join("never.sqsh");
+    let out = run_failing(imsctl().arg("convert").arg(&bad).arg(&out_img));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    assert!(!out_img.exists(), "no half-written output is left behind");
+    let leftovers: Vec<_> = fs::read_dir(work.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+    assert!(leftovers.is_empty(), "temporary files are removed");
+}

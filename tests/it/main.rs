@@ -1,0 +1,5 @@
+//! The one integration-test binary: imsctl driven as a user drives it, its output checked by
+//! independent tools (mksquashfs, unsquashfs, sqfsdiff, the kernel's squashfs, backhand, tar).
+
+mod common;
+mod engine;
