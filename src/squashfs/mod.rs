@@ -8,6 +8,7 @@ pub mod compress;
 pub mod entry;
 pub mod extract;
 pub mod format;
+pub mod from_image;
 pub mod listing;
 pub mod metadata;
 pub mod reader;
