@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 
 use super::format::MetaRef;
-use super::reader::{Image, Inode, InodeKind};
+use super::reader::{BlockLoc, Image, Inode, InodeKind};
 use super::{Error, Meta, Result, Special};
 
 /// How to extract.
@@ -65,6 +65,9 @@ pub struct ExtractReport {
     pub owners_not_set: u64,
     pub xattrs_skipped: u64,
 }
+
+/// Files with at least this many blocks have their blocks decompressed in parallel.
+const PARALLEL_BLOCKS: usize = 4;
 
 /// How many failures an error message lists before it only counts.
 const SHOWN_FAILURES: usize = 10;
@@ -374,15 +377,35 @@ impl Ctx<'_> {
         // SAFETY: fd is a fresh descriptor we own.
         let file = unsafe { File::from_raw_fd(fd) };
         let werr = |e| self.io("write", &item.path, e);
-        let mut buf = Vec::new();
+        let blocks = self.image.file_blocks(info)?;
+        let mut offsets = Vec::with_capacity(blocks.len());
         let mut offset = 0u64;
-        for loc in self.image.file_blocks(info)? {
-            if !loc.is_sparse() {
-                self.image.read_block(&loc, &mut buf)?;
-                file.write_all_at(&buf, offset).map_err(werr)?;
-                self.progress(buf.len() as u64);
-            }
+        for loc in &blocks {
+            offsets.push(offset);
             offset += u64::from(loc.size);
+        }
+        // Blocks of one file decompress in parallel too: one big file must not leave the
+        // other cores idle. Positional writes need no ordering between them.
+        let write_block = |buf: &mut Vec<u8>, (loc, at): (&BlockLoc, &u64)| -> Result<()> {
+            if loc.is_sparse() {
+                return Ok(());
+            }
+            self.image.read_block(loc, buf)?;
+            file.write_all_at(buf, *at).map_err(werr)?;
+            self.progress(buf.len() as u64);
+            Ok(())
+        };
+        if blocks.len() >= PARALLEL_BLOCKS {
+            blocks
+                .par_iter()
+                .zip(offsets.par_iter())
+                .try_for_each_init(Vec::new, write_block)?;
+        } else {
+            let mut buf = Vec::new();
+            blocks
+                .iter()
+                .zip(offsets.iter())
+                .try_for_each(|b| write_block(&mut buf, b))?;
         }
         if let Some(tail) = self.image.read_tail(info)? {
             file.write_all_at(&tail, offset).map_err(werr)?;
