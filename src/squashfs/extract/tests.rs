@@ -321,12 +321,3 @@ fn unprivileged_inner() {
             .is_fifo_compat()
     );
 }
-
-trait IsFifo {
-    fn is_fifo_compat(&self) -> bool;
-}
-impl IsFifo for fs::FileType {
-    fn is_fifo_compat(&self) -> bool {
-        std::os::unix::fs::FileTypeExt::is_fifo(self)
-    }
-}
