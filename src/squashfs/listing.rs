@@ -124,6 +124,7 @@ fn format_time(mtime: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::squashfs::reader::testutil::{is_root, mknod, mksquashfs, unsquashfs_lln};
 
     #[test]
     fn mode_strings_match_ls() {
@@ -134,5 +135,34 @@ mod tests {
         assert_eq!(mode_string(libc::S_IFDIR | 0o1776), "drwxrwxrwT");
         assert_eq!(mode_string(libc::S_IFSOCK | 0o755), "srwxr-xr-x");
         assert_eq!(mode_string(libc::S_IFLNK | 0o777), "lrwxrwxrwx");
+    }
+
+    /// Owner and group so long that unsquashfs' padding goes negative, devices with large
+    /// numbers, a big sparse file: the columns still match byte for byte.
+    #[test]
+    fn wide_columns_match_unsquashfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        let big = std::fs::File::create(tree.join("big")).unwrap();
+        big.set_len(5_000_000_000).unwrap();
+        std::fs::write(tree.join("small"), b"x").unwrap();
+        if is_root() {
+            mknod(&tree.join("dev"), libc::S_IFCHR, 0o600, 4095, 1_000_000);
+            mknod(&tree.join("dev2"), libc::S_IFBLK, 0o600, 0, 0);
+            for (name, id) in [
+                ("big", 4_000_000_000),
+                ("small", 12_345_678),
+                ("dev", 4_294_967_294),
+            ] {
+                std::os::unix::fs::lchown(tree.join(name), Some(id), Some(id)).unwrap();
+            }
+        }
+        let img = dir.path().join("img");
+        mksquashfs(&tree, &img, &[]);
+        let image = Image::open(&img).unwrap();
+        let mut out = Vec::new();
+        list(&image, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), unsquashfs_lln(&img));
     }
 }

@@ -6,7 +6,9 @@
 
 pub mod compress;
 pub mod entry;
+pub mod extract;
 pub mod format;
+pub mod from_image;
 pub mod listing;
 pub mod metadata;
 pub mod reader;
@@ -32,6 +34,10 @@ pub enum Error {
     Corrupt { path: PathBuf, what: String },
     #[error("{}: {what}", path.display())]
     Unsupported { path: PathBuf, what: String },
+    /// Independent items of one operation failed (e.g. entries of a parallel extraction): how
+    /// many, and the first few messages.
+    #[error("failed to {op} {}: {count} error(s):\n  {}", path.display(), first.join("\n  "))]
+    Many { op: &'static str, path: PathBuf, count: usize, first: Vec<String> },
     /// Bad input handed to the writer: a path conflict, a hardlink to nothing, an invalid name.
     #[error("{entry}: {what}")]
     BadEntry { entry: String, what: String },

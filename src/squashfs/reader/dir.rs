@@ -93,6 +93,17 @@ impl Image {
                         String::from_utf8_lossy(&name)
                     )));
                 }
+                // Writers sort names bytewise and the kernel's lookup relies on it; a duplicate
+                // or out-of-order name is damage (or an attempt to shadow an earlier entry).
+                if let Some(prev) = entries.last().map(|e: &DirEntry| &e.name)
+                    && prev.as_slice() >= name.as_slice()
+                {
+                    return Err(self.corrupt(format!(
+                        "directory inode {}: entry '{}' is duplicated or out of order",
+                        dir.number,
+                        String::from_utf8_lossy(&name)
+                    )));
+                }
                 let inode_number = (i64::from(base) + i64::from(delta)) as u32;
                 entries.push(DirEntry {
                     name,

@@ -451,3 +451,36 @@ fn superblock_damage_names_the_field() {
     assert!(err.contains("id table"), "{err}");
     assert!(err.contains(&bad.display().to_string()), "{err}");
 }
+
+/// A directory entry patched to point back at the root: the walk reports a loop instead of
+/// running forever.
+#[test]
+fn directory_loops_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    fs::create_dir_all(tree.join("d/e")).unwrap();
+    let img = dir.path().join("img");
+    mksquashfs(&tree, &img, &["-noI", "-no-xattrs"]);
+    let image = Image::open(&img).unwrap();
+    let root = MetaRef::unpack(image.superblock().root_inode);
+    let sb = image.superblock().clone();
+    drop(image);
+    let mut bytes = fs::read(&img).unwrap();
+    let table = sb.directory_table as usize..sb.fragment_table.min(sb.id_table) as usize;
+    // d's listing holds one entry "e": 12-byte header, then offset, inode delta, type,
+    // name size (0 = one byte) and the name.
+    let name_at = table.start
+        + bytes[table.clone()]
+            .windows(3)
+            .position(|w| w == [0, 0, b'e'])
+            .expect("entry e")
+        + 2;
+    let entry = name_at - 8;
+    let header = entry - 12;
+    bytes[header + 4..header + 8].copy_from_slice(&(root.block as u32).to_le_bytes());
+    bytes[entry..entry + 2].copy_from_slice(&root.offset.to_le_bytes());
+    let bad = dir.path().join("bad");
+    fs::write(&bad, &bytes).unwrap();
+    let err = read_everything(&bad).unwrap_err().to_string();
+    assert!(err.contains("loop"), "{err}");
+}

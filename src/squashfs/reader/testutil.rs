@@ -180,6 +180,12 @@ pub fn make_tree(root: &Path, many: usize) {
         ] {
             std::os::unix::fs::lchown(root.join(p), Some(1234), Some(5678)).unwrap();
         }
+        // xattrs on entries that are not opened when extracted (set through their parent).
+        set_xattr(&root.join("fifo"), "trusted.on-fifo", b"fifo");
+        set_xattr(&root.join("rel-link"), "trusted.on-link", b"link");
+        set_xattr(&root.join("null"), "security.on-dev", b"dev");
+        // chown cleared the setuid bit: set it again, as a package manager would.
+        fs::set_permissions(&suid, fs::Permissions::from_mode(0o4755)).unwrap();
     } else {
         eprintln!("note: not root: fixture has no devices, foreign owners or security xattrs");
     }
