@@ -3,4 +3,5 @@
 //! The pipeline (see DESIGN.md): source --import--> base image --open--> image root
 //! --customize--> changed root --pack--> artifacts --publish--> store.
 
+pub mod archive;
 pub mod squashfs;
