@@ -3,7 +3,8 @@
 //! The pipeline (see DESIGN.md): source --import--> base image --open--> image root
 //! --customize--> changed root --pack--> artifacts --publish--> store.
 
+pub mod archive;
 pub mod cli;
-// pub mod commands;
+pub mod commands;
 pub mod context;
 pub mod squashfs;

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::archive::{self, DirOptions, TarOptions};
 use crate::cli::{ConvertArgs, ExtractArgs, LsArgs, PackArgs, PackOptions};
-use crate::context::{Context, CountingReader, CounterTicker};
+use crate::context::{Context, CounterTicker};
 use crate::squashfs::extract::{self, ExtractOptions};
 use crate::squashfs::reader::Image;
 use crate::squashfs::writer::{Summary, Writer, WriterOptions};
@@ -65,10 +65,8 @@ pub fn build_image(ctx: &Context, input: &Path, output: &Path, opts: WriterOptio
                 report_warnings(ctx, &report.warnings);
             }
             InputKind::Archive => {
-                let total = std::fs::metadata(input).map(|m| m.len()).ok();
-                let (mut counted, count) = CountingReader::new(File::open(input).with_context(|| format!("failed to open {}", input.display()))?);
-                let _ticker = CounterTicker::start(ctx.bytes_bar("converting", total), count);
-                let mut stream = archive::tar::decompressing(&mut counted as &mut dyn Read, input)?;
+                let _ticker = CounterTicker::start(ctx.bytes_bar("converting", None), writer.progress());
+                let mut stream = archive::open_compressed(input)?;
                 let report = archive::tar_into(&mut stream, &mut writer, &TarOptions::default())
                     .with_context(|| format!("failed to convert {}", input.display()))?;
                 report_warnings(ctx, &report.warnings);
@@ -136,11 +134,22 @@ pub fn pack(ctx: &Context, args: &PackArgs) -> Result<()> {
 
 pub fn extract(ctx: &Context, args: &ExtractArgs) -> Result<()> {
     let image = Image::open(&args.image)?;
-    let opts = ExtractOptions { skip_devices: args.skip_devices, ..ExtractOptions::default() };
     let bar = ctx.bytes_bar("extracting", None);
-    let report = extract::extract(&image, &args.dir, &opts, Some(&bar))?;
+    let opts = ExtractOptions { skip_devices: args.skip_devices, progress: Some(bar.clone()), ..ExtractOptions::default() };
+    let report = extract::extract(&image, &args.dir, &opts)?;
     bar.finish_and_clear();
-    ctx.info(format!("extracted {} entries to {}", report.entries, args.dir.display()));
+    ctx.info(format!(
+        "extracted {} files, {} directories, {} symlinks, {} hardlinks, {} special files to {}",
+        report.files,
+        report.dirs,
+        report.symlinks,
+        report.hardlinks,
+        report.specials,
+        args.dir.display()
+    ));
+    if report.devices_skipped > 0 {
+        eprintln!("imsctl: warning: {} device nodes could not be created (not permitted) and were skipped", report.devices_skipped);
+    }
     Ok(())
 }
 
