@@ -3,6 +3,7 @@
 //! The pipeline (see DESIGN.md): source --import--> base image --open--> image root
 //! --customize--> changed root --pack--> artifacts --publish--> store.
 
+pub mod archive;
 pub mod cli;
 // pub mod commands;
 pub mod context;
