@@ -385,3 +385,7 @@ impl Read for CountingFile {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "dir_tests.rs"]
+mod tests;

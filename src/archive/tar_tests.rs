@@ -9,7 +9,7 @@ use std::process::Command;
 use super::*;
 use crate::archive::dir::{DirOptions, dir_into};
 use crate::archive::testutil::*;
-use crate::squashfs::{Meta, Special, Xattr};
+use crate::squashfs::Meta;
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
@@ -80,80 +80,6 @@ fn fixture(full: bool) -> Fixture {
         _dir: dir,
         root,
         work,
-    }
-}
-
-/// The entries every fixture archive must deliver, checked one by one (beyond the comparison
-/// with the directory walk, which could share a mistake with the tar reading).
-fn check_fixture_entries(sink: &RecordingSink, xattrs: bool, full: bool) {
-    let Rec::File(_, ping, content) = sink.get("usr/bin/ping") else {
-        panic!("ping is not a file")
-    };
-    assert_eq!(content, b"\x7fELF ping");
-    if xattrs {
-        assert_eq!(
-            ping.xattrs,
-            vec![
-                Xattr {
-                    name: b"security.capability".to_vec(),
-                    value: CAP_NET_RAW.to_vec()
-                },
-                Xattr {
-                    name: b"user.comment".to_vec(),
-                    value: b"pings".to_vec()
-                },
-            ]
-        );
-    }
-    let Rec::File(_, notes, _) = sink.get("home/user/notes") else {
-        panic!("notes")
-    };
-    assert_eq!(
-        (notes.uid, notes.gid, notes.mtime),
-        (1234, 5678, FIXTURE_MTIME as u32)
-    );
-    let Rec::Dir(_, home) = sink.get("home/user") else {
-        panic!("home/user")
-    };
-    assert_eq!((home.mode, home.uid, home.gid), (0o700, 1234, 5678));
-    assert_eq!(sink.get("usr/bin/su").meta().map(|m| m.mode), Some(0o4755));
-    assert_eq!(sink.get("tmp").meta().map(|m| m.mode), Some(0o1777));
-    let null = sink.get("dev/null");
-    assert!(
-        matches!(null, Rec::Special(_, m, Special::CharDevice { major: 1, minor: 3 }) if m.mode == 0o666),
-        "{null:?}"
-    );
-    assert!(matches!(
-        sink.get("dev/loop0"),
-        Rec::Special(_, _, Special::BlockDevice { major: 7, minor: 0 })
-    ));
-    assert!(matches!(
-        sink.get("run/initctl"),
-        Rec::Special(_, _, Special::Fifo)
-    ));
-    assert_eq!(
-        sink.get("bin/ls"),
-        &Rec::Hardlink("bin/ls".into(), "bin/busybox".into())
-    );
-    assert_eq!(
-        sink.get("bin/sh"),
-        &Rec::Hardlink("bin/sh".into(), "bin/busybox".into())
-    );
-    assert!(
-        matches!(sink.get("abs"), Rec::Symlink(_, m, t) if t == b"/etc/hostname" && m.uid == 1234)
-    );
-    assert!(matches!(sink.get("dangling"), Rec::Symlink(_, _, t) if t == b"nowhere/x"));
-    assert!(matches!(sink.get("usr/lib/big.bin"), Rec::File(_, _, c) if *c == big_content()));
-    assert!(matches!(sink.get("var/sparse.img"), Rec::File(_, _, c) if *c == sparse_content()));
-    assert!(
-        sink.root().is_some(),
-        "the './' member sets the root's metadata"
-    );
-    if full {
-        assert!(
-            matches!(sink.get(&format!("{}/f", long_dir_name())), Rec::File(_, _, c) if c == b"long\n")
-        );
-        assert!(matches!(sink.get(&deep_file_path()), Rec::File(_, _, c) if c == b"deep\n"));
     }
 }
 
@@ -666,4 +592,60 @@ fn numeric_fields() {
         Some(CAP_NET_RAW.to_vec())
     );
     assert_eq!(url_decode(b"user.%41%2fb"), Some(b"user.A/b".to_vec()));
+}
+
+/// Reads every file to the end and keeps nothing: for timing the conversion itself.
+struct Discarding;
+
+impl crate::squashfs::EntrySink for Discarding {
+    fn set_root_meta(&mut self, _: Meta) {}
+    fn add_dir(&mut self, _: &[u8], _: Meta) -> crate::squashfs::Result<()> {
+        Ok(())
+    }
+    fn add_file(
+        &mut self,
+        path: &[u8],
+        _: Meta,
+        data: &mut dyn std::io::Read,
+    ) -> crate::squashfs::Result<()> {
+        std::io::copy(data, &mut std::io::sink())
+            .map(|_| ())
+            .map_err(|e| {
+                crate::squashfs::Error::io("read", String::from_utf8_lossy(path).into_owned(), e)
+            })
+    }
+    fn add_symlink(&mut self, _: &[u8], _: Meta, _: &[u8]) -> crate::squashfs::Result<()> {
+        Ok(())
+    }
+    fn add_special(
+        &mut self,
+        _: &[u8],
+        _: Meta,
+        _: crate::squashfs::Special,
+    ) -> crate::squashfs::Result<()> {
+        Ok(())
+    }
+    fn add_hardlink(&mut self, _: &[u8], _: &[u8]) -> crate::squashfs::Result<()> {
+        Ok(())
+    }
+}
+
+/// Not a test of correctness: how long reading a real archive takes
+/// (`IMSCTL_TAR=x.txz cargo test --lib time_tar -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn time_tar() {
+    let Some(path) = std::env::var_os("IMSCTL_TAR") else {
+        println!("set IMSCTL_TAR to an archive");
+        return;
+    };
+    let start = std::time::Instant::now();
+    let mut input = open_compressed(Path::new(&path)).expect("open");
+    let report = tar_into(&mut input, &mut Discarding, &TarOptions::default()).expect("convert");
+    println!(
+        "{} entries, {} bytes in {:?}",
+        report.entries,
+        report.bytes,
+        start.elapsed()
+    );
 }
