@@ -48,7 +48,7 @@ fn fixture_tree_is_recorded_entry_by_entry() {
         }]
     );
     assert_eq!(report.entries, sink.recs.len() as u64);
-    assert_eq!(report.hardlinks, 2);
+    assert_eq!(report.hardlinks, 3);
     let content: u64 = sink
         .recs
         .iter()

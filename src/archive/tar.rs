@@ -423,7 +423,7 @@ impl Converter<'_, '_> {
         let meta = self.meta_of(&entry, &pax, &raw_name)?;
 
         let Some(path) = path else {
-            if !matches!(type_byte, b'5' | b'D') {
+            if !matches!(type_byte, b'5' | b'D') && !raw_name.ends_with(b"/") {
                 return Err(Error::member(
                     &raw_name,
                     "names the image root but is not a directory",
@@ -432,6 +432,11 @@ impl Converter<'_, '_> {
             self.sink.set_root_meta(meta);
             self.report.entries += 1;
             return Ok(name);
+        };
+        // Pre-POSIX archives mark directories only by a trailing slash on a regular member.
+        let type_byte = match type_byte {
+            b'0' | 0 if raw_name.ends_with(b"/") => b'5',
+            other => other,
         };
         self.ensure_parents(&path)?;
         match type_byte {

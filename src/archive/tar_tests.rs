@@ -96,7 +96,7 @@ fn posix_archive_with_xattrs_equals_the_tree() {
     check_fixture_entries(&sink, true, true);
     assert_eq!(sink.recs, walk(&fx.root).recs);
     assert_eq!(report.entries, sink.recs.len() as u64);
-    assert_eq!(report.hardlinks, 2);
+    assert_eq!(report.hardlinks, 3);
     assert_eq!(
         report.bytes,
         sink.recs
@@ -413,6 +413,16 @@ fn a_directory_listed_after_its_children_gets_its_own_metadata() {
 }
 
 #[test]
+fn a_regular_member_with_a_trailing_slash_is_a_directory() {
+    let dir = tmp();
+    let path = dir.path().join("v7.tar");
+    python_tar(&path, "add('olddir/', mode=0o750)\nadd('./', mode=0o711)");
+    let (sink, _) = convert(&path).expect("convert");
+    assert!(matches!(sink.get("olddir"), Rec::Dir(_, m) if m.mode == 0o750));
+    assert_eq!(sink.root().map(|m| m.mode), Some(0o711));
+}
+
+#[test]
 fn unsupported_members_are_errors_naming_them() {
     let dir = tmp();
     let path = dir.path().join("odd.tar");
@@ -421,7 +431,7 @@ fn unsupported_members_are_errors_naming_them() {
     assert_eq!(err, "tar member 'weird': unsupported tar entry type 'Q'");
 
     let path = dir.path().join("root-file.tar");
-    python_tar(&path, "add('./', b'x')");
+    python_tar(&path, "add('.', b'x')");
     let err = convert(&path).expect_err("root as file").to_string();
     assert!(
         err.contains("names the image root but is not a directory"),

@@ -119,6 +119,10 @@ pub fn deep_file_path() -> String {
     format!("deep/{}/{}/file.txt", "a".repeat(60), "b".repeat(60))
 }
 
+pub fn deep_hardlink_path() -> String {
+    deep_file_path().replace("file.txt", "hard.txt")
+}
+
 pub fn big_content() -> Vec<u8> {
     (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect()
 }
@@ -224,6 +228,9 @@ pub fn make_fixture_tree(root: &Path, full: bool) {
     if full {
         w(&format!("{}/f", long_dir_name()), b"long\n");
         w(&deep_file_path(), b"deep\n");
+        // Link names over 100 bytes (GNU 'K' records, pax linkpath).
+        symlink(deep_file_path(), root.join("longlink")).expect("symlink");
+        fs::hard_link(root.join(deep_file_path()), root.join(deep_hardlink_path())).expect("link");
     }
     set_fixed_mtimes(root);
 }
@@ -334,5 +341,12 @@ pub fn check_fixture_entries(sink: &RecordingSink, xattrs: bool, full: bool) {
             matches!(sink.get(&format!("{}/f", long_dir_name())), Rec::File(_, _, c) if c == b"long\n")
         );
         assert!(matches!(sink.get(&deep_file_path()), Rec::File(_, _, c) if c == b"deep\n"));
+        assert_eq!(
+            sink.get(&deep_hardlink_path()),
+            &Rec::Hardlink(deep_hardlink_path(), deep_file_path())
+        );
+        assert!(
+            matches!(sink.get("longlink"), Rec::Symlink(_, _, t) if *t == deep_file_path().into_bytes())
+        );
     }
 }
