@@ -189,12 +189,25 @@ fn one_file_system_stops_at_mount_points() {
     }
     let _guard = Unmount(mnt.clone());
     fs::write(mnt.join("inside"), b"y").expect("write");
+    // A bind-mounted file, as container tools make for resolv.conf.
+    let file = root.join("bound");
+    fs::write(&file, b"").expect("write");
+    nix::mount::mount(
+        Some(&mnt.join("inside")),
+        &file,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind mount");
+    let _file_guard = Unmount(file.clone());
 
     let (sink, report) = walk(root, &DirOptions::default());
     assert!(
         sink.find("mnt/inside").is_some(),
         "crosses mount points by default, like mksquashfs"
     );
+    assert!(matches!(sink.get("bound"), Rec::File(_, _, c) if c == b"y"));
     assert_eq!(report.mount_points, 0);
 
     let (sink, report) = walk(
@@ -206,7 +219,8 @@ fn one_file_system_stops_at_mount_points() {
     );
     assert!(matches!(sink.get("mnt"), Rec::Dir(..)));
     assert!(sink.find("mnt/inside").is_none());
-    assert_eq!(report.mount_points, 1);
+    assert!(sink.find("bound").is_none());
+    assert_eq!(report.mount_points, 2);
 }
 
 #[test]

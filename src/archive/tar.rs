@@ -418,12 +418,29 @@ impl Converter<'_, '_> {
                 .map_err(|what| Error::member(&raw_name, what))?;
         }
         let name = lossy(&raw_name);
+        // Pre-POSIX archives mark directories only by a trailing slash on a regular member.
+        let type_byte = match type_byte {
+            b'0' | 0 if raw_name.ends_with(b"/") => b'5',
+            other => other,
+        };
+        if type_byte == b'V' {
+            self.report
+                .warnings
+                .push(format!("volume label '{name}' ignored"));
+            return Ok(name);
+        }
         let path = normalize_member_path(&raw_name)
             .map_err(|problem| Error::member(&raw_name, problem.to_string()))?;
-        let meta = self.meta_of(&entry, &pax, &raw_name)?;
+        // A hardlink is another name of an inode described elsewhere: its own fields are not
+        // looked at (nor counted in the report's losses).
+        let meta = if type_byte == b'1' {
+            Meta::default()
+        } else {
+            self.meta_of(&entry, &pax, &raw_name)?
+        };
 
         let Some(path) = path else {
-            if !matches!(type_byte, b'5' | b'D') && !raw_name.ends_with(b"/") {
+            if !matches!(type_byte, b'5' | b'D') {
                 return Err(Error::member(
                     &raw_name,
                     "names the image root but is not a directory",
@@ -432,11 +449,6 @@ impl Converter<'_, '_> {
             self.sink.set_root_meta(meta);
             self.report.entries += 1;
             return Ok(name);
-        };
-        // Pre-POSIX archives mark directories only by a trailing slash on a regular member.
-        let type_byte = match type_byte {
-            b'0' | 0 if raw_name.ends_with(b"/") => b'5',
-            other => other,
         };
         self.ensure_parents(&path)?;
         match type_byte {
@@ -477,12 +489,6 @@ impl Converter<'_, '_> {
                     .add_dir(&path, meta)
                     .map_err(|e| Error::sink(&path, e))?;
                 self.dirs.insert(path);
-            }
-            b'V' => {
-                self.report
-                    .warnings
-                    .push(format!("volume label '{name}' ignored"));
-                return Ok(name);
             }
             other => {
                 return Err(Error::member(
