@@ -572,6 +572,15 @@ fn unknown_compressions_are_named() {
         err.contains("bzip2-compressed input is not supported"),
         "{err}"
     );
+    let garbage = dir.path().join("garbage.txz");
+    let mut xz = liblzma::encode_all(&[0u8; 10240][..], 1).expect("xz");
+    xz.extend(b"not xz at all");
+    fs::write(&garbage, xz).expect("write");
+    let err = convert(&garbage).expect_err("garbage").to_string();
+    assert!(
+        err.contains("trailing garbage after the xz stream"),
+        "{err}"
+    );
     let err = convert(&dir.path().join("missing.tar"))
         .expect_err("missing")
         .to_string();
