@@ -108,9 +108,18 @@ pub fn detect_compression(head: &[u8]) -> Result<Compression, &'static str> {
 /// bytes). Compressed input is decompressed on a background thread (xz with liblzma's
 /// multi-threaded decoder) so that decompression overlaps the conversion.
 pub fn open_compressed(path: &Path) -> Result<Box<dyn Read + Send>> {
-    let mut file = File::open(path).map_err(|e| Error::io("open archive", path, e))?;
+    let file = File::open(path).map_err(|e| Error::io("open archive", path, e))?;
+    decompressing(file, path)
+}
+
+/// Like [`open_compressed`], for an archive already open as `input` (a file wrapped in a
+/// progress counter, a pipe); `path` names it in errors.
+pub fn decompressing<R: Read + Send + 'static>(
+    mut input: R,
+    path: &Path,
+) -> Result<Box<dyn Read + Send>> {
     let mut head = Vec::with_capacity(512);
-    (&mut file)
+    (&mut input)
         .take(512)
         .read_to_end(&mut head)
         .map_err(|e| Error::io("read archive", path, e))?;
@@ -119,7 +128,7 @@ pub fn open_compressed(path: &Path) -> Result<Box<dyn Read + Send>> {
         what: what.into(),
     })?;
     // The sniffed bytes go back in front so that pipes and fifos work as well as files.
-    let raw = BufReader::with_capacity(FILE_BUFFER, io::Cursor::new(head).chain(file));
+    let raw = BufReader::with_capacity(FILE_BUFFER, io::Cursor::new(head).chain(input));
     let decoder: Box<dyn Read + Send> = match compression {
         Compression::None => return Ok(Box::new(raw)),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),

@@ -668,3 +668,55 @@ fn time_tar() {
         start.elapsed()
     );
 }
+
+/// The whole path with the real writer: the tar of a tree and the tree itself must give the
+/// same image, byte for byte, and its listing must be mksquashfs' listing of the tree.
+#[test]
+fn tar_and_tree_pack_to_the_same_image_as_mksquashfs_lists() {
+    use crate::squashfs::writer::{Writer, WriterOptions};
+    let fx = fixture(true);
+    let tar = fx.work.join("a.tar");
+    tar_of(
+        &fx.root,
+        &tar,
+        &["--format=posix", "--xattrs", "--xattrs-include=*"],
+    );
+    let from_tree = fx.work.join("tree.sqsh");
+    let mut writer = Writer::create(&from_tree, WriterOptions::default()).expect("writer");
+    dir_into(&fx.root, &mut writer, &DirOptions::default()).expect("dir_into");
+    writer.finish().expect("finish");
+    let from_tar = fx.work.join("tar.sqsh");
+    let mut writer = Writer::create(&from_tar, WriterOptions::default()).expect("writer");
+    let mut input = open_compressed(&tar).expect("open");
+    tar_into(&mut input, &mut writer, &TarOptions::default()).expect("tar_into");
+    writer.finish().expect("finish");
+    assert!(
+        fs::read(&from_tree).expect("read") == fs::read(&from_tar).expect("read"),
+        "images differ"
+    );
+
+    let reference = fx.work.join("mksquashfs.sqsh");
+    run(Command::new("mksquashfs")
+        .arg(&fx.root)
+        .arg(&reference)
+        .args(["-noappend", "-no-progress", "-quiet", "-mkfs-time", "0"]));
+    let listing = |image: &Path| {
+        let out = Command::new("unsquashfs")
+            .arg("-lln")
+            .arg(image)
+            .output()
+            .expect("unsquashfs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let ours = listing(&from_tar);
+    assert!(
+        ours.contains("squashfs-root/usr/bin/ping") && ours.contains("1234/5678"),
+        "{ours}"
+    );
+    assert_eq!(ours, listing(&reference));
+}
