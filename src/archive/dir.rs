@@ -48,7 +48,8 @@ pub struct DirReport {
     pub bytes: u64,
     /// Names added as hardlinks to an earlier name of the same inode.
     pub hardlinks: u64,
-    /// Mount points not entered because of `one_file_system`.
+    /// Mount points not entered (directories, added empty) or left out (bind-mounted files)
+    /// because of `one_file_system`.
     pub mount_points: u64,
     /// Xattrs outside the namespaces SquashFS stores, left out; see `warnings`.
     pub skipped_xattrs: u64,
@@ -94,7 +95,7 @@ pub fn dir_into(root: &Path, sink: &mut dyn EntrySink, opts: &DirOptions) -> Res
     report.warnings.extend(walker.tally.warnings());
     if report.mount_points > 0 {
         report.warnings.push(format!(
-            "{} mount point(s) not entered (one filesystem only): added as empty directories",
+            "{} mount point(s) not entered (one filesystem only): directories added empty, files left out",
             report.mount_points
         ));
     }
@@ -163,6 +164,11 @@ impl Walker<'_> {
         let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
         if kind == SFlag::S_IFDIR {
             return self.add_dir(dir, name, rel, &st);
+        }
+        if self.opts.one_file_system && st.st_dev != self.root_dev {
+            // A bind-mounted file: mksquashfs -one-file-system leaves it out.
+            self.report.mount_points += 1;
+            return Ok(());
         }
         if st.st_nlink > 1
             && let Some(first) = self.links.get(&(st.st_dev, st.st_ino))
@@ -385,3 +391,7 @@ impl Read for CountingFile {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "dir_tests.rs"]
+mod tests;

@@ -11,7 +11,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use dir::{DirOptions, DirReport, dir_into};
-pub use tar::{TarOptions, TarReport, open_compressed, tar_into};
+pub use tar::{TarOptions, TarReport, decompressing, open_compressed, tar_into};
 
 use crate::squashfs;
 

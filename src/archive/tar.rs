@@ -108,9 +108,18 @@ pub fn detect_compression(head: &[u8]) -> Result<Compression, &'static str> {
 /// bytes). Compressed input is decompressed on a background thread (xz with liblzma's
 /// multi-threaded decoder) so that decompression overlaps the conversion.
 pub fn open_compressed(path: &Path) -> Result<Box<dyn Read + Send>> {
-    let mut file = File::open(path).map_err(|e| Error::io("open archive", path, e))?;
+    let file = File::open(path).map_err(|e| Error::io("open archive", path, e))?;
+    decompressing(file, path)
+}
+
+/// Like [`open_compressed`], for an archive already open as `input` (a file wrapped in a
+/// progress counter, a pipe); `path` names it in errors.
+pub fn decompressing<R: Read + Send + 'static>(
+    mut input: R,
+    path: &Path,
+) -> Result<Box<dyn Read + Send>> {
     let mut head = Vec::with_capacity(512);
-    (&mut file)
+    (&mut input)
         .take(512)
         .read_to_end(&mut head)
         .map_err(|e| Error::io("read archive", path, e))?;
@@ -119,7 +128,7 @@ pub fn open_compressed(path: &Path) -> Result<Box<dyn Read + Send>> {
         what: what.into(),
     })?;
     // The sniffed bytes go back in front so that pipes and fifos work as well as files.
-    let raw = BufReader::with_capacity(FILE_BUFFER, io::Cursor::new(head).chain(file));
+    let raw = BufReader::with_capacity(FILE_BUFFER, io::Cursor::new(head).chain(input));
     let decoder: Box<dyn Read + Send> = match compression {
         Compression::None => return Ok(Box::new(raw)),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),
@@ -418,9 +427,26 @@ impl Converter<'_, '_> {
                 .map_err(|what| Error::member(&raw_name, what))?;
         }
         let name = lossy(&raw_name);
+        // Pre-POSIX archives mark directories only by a trailing slash on a regular member.
+        let type_byte = match type_byte {
+            b'0' | 0 if raw_name.ends_with(b"/") => b'5',
+            other => other,
+        };
+        if type_byte == b'V' {
+            self.report
+                .warnings
+                .push(format!("volume label '{name}' ignored"));
+            return Ok(name);
+        }
         let path = normalize_member_path(&raw_name)
             .map_err(|problem| Error::member(&raw_name, problem.to_string()))?;
-        let meta = self.meta_of(&entry, &pax, &raw_name)?;
+        // A hardlink is another name of an inode described elsewhere: its own fields are not
+        // looked at (nor counted in the report's losses).
+        let meta = if type_byte == b'1' {
+            Meta::default()
+        } else {
+            self.meta_of(&entry, &pax, &raw_name)?
+        };
 
         let Some(path) = path else {
             if !matches!(type_byte, b'5' | b'D') {
@@ -472,12 +498,6 @@ impl Converter<'_, '_> {
                     .add_dir(&path, meta)
                     .map_err(|e| Error::sink(&path, e))?;
                 self.dirs.insert(path);
-            }
-            b'V' => {
-                self.report
-                    .warnings
-                    .push(format!("volume label '{name}' ignored"));
-                return Ok(name);
             }
             other => {
                 return Err(Error::member(

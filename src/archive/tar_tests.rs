@@ -9,7 +9,7 @@ use std::process::Command;
 use super::*;
 use crate::archive::dir::{DirOptions, dir_into};
 use crate::archive::testutil::*;
-use crate::squashfs::{Meta, Special, Xattr};
+use crate::squashfs::Meta;
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
@@ -83,80 +83,6 @@ fn fixture(full: bool) -> Fixture {
     }
 }
 
-/// The entries every fixture archive must deliver, checked one by one (beyond the comparison
-/// with the directory walk, which could share a mistake with the tar reading).
-fn check_fixture_entries(sink: &RecordingSink, xattrs: bool, full: bool) {
-    let Rec::File(_, ping, content) = sink.get("usr/bin/ping") else {
-        panic!("ping is not a file")
-    };
-    assert_eq!(content, b"\x7fELF ping");
-    if xattrs {
-        assert_eq!(
-            ping.xattrs,
-            vec![
-                Xattr {
-                    name: b"security.capability".to_vec(),
-                    value: CAP_NET_RAW.to_vec()
-                },
-                Xattr {
-                    name: b"user.comment".to_vec(),
-                    value: b"pings".to_vec()
-                },
-            ]
-        );
-    }
-    let Rec::File(_, notes, _) = sink.get("home/user/notes") else {
-        panic!("notes")
-    };
-    assert_eq!(
-        (notes.uid, notes.gid, notes.mtime),
-        (1234, 5678, FIXTURE_MTIME as u32)
-    );
-    let Rec::Dir(_, home) = sink.get("home/user") else {
-        panic!("home/user")
-    };
-    assert_eq!((home.mode, home.uid, home.gid), (0o700, 1234, 5678));
-    assert_eq!(sink.get("usr/bin/su").meta().map(|m| m.mode), Some(0o4755));
-    assert_eq!(sink.get("tmp").meta().map(|m| m.mode), Some(0o1777));
-    let null = sink.get("dev/null");
-    assert!(
-        matches!(null, Rec::Special(_, m, Special::CharDevice { major: 1, minor: 3 }) if m.mode == 0o666),
-        "{null:?}"
-    );
-    assert!(matches!(
-        sink.get("dev/loop0"),
-        Rec::Special(_, _, Special::BlockDevice { major: 7, minor: 0 })
-    ));
-    assert!(matches!(
-        sink.get("run/initctl"),
-        Rec::Special(_, _, Special::Fifo)
-    ));
-    assert_eq!(
-        sink.get("bin/ls"),
-        &Rec::Hardlink("bin/ls".into(), "bin/busybox".into())
-    );
-    assert_eq!(
-        sink.get("bin/sh"),
-        &Rec::Hardlink("bin/sh".into(), "bin/busybox".into())
-    );
-    assert!(
-        matches!(sink.get("abs"), Rec::Symlink(_, m, t) if t == b"/etc/hostname" && m.uid == 1234)
-    );
-    assert!(matches!(sink.get("dangling"), Rec::Symlink(_, _, t) if t == b"nowhere/x"));
-    assert!(matches!(sink.get("usr/lib/big.bin"), Rec::File(_, _, c) if *c == big_content()));
-    assert!(matches!(sink.get("var/sparse.img"), Rec::File(_, _, c) if *c == sparse_content()));
-    assert!(
-        sink.root().is_some(),
-        "the './' member sets the root's metadata"
-    );
-    if full {
-        assert!(
-            matches!(sink.get(&format!("{}/f", long_dir_name())), Rec::File(_, _, c) if c == b"long\n")
-        );
-        assert!(matches!(sink.get(&deep_file_path()), Rec::File(_, _, c) if c == b"deep\n"));
-    }
-}
-
 #[test]
 fn posix_archive_with_xattrs_equals_the_tree() {
     let fx = fixture(true);
@@ -170,7 +96,7 @@ fn posix_archive_with_xattrs_equals_the_tree() {
     check_fixture_entries(&sink, true, true);
     assert_eq!(sink.recs, walk(&fx.root).recs);
     assert_eq!(report.entries, sink.recs.len() as u64);
-    assert_eq!(report.hardlinks, 2);
+    assert_eq!(report.hardlinks, 3);
     assert_eq!(
         report.bytes,
         sink.recs
@@ -487,6 +413,16 @@ fn a_directory_listed_after_its_children_gets_its_own_metadata() {
 }
 
 #[test]
+fn a_regular_member_with_a_trailing_slash_is_a_directory() {
+    let dir = tmp();
+    let path = dir.path().join("v7.tar");
+    python_tar(&path, "add('olddir/', mode=0o750)\nadd('./', mode=0o711)");
+    let (sink, _) = convert(&path).expect("convert");
+    assert!(matches!(sink.get("olddir"), Rec::Dir(_, m) if m.mode == 0o750));
+    assert_eq!(sink.root().map(|m| m.mode), Some(0o711));
+}
+
+#[test]
 fn unsupported_members_are_errors_naming_them() {
     let dir = tmp();
     let path = dir.path().join("odd.tar");
@@ -495,7 +431,7 @@ fn unsupported_members_are_errors_naming_them() {
     assert_eq!(err, "tar member 'weird': unsupported tar entry type 'Q'");
 
     let path = dir.path().join("root-file.tar");
-    python_tar(&path, "add('./', b'x')");
+    python_tar(&path, "add('.', b'x')");
     let err = convert(&path).expect_err("root as file").to_string();
     assert!(
         err.contains("names the image root but is not a directory"),
@@ -636,6 +572,15 @@ fn unknown_compressions_are_named() {
         err.contains("bzip2-compressed input is not supported"),
         "{err}"
     );
+    let garbage = dir.path().join("garbage.txz");
+    let mut xz = liblzma::encode_all(&[0u8; 10240][..], 1).expect("xz");
+    xz.extend(b"not xz at all");
+    fs::write(&garbage, xz).expect("write");
+    let err = convert(&garbage).expect_err("garbage").to_string();
+    assert!(
+        err.contains("trailing garbage after the xz stream"),
+        "{err}"
+    );
     let err = convert(&dir.path().join("missing.tar"))
         .expect_err("missing")
         .to_string();
@@ -666,4 +611,112 @@ fn numeric_fields() {
         Some(CAP_NET_RAW.to_vec())
     );
     assert_eq!(url_decode(b"user.%41%2fb"), Some(b"user.A/b".to_vec()));
+}
+
+/// Reads every file to the end and keeps nothing: for timing the conversion itself.
+struct Discarding;
+
+impl crate::squashfs::EntrySink for Discarding {
+    fn set_root_meta(&mut self, _: Meta) {}
+    fn add_dir(&mut self, _: &[u8], _: Meta) -> crate::squashfs::Result<()> {
+        Ok(())
+    }
+    fn add_file(
+        &mut self,
+        path: &[u8],
+        _: Meta,
+        data: &mut dyn std::io::Read,
+    ) -> crate::squashfs::Result<()> {
+        std::io::copy(data, &mut std::io::sink())
+            .map(|_| ())
+            .map_err(|e| {
+                crate::squashfs::Error::io("read", String::from_utf8_lossy(path).into_owned(), e)
+            })
+    }
+    fn add_symlink(&mut self, _: &[u8], _: Meta, _: &[u8]) -> crate::squashfs::Result<()> {
+        Ok(())
+    }
+    fn add_special(
+        &mut self,
+        _: &[u8],
+        _: Meta,
+        _: crate::squashfs::Special,
+    ) -> crate::squashfs::Result<()> {
+        Ok(())
+    }
+    fn add_hardlink(&mut self, _: &[u8], _: &[u8]) -> crate::squashfs::Result<()> {
+        Ok(())
+    }
+}
+
+/// Not a test of correctness: how long reading a real archive takes
+/// (`IMSCTL_TAR=x.txz cargo test --lib time_tar -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn time_tar() {
+    let Some(path) = std::env::var_os("IMSCTL_TAR") else {
+        println!("set IMSCTL_TAR to an archive");
+        return;
+    };
+    let start = std::time::Instant::now();
+    let mut input = open_compressed(Path::new(&path)).expect("open");
+    let report = tar_into(&mut input, &mut Discarding, &TarOptions::default()).expect("convert");
+    println!(
+        "{} entries, {} bytes in {:?}",
+        report.entries,
+        report.bytes,
+        start.elapsed()
+    );
+}
+
+/// The whole path with the real writer: the tar of a tree and the tree itself must give the
+/// same image, byte for byte, and its listing must be mksquashfs' listing of the tree.
+#[test]
+fn tar_and_tree_pack_to_the_same_image_as_mksquashfs_lists() {
+    use crate::squashfs::writer::{Writer, WriterOptions};
+    let fx = fixture(true);
+    let tar = fx.work.join("a.tar");
+    tar_of(
+        &fx.root,
+        &tar,
+        &["--format=posix", "--xattrs", "--xattrs-include=*"],
+    );
+    let from_tree = fx.work.join("tree.sqsh");
+    let mut writer = Writer::create(&from_tree, WriterOptions::default()).expect("writer");
+    dir_into(&fx.root, &mut writer, &DirOptions::default()).expect("dir_into");
+    writer.finish().expect("finish");
+    let from_tar = fx.work.join("tar.sqsh");
+    let mut writer = Writer::create(&from_tar, WriterOptions::default()).expect("writer");
+    let mut input = open_compressed(&tar).expect("open");
+    tar_into(&mut input, &mut writer, &TarOptions::default()).expect("tar_into");
+    writer.finish().expect("finish");
+    assert!(
+        fs::read(&from_tree).expect("read") == fs::read(&from_tar).expect("read"),
+        "images differ"
+    );
+
+    let reference = fx.work.join("mksquashfs.sqsh");
+    run(Command::new("mksquashfs")
+        .arg(&fx.root)
+        .arg(&reference)
+        .args(["-noappend", "-no-progress", "-quiet", "-mkfs-time", "0"]));
+    let listing = |image: &Path| {
+        let out = Command::new("unsquashfs")
+            .arg("-lln")
+            .arg(image)
+            .output()
+            .expect("unsquashfs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let ours = listing(&from_tar);
+    assert!(
+        ours.contains("squashfs-root/usr/bin/ping") && ours.contains("1234/5678"),
+        "{ours}"
+    );
+    assert_eq!(ours, listing(&reference));
 }

@@ -13,7 +13,7 @@ use nix::sys::stat::{Mode, SFlag, UtimensatFlags, makedev, mknod, utimensat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchownat, mkfifo};
 
-use crate::squashfs::{self, EntrySink, Meta, Special};
+use crate::squashfs::{self, EntrySink, Meta, Special, Xattr};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rec {
@@ -117,6 +117,10 @@ pub fn long_dir_name() -> String {
 /// A path over 100 bytes made of ordinary components (needs GNU 'L' or pax 'path').
 pub fn deep_file_path() -> String {
     format!("deep/{}/{}/file.txt", "a".repeat(60), "b".repeat(60))
+}
+
+pub fn deep_hardlink_path() -> String {
+    deep_file_path().replace("file.txt", "hard.txt")
 }
 
 pub fn big_content() -> Vec<u8> {
@@ -224,6 +228,9 @@ pub fn make_fixture_tree(root: &Path, full: bool) {
     if full {
         w(&format!("{}/f", long_dir_name()), b"long\n");
         w(&deep_file_path(), b"deep\n");
+        // Link names over 100 bytes (GNU 'K' records, pax linkpath).
+        symlink(deep_file_path(), root.join("longlink")).expect("symlink");
+        fs::hard_link(root.join(deep_file_path()), root.join(deep_hardlink_path())).expect("link");
     }
     set_fixed_mtimes(root);
 }
@@ -261,4 +268,85 @@ pub fn run(cmd: &mut Command) {
         "{cmd:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The entries every fixture archive must deliver, checked one by one (beyond the comparison
+/// with the directory walk, which could share a mistake with the tar reading).
+pub fn check_fixture_entries(sink: &RecordingSink, xattrs: bool, full: bool) {
+    let Rec::File(_, ping, content) = sink.get("usr/bin/ping") else {
+        panic!("ping is not a file")
+    };
+    assert_eq!(content, b"\x7fELF ping");
+    if xattrs {
+        assert_eq!(
+            ping.xattrs,
+            vec![
+                Xattr {
+                    name: b"security.capability".to_vec(),
+                    value: CAP_NET_RAW.to_vec()
+                },
+                Xattr {
+                    name: b"user.comment".to_vec(),
+                    value: b"pings".to_vec()
+                },
+            ]
+        );
+    }
+    let Rec::File(_, notes, _) = sink.get("home/user/notes") else {
+        panic!("notes")
+    };
+    assert_eq!(
+        (notes.uid, notes.gid, notes.mtime),
+        (1234, 5678, FIXTURE_MTIME as u32)
+    );
+    let Rec::Dir(_, home) = sink.get("home/user") else {
+        panic!("home/user")
+    };
+    assert_eq!((home.mode, home.uid, home.gid), (0o700, 1234, 5678));
+    assert_eq!(sink.get("usr/bin/su").meta().map(|m| m.mode), Some(0o4755));
+    assert_eq!(sink.get("tmp").meta().map(|m| m.mode), Some(0o1777));
+    let null = sink.get("dev/null");
+    assert!(
+        matches!(null, Rec::Special(_, m, Special::CharDevice { major: 1, minor: 3 }) if m.mode == 0o666),
+        "{null:?}"
+    );
+    assert!(matches!(
+        sink.get("dev/loop0"),
+        Rec::Special(_, _, Special::BlockDevice { major: 7, minor: 0 })
+    ));
+    assert!(matches!(
+        sink.get("run/initctl"),
+        Rec::Special(_, _, Special::Fifo)
+    ));
+    assert_eq!(
+        sink.get("bin/ls"),
+        &Rec::Hardlink("bin/ls".into(), "bin/busybox".into())
+    );
+    assert_eq!(
+        sink.get("bin/sh"),
+        &Rec::Hardlink("bin/sh".into(), "bin/busybox".into())
+    );
+    assert!(
+        matches!(sink.get("abs"), Rec::Symlink(_, m, t) if t == b"/etc/hostname" && m.uid == 1234)
+    );
+    assert!(matches!(sink.get("dangling"), Rec::Symlink(_, _, t) if t == b"nowhere/x"));
+    assert!(matches!(sink.get("usr/lib/big.bin"), Rec::File(_, _, c) if *c == big_content()));
+    assert!(matches!(sink.get("var/sparse.img"), Rec::File(_, _, c) if *c == sparse_content()));
+    assert!(
+        sink.root().is_some(),
+        "the './' member sets the root's metadata"
+    );
+    if full {
+        assert!(
+            matches!(sink.get(&format!("{}/f", long_dir_name())), Rec::File(_, _, c) if c == b"long\n")
+        );
+        assert!(matches!(sink.get(&deep_file_path()), Rec::File(_, _, c) if c == b"deep\n"));
+        assert_eq!(
+            sink.get(&deep_hardlink_path()),
+            &Rec::Hardlink(deep_hardlink_path(), deep_file_path())
+        );
+        assert!(
+            matches!(sink.get("longlink"), Rec::Symlink(_, _, t) if *t == deep_file_path().into_bytes())
+        );
+    }
 }
