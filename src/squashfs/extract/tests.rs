@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -318,6 +318,6 @@ fn unprivileged_inner() {
         fs::symlink_metadata(dest.join("lenient/fifo"))
             .unwrap()
             .file_type()
-            .is_fifo_compat()
+            .is_fifo()
     );
 }
