@@ -9,7 +9,11 @@ use imsctl::context::Context;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let ctx = Context::new(cli.global.store.clone(), cli.global.verbose, cli.global.quiet);
+    let ctx = Context::new(
+        cli.global.store.clone(),
+        cli.global.verbose,
+        cli.global.quiet,
+    );
     let result = match cli.command {
         Command::Convert(args) => commands::squashfs::convert(&ctx, &args),
         Command::Pack(args) => commands::squashfs::pack(&ctx, &args),

@@ -17,7 +17,8 @@ use crate::squashfs::{Algorithm, from_image, listing};
 /// Writer options from the command line; the superblock time defaults to now.
 pub fn writer_options(p: &PackOptions) -> Result<WriterOptions> {
     let algorithm: Algorithm = p.comp.parse().map_err(anyhow::Error::msg)?;
-    let mut opts = WriterOptions::new(algorithm, p.level, p.block_size).map_err(anyhow::Error::msg)?;
+    let mut opts =
+        WriterOptions::new(algorithm, p.level, p.block_size).map_err(anyhow::Error::msg)?;
     opts.mkfs_time = match p.mkfs_time {
         Some(t) => t,
         None => std::time::SystemTime::now()
@@ -41,7 +42,8 @@ pub enum InputKind {
 }
 
 pub fn input_kind(path: &Path) -> Result<InputKind> {
-    let meta = std::fs::metadata(path).with_context(|| format!("failed to stat {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("failed to stat {}", path.display()))?;
     if meta.is_dir() {
         return Ok(InputKind::Directory);
     }
@@ -49,11 +51,20 @@ pub fn input_kind(path: &Path) -> Result<InputKind> {
     let n = File::open(path)
         .and_then(|mut f| f.read(&mut magic))
         .with_context(|| format!("failed to read {}", path.display()))?;
-    Ok(if n == 4 && &magic == b"hsqs" { InputKind::SquashFs } else { InputKind::Archive })
+    Ok(if n == 4 && &magic == b"hsqs" {
+        InputKind::SquashFs
+    } else {
+        InputKind::Archive
+    })
 }
 
 /// Build a SquashFS image at `output` from any supported input, atomically.
-pub fn build_image(ctx: &Context, input: &Path, output: &Path, opts: WriterOptions) -> Result<Summary> {
+pub fn build_image(
+    ctx: &Context,
+    input: &Path,
+    output: &Path,
+    opts: WriterOptions,
+) -> Result<Summary> {
     let kind = input_kind(input)?;
     super::write_atomically(output, |tmp| {
         let mut writer = Writer::create(tmp, opts)?;
@@ -65,7 +76,8 @@ pub fn build_image(ctx: &Context, input: &Path, output: &Path, opts: WriterOptio
                 report_warnings(ctx, &report.warnings);
             }
             InputKind::Archive => {
-                let _ticker = CounterTicker::start(ctx.bytes_bar("converting", None), writer.progress());
+                let _ticker =
+                    CounterTicker::start(ctx.bytes_bar("converting", None), writer.progress());
                 let mut stream = archive::open_compressed(input)?;
                 let report = archive::tar_into(&mut stream, &mut writer, &TarOptions::default())
                     .with_context(|| format!("failed to convert {}", input.display()))?;
@@ -106,7 +118,10 @@ fn print_summary(ctx: &Context, output: &Path, s: &Summary, secs: f64) {
 
 pub fn convert(ctx: &Context, args: &ConvertArgs) -> Result<()> {
     if input_kind(&args.input)? == InputKind::Directory {
-        bail!("{} is a directory: use `imsctl pack DIR OUT`", args.input.display());
+        bail!(
+            "{} is a directory: use `imsctl pack DIR OUT`",
+            args.input.display()
+        );
     }
     let started = std::time::Instant::now();
     let summary = build_image(ctx, &args.input, &args.output, writer_options(&args.pack)?)?;
@@ -123,7 +138,10 @@ pub fn pack(ctx: &Context, args: &PackArgs) -> Result<()> {
     let summary = super::write_atomically(&args.output, |tmp| {
         let mut writer = Writer::create(tmp, opts)?;
         let _ticker = CounterTicker::start(ctx.bytes_bar("packing", None), writer.progress());
-        let dir_opts = DirOptions { one_file_system: args.one_file_system, ..DirOptions::default() };
+        let dir_opts = DirOptions {
+            one_file_system: args.one_file_system,
+            ..DirOptions::default()
+        };
         let report = archive::dir_into(&args.dir, &mut writer, &dir_opts)?;
         report_warnings(ctx, &report.warnings);
         Ok(writer.finish()?)
@@ -135,7 +153,11 @@ pub fn pack(ctx: &Context, args: &PackArgs) -> Result<()> {
 pub fn extract(ctx: &Context, args: &ExtractArgs) -> Result<()> {
     let image = Image::open(&args.image)?;
     let bar = ctx.bytes_bar("extracting", None);
-    let opts = ExtractOptions { skip_devices: args.skip_devices, progress: Some(bar.clone()), ..ExtractOptions::default() };
+    let opts = ExtractOptions {
+        skip_devices: args.skip_devices,
+        progress: Some(bar.clone()),
+        ..ExtractOptions::default()
+    };
     let report = extract::extract(&image, &args.dir, &opts)?;
     bar.finish_and_clear();
     ctx.info(format!(
@@ -148,7 +170,10 @@ pub fn extract(ctx: &Context, args: &ExtractArgs) -> Result<()> {
         args.dir.display()
     ));
     if report.devices_skipped > 0 {
-        eprintln!("imsctl: warning: {} device nodes could not be created (not permitted) and were skipped", report.devices_skipped);
+        eprintln!(
+            "imsctl: warning: {} device nodes could not be created (not permitted) and were skipped",
+            report.devices_skipped
+        );
     }
     Ok(())
 }

@@ -37,7 +37,12 @@ pub enum Error {
     /// Independent items of one operation failed (e.g. entries of a parallel extraction): how
     /// many, and the first few messages.
     #[error("failed to {op} {}: {count} error(s):\n  {}", path.display(), first.join("\n  "))]
-    Many { op: &'static str, path: PathBuf, count: usize, first: Vec<String> },
+    Many {
+        op: &'static str,
+        path: PathBuf,
+        count: usize,
+        first: Vec<String>,
+    },
     /// Bad input handed to the writer: a path conflict, a hardlink to nothing, an invalid name.
     #[error("{entry}: {what}")]
     BadEntry { entry: String, what: String },

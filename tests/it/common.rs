@@ -15,21 +15,35 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+#[allow(dead_code)]
 pub fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Run a command that must succeed; returns stdout.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Run a command that must fail; returns its output.
 pub fn run_failing(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(!out.status.success(), "{cmd:?} should have failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "{cmd:?} should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     out
 }
 
@@ -52,7 +66,10 @@ pub fn fixture_tree() -> &'static Path {
 
 /// `unsquashfs -lln` with times in UTC.
 pub fn unsquashfs_lln(img: &Path) -> String {
-    run(Command::new("unsquashfs").arg("-lln").arg(img).env("TZ", "UTC"))
+    run(Command::new("unsquashfs")
+        .arg("-lln")
+        .arg(img)
+        .env("TZ", "UTC"))
 }
 
 /// Mount a SquashFS image with the kernel, read-only; unmounted on drop.
@@ -63,7 +80,10 @@ pub struct KernelMount {
 impl KernelMount {
     pub fn new(img: &Path) -> KernelMount {
         let dir = tempfile::tempdir().expect("tempdir");
-        run(Command::new("mount").args(["-t", "squashfs", "-o", "loop,ro"]).arg(img).arg(dir.path()));
+        run(Command::new("mount")
+            .args(["-t", "squashfs", "-o", "loop,ro"])
+            .arg(img)
+            .arg(dir.path()));
         KernelMount { dir }
     }
     pub fn path(&self) -> &Path {
@@ -77,12 +97,29 @@ impl Drop for KernelMount {
     }
 }
 
-/// Everything `stat` and `getfattr` say about a tree, one line per entry, for comparing trees.
+/// Everything lstat and the xattr calls say about a tree, one line per entry, for comparing
+/// trees (directory sizes left out: they are filesystem-specific).
 pub fn describe_tree(root: &Path) -> String {
-    let script = r#"cd "$1" && find . -print0 | LC_ALL=C sort -z | while IFS= read -r -d '' p; do
-        stat -c '%n %F %a %u:%g %s %Y %h %t:%T' -- "$p" | sed "s/^\([^ ]*\) \(directory\) \([0-9]*\) \([0-9:]*\) [0-9]* /\1 \2 \3 \4 - /"
-        getfattr -h -d -m - --absolute-names -e hex -- "$p" 2>/dev/null | grep -v '^#' | grep . || true
-        [ -f "$p" ] && [ ! -L "$p" ] && md5sum -- "$p" | cut -c1-32
-    done"#;
-    run(Command::new("bash").arg("-c").arg(script).arg("describe").arg(root))
+    const SCRIPT: &str = r#"
+import hashlib, os, stat, sys
+root = sys.argv[1]
+out = []
+for dirpath, dirs, files in os.walk(root):
+    for name in sorted(dirs + files):
+        p = os.path.join(dirpath, name)
+        st = os.lstat(p)
+        size = "-" if stat.S_ISDIR(st.st_mode) else st.st_size
+        line = [os.path.relpath(p, root), oct(st.st_mode), f"{st.st_uid}:{st.st_gid}", str(size),
+                str(int(st.st_mtime)), str(st.st_nlink), f"{os.major(st.st_rdev)},{os.minor(st.st_rdev)}"]
+        for x in sorted(os.listxattr(p, follow_symlinks=False)):
+            line.append(x + "=" + os.getxattr(p, x, follow_symlinks=False).hex())
+        if stat.S_ISREG(st.st_mode):
+            with open(p, "rb") as f:
+                line.append(hashlib.md5(f.read()).hexdigest())
+        if stat.S_ISLNK(st.st_mode):
+            line.append("-> " + os.readlink(p))
+        out.append(" ".join(line))
+print("\n".join(sorted(out)))
+"#;
+    run(Command::new("python3").arg("-c").arg(SCRIPT).arg(root))
 }
