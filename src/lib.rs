@@ -4,3 +4,9 @@
 //! --customize--> changed root --pack--> artifacts --publish--> store.
 
 pub mod squashfs;
+
+pub mod artifacts;
+pub mod cli;
+pub mod commands;
+pub mod output;
+pub mod store;

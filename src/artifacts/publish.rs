@@ -1,0 +1,466 @@
+//! The local artifact backend: `<store>/artifacts/<image-id>/{rootfs,kernel,initrd,manifest.json}`.
+//!
+//! Links in the manifest and in the image record are `type = "file"` with `path` the absolute
+//! path of the file (not a file:// URL: no escaping questions, and `type` already says what it
+//! is); `etag` is the file's md5, which is what S3 reports for a single-part upload.
+//!
+//! A publish builds everything in a `.staging-<id>-*` directory next to the final one, fsyncs it
+//! and renames it into place (RENAME_NOREPLACE), so `<image-id>/` is either complete or absent.
+//! On failure the staging directory is removed and files that were moved in are moved back.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use md5::{Digest, Md5};
+use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+use rayon::prelude::*;
+use uuid::Uuid;
+
+use super::manifest::{ArtifactKind, MANIFEST_FILE, MANIFEST_MIME, Manifest, ManifestArtifact};
+use super::md5::{copy_with_md5, md5_file};
+use crate::store::records::ExtraFields;
+use crate::store::{
+    Arch, Error, ImageRecord, LINK_TYPE_FILE, Link, RecordKind, Result, STAGING_PREFIX, Store,
+    Timestamp, sync_dir,
+};
+
+/// A published image's artifacts in the local store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageArtifacts {
+    pub image_id: Uuid,
+    /// `<store>/artifacts/<image-id>`.
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// What the image record's `link` is: the manifest, its md5 as etag.
+    pub manifest_link: Link,
+}
+
+impl ImageArtifacts {
+    /// The `ims_image_artifacts` list of ims_python_helper's result: the manifest's entries and
+    /// the manifest itself (type application/json).
+    pub fn ims_image_artifacts(&self) -> Vec<ManifestArtifact> {
+        let mut all = self.manifest.artifacts.clone();
+        all.push(ManifestArtifact {
+            link: self.manifest_link.clone(),
+            md5: self.manifest_link.etag.clone(),
+            artifact_type: MANIFEST_MIME.to_string(),
+            extra: ExtraFields::new(),
+        });
+        all
+    }
+
+    /// The image record that points at these artifacts (same id).
+    pub fn image_record(&self, name: impl Into<String>, arch: Arch) -> ImageRecord {
+        ImageRecord::with_id(self.image_id, name, arch, Some(self.manifest_link.clone()))
+    }
+
+    /// Register the image record for these artifacts. If that fails, the artifacts are removed
+    /// too: no half-made image stays.
+    pub fn register(
+        &self,
+        store: &Store,
+        name: impl Into<String>,
+        arch: Arch,
+    ) -> Result<ImageRecord> {
+        let record = self.image_record(name, arch);
+        match store.insert(&record) {
+            Ok(()) => Ok(record),
+            Err(e) => {
+                // The insert error is what matters; a failed cleanup is left for `gc`.
+                let _ = self.discard(store);
+                Err(e)
+            }
+        }
+    }
+
+    /// Remove these artifacts (used when the image could not be registered).
+    pub fn discard(&self, store: &Store) -> Result<()> {
+        if let Some(trash) = store.move_to_trash(&self.dir)? {
+            fs::remove_dir_all(&trash).map_err(|e| Error::io("remove", &trash, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// How a source file gets into the staging directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transfer {
+    /// rename(2) (copy + remove across filesystems): the caller hands the file over.
+    Move,
+    /// Hard link when on the same filesystem, else copy: the caller keeps its file.
+    LinkOrCopy,
+    /// Always copy (kernel and initrd live inside an image root that must not share inodes).
+    Copy,
+}
+
+/// What a publish did to the caller's files, to undo or finish it.
+#[derive(Default)]
+struct Handover<'a> {
+    /// Renamed into staging: renamed back if the publish fails.
+    moved: Vec<(PathBuf, &'a Path)>,
+    /// Moves done as copies (other filesystem): the sources go once the publish is committed.
+    remove_after_commit: Vec<&'a Path>,
+}
+
+struct Input<'a> {
+    kind: ArtifactKind,
+    src: &'a Path,
+    transfer: Transfer,
+}
+
+/// Publish a customized image's artifacts to the local store under `image_id`. The rootfs is
+/// hard-linked when possible (else copied); kernel and initrd are copied (pass paths already
+/// resolved inside the image root: `find_boot_files` returns them). The caller then registers
+/// the record (`ImageArtifacts::register`).
+pub fn publish_local(
+    store: &Store,
+    image_id: Uuid,
+    rootfs: &Path,
+    kernel: &Path,
+    initrd: &Path,
+) -> Result<ImageArtifacts> {
+    publish(
+        store,
+        image_id,
+        &[
+            Input {
+                kind: ArtifactKind::Rootfs,
+                src: rootfs,
+                transfer: Transfer::LinkOrCopy,
+            },
+            Input {
+                kind: ArtifactKind::Kernel,
+                src: kernel,
+                transfer: Transfer::Copy,
+            },
+            Input {
+                kind: ArtifactKind::Initrd,
+                src: initrd,
+                transfer: Transfer::Copy,
+            },
+        ],
+    )
+}
+
+impl Store {
+    /// `images import`, store side: take an already-built SquashFS (moved, not copied, when on
+    /// the same filesystem) plus an optional kernel and initrd (copied), publish them under a new
+    /// image id and write the image record. On failure nothing is registered, nothing stays in
+    /// the store and a moved rootfs is put back where it was.
+    pub fn register_image(
+        &self,
+        name: &str,
+        arch: Arch,
+        rootfs: &Path,
+        kernel: Option<&Path>,
+        initrd: Option<&Path>,
+    ) -> Result<ImageRecord> {
+        let mut inputs = vec![Input {
+            kind: ArtifactKind::Rootfs,
+            src: rootfs,
+            transfer: Transfer::Move,
+        }];
+        if let Some(kernel) = kernel {
+            inputs.push(Input {
+                kind: ArtifactKind::Kernel,
+                src: kernel,
+                transfer: Transfer::Copy,
+            });
+        }
+        if let Some(initrd) = initrd {
+            inputs.push(Input {
+                kind: ArtifactKind::Initrd,
+                src: initrd,
+                transfer: Transfer::Copy,
+            });
+        }
+        let artifacts = publish(self, Uuid::new_v4(), &inputs)?;
+        let record = artifacts.image_record(name, arch);
+        if let Err(e) = self.insert(&record) {
+            // Hand the rootfs back before the artifacts go; both are best effort, the insert
+            // error is the one to report.
+            let _ = fs::rename(artifacts.dir.join(ArtifactKind::Rootfs.file_name()), rootfs);
+            let _ = artifacts.discard(self);
+            return Err(e);
+        }
+        Ok(record)
+    }
+}
+
+fn publish(store: &Store, image_id: Uuid, inputs: &[Input<'_>]) -> Result<ImageArtifacts> {
+    let final_dir = store.image_artifacts_dir(image_id);
+    if final_dir.exists() {
+        return Err(Error::AlreadyExists {
+            kind: RecordKind::Image,
+            id: image_id,
+        });
+    }
+    let artifacts_dir = store.artifacts_dir();
+    let staging = tempfile::Builder::new()
+        .prefix(&format!("{STAGING_PREFIX}{image_id}-"))
+        .tempdir_in(&artifacts_dir)
+        .map_err(|e| Error::io("create a staging directory in", &artifacts_dir, e))?;
+    fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755))
+        .map_err(|e| Error::io("set permissions of", staging.path(), e))?;
+
+    let mut handover = Handover::default();
+    let result = stage_and_commit(staging.path(), &final_dir, inputs, &mut handover);
+    match result {
+        Ok(manifest_and_link) => {
+            // Renamed into place: the TempDir must not remove anything any more.
+            let _ = staging.keep();
+            sync_dir(&artifacts_dir)?;
+            // The caller handed these over and they are safely copied; a failure to remove one
+            // only leaves the caller's own file behind, so it does not undo the publish.
+            for src in handover.remove_after_commit {
+                let _ = fs::remove_file(src);
+            }
+            let (manifest, manifest_link) = manifest_and_link;
+            Ok(ImageArtifacts {
+                image_id,
+                dir: final_dir,
+                manifest,
+                manifest_link,
+            })
+        }
+        Err(e) => {
+            for (staged, src) in handover.moved {
+                let _ = fs::rename(&staged, src);
+            }
+            // Dropping `staging` removes the directory and what is left in it.
+            Err(e)
+        }
+    }
+}
+
+/// Fill the staging directory, write the manifest, rename it to `final_dir`.
+fn stage_and_commit<'a>(
+    staging: &Path,
+    final_dir: &Path,
+    inputs: &[Input<'a>],
+    handover: &mut Handover<'a>,
+) -> Result<(Manifest, Link)> {
+    let mut entries = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let staged = staging.join(input.kind.file_name());
+        let md5 = transfer(input, &staged, handover)?;
+        entries.push(ManifestArtifact {
+            link: file_link(&final_dir.join(input.kind.file_name()), &md5),
+            md5,
+            artifact_type: input.kind.mime_type().to_string(),
+            extra: ExtraFields::new(),
+        });
+    }
+    let manifest = Manifest::new(Timestamp::now(), entries);
+    let json = manifest.to_json()?;
+    let manifest_path = staging.join(MANIFEST_FILE);
+    write_new_file(&manifest_path, json.as_bytes())?;
+    let manifest_md5 = super::md5::hex(&Md5::digest(json.as_bytes()));
+    sync_dir(staging)?;
+    renameat2(
+        AT_FDCWD,
+        staging,
+        AT_FDCWD,
+        final_dir,
+        RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(|e| Error::io("rename the staged artifacts to", final_dir, e.into()))?;
+    Ok((
+        manifest,
+        file_link(&final_dir.join(MANIFEST_FILE), &manifest_md5),
+    ))
+}
+
+fn file_link(path: &Path, md5: &str) -> Link {
+    Link {
+        link_type: LINK_TYPE_FILE.to_string(),
+        path: path.display().to_string(),
+        etag: md5.to_string(),
+    }
+}
+
+/// Bring one input into the staging dir; returns its md5. The staged file is 0644 and fsynced.
+fn transfer<'a>(input: &Input<'a>, staged: &Path, handover: &mut Handover<'a>) -> Result<String> {
+    let src = input.src;
+    let meta = fs::metadata(src).map_err(|e| Error::io("read", src, e))?;
+    if !meta.is_file() {
+        return Err(Error::Invalid(format!(
+            "{}: the {} artifact is not a regular file",
+            src.display(),
+            input.kind
+        )));
+    }
+    let placed_without_copy = match input.transfer {
+        Transfer::Move => match fs::rename(src, staged) {
+            Ok(()) => {
+                handover.moved.push((staged.to_path_buf(), src));
+                true
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => false,
+            Err(e) => return Err(Error::io("move into the store", src, e)),
+        },
+        // Any failure to link (other filesystem, no permission, links not supported) falls
+        // back to a copy, which reports its own errors.
+        Transfer::LinkOrCopy => fs::hard_link(src, staged).is_ok(),
+        Transfer::Copy => false,
+    };
+    let md5 = if placed_without_copy {
+        md5_file(staged)?
+    } else {
+        let mut out = create_new_file(staged)?;
+        let md5 = copy_with_md5(src, &mut out, staged)?;
+        out.sync_all().map_err(|e| Error::io("sync", staged, e))?;
+        md5
+    };
+    fs::set_permissions(staged, fs::Permissions::from_mode(0o644))
+        .map_err(|e| Error::io("set permissions of", staged, e))?;
+    if placed_without_copy {
+        File::open(staged)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("sync", staged, e))?;
+    }
+    if input.transfer == Transfer::Move && !placed_without_copy {
+        // Copied across filesystems: the source is removed only once the publish is committed.
+        handover.remove_after_commit.push(src);
+    }
+    Ok(md5)
+}
+
+fn create_new_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io("create", path, e))
+}
+
+fn write_new_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut file = create_new_file(path)?;
+    file.write_all(bytes)
+        .map_err(|e| Error::io("write", path, e))?;
+    file.sync_all().map_err(|e| Error::io("sync", path, e))
+}
+
+/// Outcome of re-hashing one artifact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VerifyStatus {
+    Ok,
+    Mismatch {
+        actual: String,
+    },
+    /// Unreadable or absent; the text says why.
+    Missing(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyEntry {
+    /// `rootfs`, `kernel`, `initrd`, `manifest.json`, or the artifact's type when unknown.
+    pub name: String,
+    pub path: String,
+    pub expected: String,
+    pub status: VerifyStatus,
+}
+
+impl std::fmt::Display for VerifyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.status {
+            VerifyStatus::Ok => write!(f, "OK        {:<13} {}", self.name, self.path),
+            VerifyStatus::Mismatch { actual } => write!(
+                f,
+                "MISMATCH  {:<13} {} (expected md5 {}, found {actual})",
+                self.name, self.path, self.expected
+            ),
+            VerifyStatus::Missing(why) => {
+                write!(f, "MISSING   {:<13} {} ({why})", self.name, self.path)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub image_id: Uuid,
+    pub entries: Vec<VerifyEntry>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.entries.iter().all(|e| e.status == VerifyStatus::Ok)
+    }
+
+    pub fn failures(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.status != VerifyStatus::Ok)
+            .count()
+    }
+}
+
+/// `images verify`: re-hash the manifest against the record's etag and every artifact against
+/// the manifest's md5. Artifacts that are not local files are an error (S3 is another backend).
+pub fn verify_image(store: &Store, id: &str) -> Result<VerifyReport> {
+    let record: ImageRecord = store.get(id)?;
+    let link = record.link.as_ref().ok_or_else(|| {
+        Error::Invalid(format!(
+            "image {}: the record has no link to a manifest",
+            record.id
+        ))
+    })?;
+    require_file_link(record.id, link)?;
+    let manifest_path = PathBuf::from(&link.path);
+    let mut entries = vec![check(MANIFEST_FILE.to_string(), link, &link.etag)];
+    if entries[0].status != VerifyStatus::Ok && !manifest_path.exists() {
+        return Ok(VerifyReport {
+            image_id: record.id,
+            entries,
+        });
+    }
+    let manifest = Manifest::read(&manifest_path)?;
+    for artifact in &manifest.artifacts {
+        require_file_link(record.id, &artifact.link)?;
+    }
+    let checked: Vec<VerifyEntry> = manifest
+        .artifacts
+        .par_iter()
+        .map(|a| {
+            let name = ArtifactKind::from_mime_type(&a.artifact_type)
+                .map(|k| k.file_name().to_string())
+                .unwrap_or_else(|| a.artifact_type.clone());
+            check(name, &a.link, &a.md5)
+        })
+        .collect();
+    entries.extend(checked);
+    Ok(VerifyReport {
+        image_id: record.id,
+        entries,
+    })
+}
+
+fn require_file_link(image_id: Uuid, link: &Link) -> Result<()> {
+    if link.link_type == LINK_TYPE_FILE {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "image {image_id}: {} is a {:?} link; only local (\"file\") artifacts can be verified here",
+        link.path, link.link_type
+    )))
+}
+
+fn check(name: String, link: &Link, expected: &str) -> VerifyEntry {
+    let status = match md5_file(Path::new(&link.path)) {
+        Ok(actual) if actual.eq_ignore_ascii_case(expected) => VerifyStatus::Ok,
+        Ok(actual) => VerifyStatus::Mismatch { actual },
+        Err(Error::Io { source, .. }) => VerifyStatus::Missing(source.to_string()),
+        Err(other) => VerifyStatus::Missing(other.to_string()),
+    };
+    VerifyEntry {
+        name,
+        path: link.path.clone(),
+        expected: expected.to_string(),
+        status,
+    }
+}

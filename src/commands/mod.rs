@@ -1,0 +1,4 @@
+//! One thin file per verb group, calling the core.
+
+pub mod images;
+pub mod public_keys;
