@@ -254,4 +254,51 @@ mod tests {
         assert!(!back.contains_key("gone"));
         assert_eq!(back["name"].as_str(), Some("sles_15_image.squashfs"));
     }
+
+    #[test]
+    fn toml_job_with_containers_matches_ims_layout() {
+        use crate::store::{JobRecord, JobStatus, RootMode, SshContainer};
+        let mut job =
+            JobRecord::new_customize(uuid::Uuid::new_v4(), "my_customized_image", Arch::X86_64);
+        job.status = JobStatus::WaitingOnUser;
+        job.mode = Some(RootMode::Mount);
+        job.error_message = Some("none".into());
+        let mut info = std::collections::BTreeMap::new();
+        info.insert(
+            "cluster.local".to_string(),
+            serde_json::json!({"host": "h", "port": 22}),
+        );
+        job.ssh_containers.push(SshContainer {
+            status: "pending".into(),
+            jail: false,
+            name: "customize".into(),
+            connection_info: info,
+            extra: Default::default(),
+        });
+        let text = render_one(&job, OutputFormat::Toml).expect("render");
+        assert!(
+            text.starts_with("status = \"waiting_on_user\"\nenable_debug = false\n"),
+            "{text}"
+        );
+        // Plain values (even the imsctl-only ones declared last) come before the tables.
+        let tables = text.find("[[ssh_containers]]").expect("containers");
+        assert!(
+            text.find("mode = \"mount\"").expect("mode") < tables,
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "[[ssh_containers]]\nstatus = \"pending\"\njail = false\nname = \"customize\"\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "[ssh_containers.connection_info.\"cluster.local\"]\nhost = \"h\"\nport = 22\n"
+            ),
+            "{text}"
+        );
+        let back: JobRecord = toml::from_str(&text).expect("toml reads back");
+        assert_eq!(back, job);
+    }
 }

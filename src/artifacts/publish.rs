@@ -464,3 +464,320 @@ fn check(name: String, link: &Link, expected: &str) -> VerifyEntry {
         status,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::artifacts::CustomizeResult;
+    use crate::store::JobRecord;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        rootfs: PathBuf,
+        kernel: PathBuf,
+        initrd: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().join("store")).expect("store");
+        let work = store.work_dir(Uuid::new_v4());
+        fs::create_dir_all(work.join("root/boot")).expect("mkdir");
+        let rootfs = work.join("image.sqsh");
+        fs::write(&rootfs, b"hsqs rootfs bytes").expect("write");
+        let kernel = work.join("root/boot/vmlinuz-6.1.0");
+        fs::write(&kernel, b"kernel bytes").expect("write");
+        let initrd = work.join("root/boot/initrd.img-6.1.0");
+        fs::write(&initrd, b"initrd bytes").expect("write");
+        Fixture {
+            _dir: dir,
+            store,
+            rootfs,
+            kernel,
+            initrd,
+        }
+    }
+
+    fn md5_of(bytes: &[u8]) -> String {
+        super::super::md5::hex(&Md5::digest(bytes))
+    }
+
+    fn artifacts_entries(store: &Store) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(store.artifacts_dir())
+            .expect("readdir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn publish_writes_the_ims_layout_and_manifest() {
+        let f = fixture();
+        let id = Uuid::new_v4();
+        let published =
+            publish_local(&f.store, id, &f.rootfs, &f.kernel, &f.initrd).expect("publish");
+        let dir = f.store.image_artifacts_dir(id);
+        assert_eq!(published.dir, dir);
+        for (name, content) in [
+            ("rootfs", &b"hsqs rootfs bytes"[..]),
+            ("kernel", b"kernel bytes"),
+            ("initrd", b"initrd bytes"),
+        ] {
+            let path = dir.join(name);
+            assert_eq!(fs::read(&path).expect(name), content);
+            let entry = published
+                .manifest
+                .artifacts
+                .iter()
+                .find(|a| a.link.path == path.display().to_string())
+                .expect("entry");
+            assert_eq!(entry.md5, md5_of(content));
+            assert_eq!(entry.link.etag, entry.md5);
+            assert_eq!(entry.link.link_type, "file");
+            let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644, "{name}");
+        }
+        let types: Vec<&str> = published
+            .manifest
+            .artifacts
+            .iter()
+            .map(|a| a.artifact_type.as_str())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "application/vnd.cray.image.rootfs.squashfs",
+                "application/vnd.cray.image.kernel",
+                "application/vnd.cray.image.initrd"
+            ]
+        );
+        // On disk: exactly the bytes of the manifest we return, and the link's etag is its md5.
+        let on_disk = fs::read(dir.join(MANIFEST_FILE)).expect("manifest");
+        assert_eq!(
+            on_disk,
+            published.manifest.to_json().expect("json").into_bytes()
+        );
+        assert_eq!(published.manifest_link.etag, md5_of(&on_disk));
+        assert_eq!(
+            Manifest::read(&dir.join(MANIFEST_FILE)).expect("parse"),
+            published.manifest
+        );
+        // The caller keeps its files (rootfs hard-linked or copied, kernel/initrd copied).
+        assert!(f.rootfs.exists() && f.kernel.exists() && f.initrd.exists());
+        assert_eq!(artifacts_entries(&f.store), vec![id.to_string()]);
+
+        let record = published
+            .register(&f.store, "demo", Arch::X86_64)
+            .expect("register");
+        assert_eq!(record.id, id);
+        let report = verify_image(&f.store, &id.to_string()).expect("verify");
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(report.entries.len(), 4);
+    }
+
+    #[test]
+    fn failed_publish_leaves_nothing() {
+        let f = fixture();
+        let id = Uuid::new_v4();
+        let missing = f.kernel.with_file_name("vmlinuz-missing");
+        let err = publish_local(&f.store, id, &f.rootfs, &missing, &f.initrd)
+            .expect_err("missing kernel");
+        assert!(err.to_string().contains("vmlinuz-missing"), "{err}");
+        assert!(
+            artifacts_entries(&f.store).is_empty(),
+            "{:?}",
+            artifacts_entries(&f.store)
+        );
+        assert!(f.rootfs.exists());
+        // A directory is not an artifact.
+        let err = publish_local(
+            &f.store,
+            id,
+            &f.rootfs,
+            f.kernel.parent().expect("dir"),
+            &f.initrd,
+        )
+        .expect_err("dir");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(artifacts_entries(&f.store).is_empty());
+    }
+
+    #[test]
+    fn publishing_over_an_existing_image_is_refused() {
+        let f = fixture();
+        let id = Uuid::new_v4();
+        publish_local(&f.store, id, &f.rootfs, &f.kernel, &f.initrd).expect("first");
+        let err = publish_local(&f.store, id, &f.rootfs, &f.kernel, &f.initrd).expect_err("second");
+        assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+        assert_eq!(artifacts_entries(&f.store), vec![id.to_string()]);
+    }
+
+    #[test]
+    fn register_image_moves_the_rootfs_and_rolls_back_on_failure() {
+        let f = fixture();
+        let record = f
+            .store
+            .register_image("base", Arch::Aarch64, &f.rootfs, None, None)
+            .expect("register");
+        assert!(!f.rootfs.exists(), "the rootfs is moved, not copied");
+        let dir = f.store.image_artifacts_dir(record.id);
+        assert_eq!(
+            fs::read(dir.join("rootfs")).expect("read"),
+            b"hsqs rootfs bytes"
+        );
+        assert!(!dir.join("kernel").exists());
+        let manifest = Manifest::read(&dir.join(MANIFEST_FILE)).expect("manifest");
+        assert_eq!(manifest.artifacts.len(), 1);
+        assert_eq!(
+            f.store
+                .get_by_id::<ImageRecord>(record.id)
+                .expect("get")
+                .arch,
+            Arch::Aarch64
+        );
+
+        // A failing kernel copy: the moved rootfs goes back where it was.
+        let again = f.rootfs.with_file_name("second.sqsh");
+        fs::write(&again, b"second").expect("write");
+        let err = f
+            .store
+            .register_image(
+                "b2",
+                Arch::X86_64,
+                &again,
+                Some(&f.kernel.with_file_name("nope")),
+                None,
+            )
+            .expect_err("missing kernel");
+        assert!(err.to_string().contains("nope"), "{err}");
+        assert_eq!(fs::read(&again).expect("rootfs back"), b"second");
+        assert_eq!(artifacts_entries(&f.store), vec![record.id.to_string()]);
+        assert_eq!(f.store.list::<ImageRecord>().expect("list").len(), 1);
+    }
+
+    #[test]
+    fn discard_removes_unregistered_artifacts() {
+        let f = fixture();
+        let published = publish_local(&f.store, Uuid::new_v4(), &f.rootfs, &f.kernel, &f.initrd)
+            .expect("publish");
+        published.discard(&f.store).expect("discard");
+        assert!(artifacts_entries(&f.store).is_empty());
+    }
+
+    #[test]
+    fn verify_reports_a_tampered_manifest_and_refuses_s3_links() {
+        let f = fixture();
+        let id = Uuid::new_v4();
+        let published =
+            publish_local(&f.store, id, &f.rootfs, &f.kernel, &f.initrd).expect("publish");
+        published
+            .register(&f.store, "x", Arch::X86_64)
+            .expect("register");
+        let manifest_path = published.dir.join(MANIFEST_FILE);
+        let mut text = fs::read_to_string(&manifest_path).expect("read");
+        text.push('\n');
+        fs::write(&manifest_path, text).expect("write");
+        let report = verify_image(&f.store, &id.to_string()).expect("verify");
+        assert_eq!(report.failures(), 1);
+        assert!(
+            report.entries[0]
+                .to_string()
+                .starts_with("MISMATCH  manifest.json"),
+            "{}",
+            report.entries[0]
+        );
+
+        let mut s3 = ImageRecord::new("remote", Arch::X86_64, None);
+        s3.link = Some(Link {
+            link_type: "s3".into(),
+            path: "s3://boot-images/x/manifest.json".into(),
+            etag: String::new(),
+        });
+        f.store.insert(&s3).expect("insert");
+        let err = verify_image(&f.store, &s3.id.to_string()).expect_err("s3");
+        assert!(
+            err.to_string().contains("s3://boot-images/x/manifest.json"),
+            "{err}"
+        );
+        let bare = ImageRecord::new("bare", Arch::X86_64, None);
+        f.store.insert(&bare).expect("insert");
+        assert!(verify_image(&f.store, &bare.id.to_string()).is_err());
+    }
+
+    #[test]
+    fn customize_result_has_the_helper_shape() {
+        let f = fixture();
+        let id = Uuid::new_v4();
+        let published =
+            publish_local(&f.store, id, &f.rootfs, &f.kernel, &f.initrd).expect("publish");
+        let image = published
+            .register(&f.store, "sles15_barebones_image", Arch::X86_64)
+            .expect("register");
+        let mut job =
+            JobRecord::new_customize(Uuid::new_v4(), "sles15_barebones_image", Arch::X86_64);
+        job.resultant_image_id = Some(id);
+        let result = CustomizeResult::success(&published, image, job);
+        let text = result.to_json().expect("json");
+        let value: serde_json::Value = serde_json::from_str(&text).expect("parse");
+        let keys: Vec<&String> = value.as_object().expect("object").keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "ims_image_artifacts",
+                "ims_image_record",
+                "ims_job_record",
+                "result"
+            ]
+        );
+        assert_eq!(value["result"], "success");
+        let artifacts = value["ims_image_artifacts"].as_array().expect("array");
+        assert_eq!(artifacts.len(), 4);
+        assert_eq!(artifacts[3]["type"], "application/json");
+        assert_eq!(artifacts[3]["link"], value["ims_image_record"]["link"]);
+        assert_eq!(
+            value["ims_job_record"]["resultant_image_id"],
+            id.to_string()
+        );
+        assert!(
+            text.starts_with(
+                "{\n    \"ims_image_artifacts\": [\n        {\n            \"link\": {"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn across_filesystems_moves_become_copies() {
+        use std::os::unix::fs::MetadataExt;
+        let f = fixture();
+        let Ok(other) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("no /dev/shm: cross-filesystem test skipped");
+            return;
+        };
+        let dev = |p: &Path| fs::metadata(p).expect("stat").dev();
+        if dev(other.path()) == dev(f.store.root()) {
+            eprintln!("/dev/shm is on the store's filesystem: cross-filesystem test skipped");
+            return;
+        }
+        let rootfs = other.path().join("rootfs.sqsh");
+        fs::write(&rootfs, b"far away").expect("write");
+        // publish_local: link fails across devices, the copy keeps the caller's file.
+        let published = publish_local(&f.store, Uuid::new_v4(), &rootfs, &f.kernel, &f.initrd)
+            .expect("publish");
+        assert!(rootfs.exists());
+        assert_eq!(
+            fs::read(published.dir.join("rootfs")).expect("read"),
+            b"far away"
+        );
+        // register_image: the move is a copy, and the source goes once committed.
+        let record = f
+            .store
+            .register_image("far", Arch::X86_64, &rootfs, None, None)
+            .expect("register");
+        assert!(!rootfs.exists());
+        let dir = f.store.image_artifacts_dir(record.id);
+        assert_eq!(fs::read(dir.join("rootfs")).expect("read"), b"far away");
+    }
+}
