@@ -291,7 +291,17 @@ fn transfer<'a>(input: &Input<'a>, staged: &Path, handover: &mut Handover<'a>) -
             input.kind
         )));
     }
-    let placed_without_copy = match input.transfer {
+    // rename and link act on a symlink itself, not on what it points to: copy those instead.
+    let is_symlink = fs::symlink_metadata(src)
+        .map_err(|e| Error::io("read", src, e))?
+        .file_type()
+        .is_symlink();
+    let how = if is_symlink {
+        Transfer::Copy
+    } else {
+        input.transfer
+    };
+    let placed_without_copy = match how {
         Transfer::Move => match fs::rename(src, staged) {
             Ok(()) => {
                 handover.moved.push((staged.to_path_buf(), src));
@@ -320,7 +330,7 @@ fn transfer<'a>(input: &Input<'a>, staged: &Path, handover: &mut Handover<'a>) -
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io("sync", staged, e))?;
     }
-    if input.transfer == Transfer::Move && !placed_without_copy {
+    if how == Transfer::Move && !placed_without_copy {
         // Copied across filesystems: the source is removed only once the publish is committed.
         handover.remove_after_commit.push(src);
     }
@@ -779,5 +789,20 @@ mod tests {
         assert!(!rootfs.exists());
         let dir = f.store.image_artifacts_dir(record.id);
         assert_eq!(fs::read(dir.join("rootfs")).expect("read"), b"far away");
+    }
+
+    #[test]
+    fn a_symlinked_source_is_copied_not_linked() {
+        let f = fixture();
+        let link = f.rootfs.with_file_name("rootfs-link");
+        std::os::unix::fs::symlink(&f.rootfs, &link).expect("symlink");
+        let record = f
+            .store
+            .register_image("l", Arch::X86_64, &link, None, None)
+            .expect("register");
+        let staged = f.store.image_artifacts_dir(record.id).join("rootfs");
+        assert!(fs::symlink_metadata(&staged).expect("stat").is_file());
+        assert_eq!(fs::read(&staged).expect("read"), b"hsqs rootfs bytes");
+        assert!(fs::symlink_metadata(&link).is_ok() && f.rootfs.exists());
     }
 }
