@@ -4,7 +4,10 @@
 //! --customize--> changed root --pack--> artifacts --publish--> store.
 
 pub mod archive;
+pub mod artifacts;
 pub mod cli;
 pub mod commands;
 pub mod context;
+pub mod output;
 pub mod squashfs;
+pub mod store;

@@ -1,11 +1,26 @@
 //! imsctl's entry point: parse, dispatch, map errors to exit codes — nothing else.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 use imsctl::cli::{Cli, Command};
 use imsctl::commands;
 use imsctl::context::Context;
+use imsctl::store::Store;
+
+/// Open the store and run a record command writing to stdout.
+fn with_store(
+    ctx: &Context,
+    f: impl FnOnce(&Store, &mut dyn Write) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let store = Store::locate(ctx.store.as_deref())?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    f(&store, &mut out)?;
+    out.flush()?;
+    Ok(())
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -19,6 +34,15 @@ fn main() -> ExitCode {
         Command::Pack(args) => commands::squashfs::pack(&ctx, &args),
         Command::Extract(args) => commands::squashfs::extract(&ctx, &args),
         Command::Ls(args) => commands::squashfs::ls(&ctx, &args),
+        Command::Images(cmd) => with_store(&ctx, |store, out| {
+            let convert = |src: &str, dest: &std::path::Path| {
+                commands::squashfs::import_source(&ctx, src, dest)
+            };
+            commands::images::run(store, &cmd, &convert, out)
+        }),
+        Command::PublicKeys(cmd) => with_store(&ctx, |store, out| {
+            commands::public_keys::run(store, &cmd, out)
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -95,6 +95,37 @@ pub fn build_image(
     })
 }
 
+/// `images import`'s converter: a SquashFS source is checked and copied as it is (re-compressing
+/// it would only cost time); anything else is converted with the IMS defaults.
+pub fn import_source(ctx: &Context, src: &str, dest: &Path) -> Result<()> {
+    let src = Path::new(src);
+    if input_kind(src)? == InputKind::SquashFs {
+        let image = Image::open(src)?;
+        image.root()?;
+        std::fs::copy(src, dest)
+            .with_context(|| format!("failed to copy {} to {}", src.display(), dest.display()))?;
+        return Ok(());
+    }
+    build_image(ctx, src, dest, writer_options(&default_pack_options())?)?;
+    Ok(())
+}
+
+fn default_pack_options() -> PackOptions {
+    PackOptions {
+        comp: "gzip".into(),
+        level: None,
+        block_size: 131072,
+        mkfs_time: std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+        no_fragments: false,
+        tail_ends: false,
+        no_xattrs: false,
+        no_exports: false,
+        threads: 0,
+    }
+}
+
 fn report_warnings(ctx: &Context, warnings: &[String]) {
     for w in warnings {
         eprintln!("imsctl: warning: {w}");
