@@ -141,8 +141,8 @@ pub fn shell_on(
 
 /// Lock the job, make sure its work dir is complete and repair what a dead session left.
 fn begin(cfg: &SandboxConfig) -> Result<JobLock> {
-    let lock = JobLock::acquire(&cfg.layout)?;
     root::prepare_work_dir(&cfg.layout, &cfg.source)?;
+    let lock = JobLock::acquire(&cfg.layout)?;
     if cfg.source == ImageSource::Extracted && !root::is_extracted(&cfg.layout) {
         return Err(Error::Config(format!(
             "image root {} has not been extracted",

@@ -261,6 +261,13 @@ fn c1_main(
     ready: OwnedFd,
     go: OwnedFd,
 ) {
+    // Descriptors of other threads (another session's pipes, say) must not stay open in the
+    // sandbox: pid 1 never execs, so close-on-exec would not drop them.
+    let mut keep = vec![0, 1, 2, report, ready.as_raw_fd(), go.as_raw_fd()];
+    if let Stdio::Pty(slave) = &stdio {
+        keep.push(slave.as_raw_fd());
+    }
+    close_other_fds(&mut keep);
     if let Err(e) = die_with_parent(|| nix::unistd::getppid() == parent) {
         send(report, TAG_SETUP_ERROR, e.to_string().as_bytes());
         return;
@@ -314,6 +321,21 @@ fn c1_main(
             drop(alive_w);
         }
     }
+}
+
+fn close_other_fds(keep: &mut [RawFd]) {
+    keep.sort_unstable();
+    let mut next: libc::c_uint = 0;
+    for &fd in keep.iter() {
+        let fd = fd as libc::c_uint;
+        if fd > next {
+            // SAFETY: close_range on descriptors nobody in this (single-threaded) child uses.
+            unsafe { libc::syscall(libc::SYS_close_range, next, fd - 1, 0) };
+        }
+        next = next.max(fd + 1);
+    }
+    // SAFETY: as above, up to the highest possible descriptor.
+    unsafe { libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0) };
 }
 
 /// PR_SET_PDEATHSIG, then make sure the parent did not die before it took effect.
