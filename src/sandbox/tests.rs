@@ -379,9 +379,19 @@ fn second_session_on_a_busy_job_is_refused() {
     assert!(first.join().expect("thread").expect("first run").success());
 }
 
-/// Type into a pty that plays the user's terminal, as `jobs shell` would be used.
+/// Something done to the fake terminal once the expected text has appeared.
+type TermAction = Box<dyn Fn(&fs::File)>;
+
+/// Type into a pty that plays the user's terminal (40x100 at first), as `jobs shell` would be
+/// used: wait for the prompt, check the size, resize the terminal, then type `input`.
 fn drive_shell(cfg: &SandboxConfig, input: &str) -> (Result<std::process::ExitStatus>, String) {
-    let term = nix::pty::openpty(None, None).expect("openpty");
+    let size = |ws_row, ws_col| nix::pty::Winsize {
+        ws_row,
+        ws_col,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let term = nix::pty::openpty(Some(&size(40, 100)), None).expect("openpty");
     let cfg = cfg.clone();
     let slave = term.slave;
     let session = std::thread::spawn(move || shell_on(&cfg, slave.as_fd(), slave.as_fd()));
@@ -389,8 +399,40 @@ fn drive_shell(cfg: &SandboxConfig, input: &str) -> (Result<std::process::ExitSt
     let flags = nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_GETFL).expect("getfl");
     let nonblocking = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
     nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(nonblocking)).expect("setfl");
+    let resize = |master: &fs::File| {
+        let ws = size(50, 120);
+        // SAFETY: TIOCSWINSZ reads a struct winsize.
+        unsafe {
+            libc::ioctl(
+                master.as_raw_fd(),
+                libc::TIOCSWINSZ,
+                &ws as *const nix::pty::Winsize,
+            )
+        };
+    };
+    // (text that must have appeared, then what to do)
+    let stty = "stty size\r".to_string();
+    let mut script: Vec<(&str, TermAction)> = vec![
+        (
+            "[imsctl test-job]",
+            Box::new(move |m| {
+                let _ = nix::unistd::write(m, stty.as_bytes());
+            }),
+        ),
+        ("40 100", Box::new(resize)),
+        (
+            "",
+            Box::new(|_| std::thread::sleep(Duration::from_millis(600))),
+        ),
+        (
+            "",
+            Box::new(move |m| {
+                let _ = nix::unistd::write(m, input.as_bytes());
+            }),
+        ),
+    ];
+    script.reverse();
     let mut output = Vec::new();
-    let mut typed = false;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut buf = [0u8; 4096];
     while !session.is_finished() && Instant::now() < deadline {
@@ -398,10 +440,13 @@ fn drive_shell(cfg: &SandboxConfig, input: &str) -> (Result<std::process::ExitSt
             Ok(n) if n > 0 => output.extend_from_slice(&buf[..n]),
             _ => std::thread::sleep(Duration::from_millis(20)),
         }
-        // Type once the prompt shows, as a user would.
-        if !typed && String::from_utf8_lossy(&output).contains("[imsctl test-job]") {
-            nix::unistd::write(&master, input.as_bytes()).expect("type");
-            typed = true;
+        let seen = String::from_utf8_lossy(&output).into_owned();
+        if script
+            .last()
+            .is_some_and(|(expect, _)| seen.contains(expect))
+            && let Some((_, action)) = script.pop()
+        {
+            action(&master);
         }
     }
     let result = session.join().expect("shell thread");
@@ -411,7 +456,6 @@ fn drive_shell(cfg: &SandboxConfig, input: &str) -> (Result<std::process::ExitSt
         }
         output.extend_from_slice(&buf[..n]);
     }
-    let _ = master.as_raw_fd();
     (result, String::from_utf8_lossy(&output).into_owned())
 }
 
@@ -419,6 +463,7 @@ const SHELL_INPUT: &str = "echo hi-$((6*7)); sleep 100 & kill %1 && echo jobctl-
     stty size; touch /tmp/complete; exit\r";
 
 fn assert_shell_session(result: Result<std::process::ExitStatus>, output: &str) {
+    eprintln!("--- shell session ---\n{output}\n---");
     assert!(result.expect("shell").success(), "{output}");
     assert!(output.contains("hi-42"), "{output}");
     assert!(
@@ -603,7 +648,7 @@ fn rootless_overlay_over_a_directory_and_pty_shell_not_jailed() {
         assert_resolv_restored(&layout.upper().join("etc"), &layout);
         let (result, output) = drive_shell(
             &cfg,
-            "echo hi-$((6*7)); sleep 100 & kill %1 && echo jobctl-ok; touch /mnt/image/complete; exit\r",
+            "echo hi-$((6*7)); sleep 100 & kill %1 && echo jobctl-ok; stty size; touch /mnt/image/complete; exit\r",
         );
         assert_shell_session(result, &output);
         check(
@@ -654,4 +699,56 @@ fn rootless_squashfuse_when_fuse_is_usable() {
         Ok(())
     });
     assert_nothing_left(&fx, 4209);
+}
+
+#[test]
+fn killing_imsctl_leaves_no_process_and_no_mount() {
+    if !is_root() {
+        return eprintln!("note: needs root; skipped");
+    }
+    let fx = Fixture::new();
+    let source = ImageSource::Mount {
+        base: fx.base(),
+        via: LowerVia::KernelLoop,
+    };
+    let cfg = config(fx.layout("job-killed"), source, true);
+    // The forked child plays imsctl in the middle of `jobs exec`.
+    // SAFETY: the child only runs the sandbox and _exits.
+    let imsctl = match unsafe { nix::unistd::fork() }.expect("fork") {
+        nix::unistd::ForkResult::Child => {
+            let _ = run(&cfg, &sh("sleep 4210 & sleep 4211"));
+            // SAFETY: leave the forked test process.
+            unsafe { libc::_exit(0) }
+        }
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processes_with("sleep 4211").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !processes_with("sleep 4211").is_empty(),
+        "the sandbox started"
+    );
+    nix::sys::signal::kill(imsctl, nix::sys::signal::Signal::SIGKILL).expect("kill -9");
+    nix::sys::wait::waitpid(imsctl, None).expect("reap");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(processes_with("sleep 421").is_empty() && loops_backed_by(&fx.base()).is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_nothing_left(&fx, 4210);
+    assert_nothing_left(&fx, 4211);
+    // The next session repairs what the killed one left (its resolv.conf swap) and works.
+    let status = run(
+        &cfg,
+        &sh("test -L /etc/resolv.conf || test -f /etc/resolv.conf"),
+    )
+    .expect("next run");
+    assert!(status.success());
+    assert_resolv_restored(
+        &fx.layout("job-killed").upper().join("etc"),
+        &fx.layout("job-killed"),
+    );
 }
