@@ -380,7 +380,7 @@ fn second_session_on_a_busy_job_is_refused() {
 }
 
 /// Something done to the fake terminal once the expected text has appeared.
-type TermAction = Box<dyn Fn(&fs::File)>;
+type TermAction<'a> = Box<dyn Fn(&fs::File) + 'a>;
 
 /// Type into a pty that plays the user's terminal (40x100 at first), as `jobs shell` would be
 /// used: wait for the prompt, check the size, resize the terminal, then type `input`.
@@ -412,7 +412,7 @@ fn drive_shell(cfg: &SandboxConfig, input: &str) -> (Result<std::process::ExitSt
     };
     // (text that must have appeared, then what to do)
     let stty = "stty size\r".to_string();
-    let mut script: Vec<(&str, TermAction)> = vec![
+    let mut script: Vec<(&str, TermAction<'_>)> = vec![
         (
             "[imsctl test-job]",
             Box::new(move |m| {
