@@ -18,9 +18,9 @@ mod tests;
 pub use error::{Error, Result};
 pub use idmap::{IdMapping, SubIdRange};
 pub use plan::{MountStep, plan};
-pub use process::Command;
+pub use process::{Command, Stdio};
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::process::ExitStatus;
 
 use crate::root::{self, ImageSource, JobLock, WorkLayout};
@@ -80,15 +80,15 @@ impl SandboxConfig {
 /// Run `argv` inside the sandbox with inherited stdin/stdout/stderr; returns its exit status.
 /// Takes the job's lock for the duration (so the caller must not hold a [`JobLock`] itself).
 pub fn run(cfg: &SandboxConfig, argv: &[String]) -> Result<ExitStatus> {
+    run_with(cfg, argv, Stdio::Inherit)
+}
+
+/// [`run`] with explicit standard streams, e.g. a file or pipe to capture the command's output
+/// (a pipe must be read while the command runs, from another thread).
+pub fn run_with(cfg: &SandboxConfig, argv: &[String], stdio: Stdio) -> Result<ExitStatus> {
     let _lock = begin(cfg)?;
     let steps = plan(cfg);
-    process::spawn(
-        cfg,
-        &steps,
-        Command::Argv(argv.to_vec()),
-        process::Stdio::Inherit,
-    )?
-    .wait()
+    process::spawn(cfg, &steps, Command::Argv(argv.to_vec()), stdio)?.wait()
 }
 
 /// An interactive shell on this process's terminal (a real pty: job control, window size).
@@ -108,15 +108,23 @@ pub fn shell_on(
     let _lock = begin(cfg)?;
     let steps = plan(cfg);
     if !nix::unistd::isatty(term_in).unwrap_or(false) {
-        let command = Command::Shell { interactive: false };
-        return process::spawn(cfg, &steps, command, process::Stdio::Inherit)?.wait();
+        let dup = |fd: BorrowedFd<'_>| {
+            fd.try_clone_to_owned()
+                .map_err(|e| Error::io("duplicate", format!("/proc/self/fd/{}", fd.as_raw_fd()), e))
+        };
+        let stdio = Stdio::Streams {
+            stdin: Some(dup(term_in)?),
+            stdout: Some(dup(term_out)?),
+            stderr: None,
+        };
+        return process::spawn(cfg, &steps, Command::Shell { interactive: false }, stdio)?.wait();
     }
     let pty = pty::open_for(term_in)?;
     let running = process::spawn(
         cfg,
         &steps,
         Command::Shell { interactive: true },
-        process::Stdio::Pty(pty.slave),
+        Stdio::Pty(pty.slave),
     )?;
     let relayed = pty::RawMode::enter(term_in).and_then(|raw_mode| {
         let copied = pty::relay(term_in, term_out, &pty.master, &running);

@@ -71,6 +71,29 @@ pub enum Stdio {
     Inherit,
     /// The slave side of a pty: becomes the controlling terminal of a new session.
     Pty(OwnedFd),
+    /// Explicit streams (e.g. a pipe to capture output); `None` keeps the inherited one.
+    Streams {
+        stdin: Option<OwnedFd>,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+    },
+}
+
+impl Stdio {
+    fn raw_fds(&self) -> Vec<RawFd> {
+        match self {
+            Stdio::Inherit => vec![],
+            Stdio::Pty(slave) => vec![slave.as_raw_fd()],
+            Stdio::Streams {
+                stdin,
+                stdout,
+                stderr,
+            } => [stdin, stdout, stderr]
+                .iter()
+                .filter_map(|fd| fd.as_ref().map(AsRawFd::as_raw_fd))
+                .collect(),
+        }
+    }
 }
 
 /// Everything the children need, prepared before forking (no host lookups happen in them).
@@ -264,9 +287,7 @@ fn c1_main(
     // Descriptors of other threads (another session's pipes, say) must not stay open in the
     // sandbox: pid 1 never execs, so close-on-exec would not drop them.
     let mut keep = vec![0, 1, 2, report, ready.as_raw_fd(), go.as_raw_fd()];
-    if let Stdio::Pty(slave) = &stdio {
-        keep.push(slave.as_raw_fd());
-    }
+    keep.extend(stdio.raw_fds());
     close_other_fds(&mut keep);
     if let Err(e) = die_with_parent(|| nix::unistd::getppid() == parent) {
         send(report, TAG_SETUP_ERROR, e.to_string().as_bytes());
@@ -513,9 +534,16 @@ fn kill_all_but(keep: Option<Pid>) {
 /// on failure.
 fn exec_command(p: &Prepared<'_>, stdio: Stdio) -> Error {
     reset_signals();
-    if let Stdio::Pty(slave) = stdio
-        && let Err(e) = attach_terminal(slave)
-    {
+    let attached = match stdio {
+        Stdio::Inherit => Ok(()),
+        Stdio::Pty(slave) => attach_terminal(slave),
+        Stdio::Streams {
+            stdin,
+            stdout,
+            stderr,
+        } => attach_streams([stdin, stdout, stderr]),
+    };
+    if let Err(e) = attached {
         return e;
     }
     if p.drop_caps
@@ -605,6 +633,43 @@ fn attach_terminal(slave: OwnedFd) -> Result<()> {
     }
     if slave.as_raw_fd() <= 2 {
         std::mem::forget(slave); // it *is* one of the standard streams now
+    }
+    Ok(())
+}
+
+/// dup2 each given stream onto 0, 1, 2. All are duplicated before any is closed, so a stream
+/// whose descriptor number is itself 0..2 cannot be clobbered first.
+fn attach_streams(streams: [Option<OwnedFd>; 3]) -> Result<()> {
+    let mut dups = Vec::new();
+    for (target, fd) in streams.iter().enumerate() {
+        if let Some(fd) = fd {
+            // SAFETY: F_DUPFD_CLOEXEC to a descriptor above the standard ones.
+            let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+            if dup < 0 {
+                return Err(Error::sys(
+                    "duplicate standard stream",
+                    format!("/proc/self/fd/{}", fd.as_raw_fd()),
+                    Errno::last(),
+                ));
+            }
+            dups.push((dup, target as RawFd));
+        }
+    }
+    drop(streams);
+    for (dup, target) in dups {
+        // SAFETY: dup2 onto a standard descriptor; the duplicate is ours to close.
+        let rc = unsafe {
+            let rc = libc::dup2(dup, target);
+            libc::close(dup);
+            rc
+        };
+        if rc < 0 {
+            return Err(Error::sys(
+                "attach standard stream",
+                format!("/proc/self/fd/{target}"),
+                Errno::last(),
+            ));
+        }
     }
     Ok(())
 }

@@ -752,3 +752,45 @@ fn killing_imsctl_leaves_no_process_and_no_mount() {
         &fx.layout("job-killed"),
     );
 }
+
+#[test]
+fn shell_without_a_terminal_reads_commands_from_its_input_and_run_with_captures_output() {
+    if !is_root() {
+        return eprintln!("note: needs root; skipped");
+    }
+    let fx = Fixture::new();
+    let layout = fx.extracted("job-piped", None);
+    let cfg = config(layout.clone(), ImageSource::Extracted, true);
+    let script = fx.dir.path().join("script");
+    fs::write(
+        &script,
+        "echo piped-$((1+1)); cat /etc/marker; touch /tmp/failed\n",
+    )
+    .expect("write script");
+    let output = fx.dir.path().join("output");
+    let input_file = fs::File::open(&script).expect("open script");
+    let output_file = fs::File::create(&output).expect("create output");
+    let status = shell_on(&cfg, input_file.as_fd(), output_file.as_fd()).expect("shell");
+    assert!(status.success());
+    assert_eq!(read(&output), format!("piped-2\n{MARKER}"));
+    assert_eq!(
+        crate::root::signal_raised(&layout, &ImageSource::Extracted),
+        Some(Signal::Failed)
+    );
+    settle(&cfg).expect("settle");
+    assert_eq!(
+        crate::root::signal_raised(&layout, &ImageSource::Extracted),
+        None,
+        "settle clears signals"
+    );
+    let captured = fx.dir.path().join("captured");
+    let stdout = fs::File::create(&captured).expect("create");
+    let stdio = Stdio::Streams {
+        stdin: None,
+        stdout: Some(stdout.into()),
+        stderr: None,
+    };
+    let status = run_with(&cfg, &sh("ls /etc/marker; exit 3"), stdio).expect("run_with");
+    assert_eq!(status.code(), Some(3));
+    assert_eq!(read(&captured), "/etc/marker\n");
+}
