@@ -38,6 +38,8 @@ pub struct ResolvConfGuard {
     state_name: CString,
     state_path: PathBuf,
     original_present: bool,
+    /// Whether something was bound on the mount point (and must be unmounted first).
+    mounted: bool,
     done: bool,
 }
 
@@ -67,6 +69,7 @@ impl ResolvConfGuard {
             state_name,
             state_path: state.to_path_buf(),
             original_present,
+            mounted: false,
             done: false,
         };
         if original_present {
@@ -89,6 +92,11 @@ impl ResolvConfGuard {
         self.etc.join(NAME)
     }
 
+    /// Record that the host's file is now bound on [`ResolvConfGuard::mount_point`].
+    pub fn mark_mounted(&mut self) {
+        self.mounted = true;
+    }
+
     /// Tell the guard where the image's etc dir is now (after the root moved under pivot_root).
     pub fn relocate(&mut self, etc: PathBuf) {
         self.etc = etc;
@@ -102,10 +110,12 @@ impl ResolvConfGuard {
 
     fn restore_inner(&self) -> Result<()> {
         let mount_point = self.mount_point();
-        match umount2(&mount_point, MntFlags::MNT_DETACH) {
-            // EINVAL: nothing mounted there (never bound, or the user unmounted it).
-            Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-            Err(e) => return Err(Error::sys("unmount", &mount_point, e)),
+        if self.mounted {
+            match umount2(&mount_point, MntFlags::MNT_DETACH) {
+                // EINVAL: nothing mounted there any more (the user unmounted it).
+                Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(Error::sys("unmount", &mount_point, e)),
+            }
         }
         put_back(&self.etc, self.original_present)?;
         // SAFETY: unlinkat on a directory descriptor we own and a valid C string.

@@ -98,7 +98,9 @@ pub fn execute(steps: &[MountStep], out: &mut Executed) -> Result<()> {
                 }
                 if let Some(guard) = ResolvConfGuard::swap(etc, state)? {
                     let point = guard.mount_point();
-                    out.resolv = Some(guard);
+                    // Marked first: a bind that half-succeeds (mounted, not yet read-only) is
+                    // still unmounted at restore; unmounting nothing is tolerated.
+                    out.resolv.insert(guard).mark_mounted();
                     bind(host, &point, false, true)?;
                     inside_etc = Some(inside.clone());
                 }

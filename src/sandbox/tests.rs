@@ -72,15 +72,15 @@ impl Fixture {
     fn layout(&self, name: &str) -> WorkLayout {
         WorkLayout::new(self.dir.path().join(name))
     }
-    /// An extracted image root: a copy of the rootfs (owned by `owner`), marked complete.
-    fn extracted(&self, name: &str, owner: Option<u32>) -> WorkLayout {
+    /// An extracted image root: a copy of the rootfs (given to the unprivileged user if asked), marked complete.
+    fn extracted(&self, name: &str, unprivileged: bool) -> WorkLayout {
         let layout = self.layout(name);
         fs::create_dir_all(layout.work()).expect("mkdir work");
         let rootfs = self.rootfs();
         crate::root::populate_extracted(&layout, |root| copy_tree(&rootfs, root))
             .expect("populate");
-        if let Some(uid) = owner {
-            chown_tree(layout.work(), uid);
+        if unprivileged {
+            give_to_unprivileged(layout.work());
         }
         layout
     }
@@ -327,7 +327,7 @@ fn root_extract_mode_network_none_and_missing_command() {
         return eprintln!("note: needs root; skipped");
     }
     let fx = Fixture::new();
-    let layout = fx.extracted("job-extract", None);
+    let layout = fx.extracted("job-extract", false);
     let mut cfg = config(layout.clone(), ImageSource::Extracted, true);
     cfg.network = Network::None;
     let status = run(
@@ -364,7 +364,7 @@ fn second_session_on_a_busy_job_is_refused() {
         return eprintln!("note: needs root; skipped");
     }
     let fx = Fixture::new();
-    let layout = fx.extracted("job-busy", None);
+    let layout = fx.extracted("job-busy", false);
     let cfg = config(layout.clone(), ImageSource::Extracted, true);
     let first = {
         let cfg = cfg.clone();
@@ -478,7 +478,7 @@ fn root_pty_shell_jailed_touches_complete() {
         return eprintln!("note: needs root; skipped");
     }
     let fx = Fixture::new();
-    let layout = fx.extracted("job-shell", None);
+    let layout = fx.extracted("job-shell", false);
     let cfg = config(layout.clone(), ImageSource::Extracted, true);
     let (result, output) = drive_shell(&cfg, SHELL_INPUT);
     assert_shell_session(result, &output);
@@ -496,7 +496,7 @@ fn crashed_session_is_repaired_by_the_next() {
         return eprintln!("note: needs root; skipped");
     }
     let fx = Fixture::new();
-    let layout = fx.extracted("job-crash", None);
+    let layout = fx.extracted("job-crash", false);
     let cfg = config(layout.clone(), ImageSource::Extracted, true);
     // Simulate a session killed half-way: swapped, never restored.
     let etc = layout.root().join("etc");
@@ -521,8 +521,27 @@ fn crashed_session_is_repaired_by_the_next() {
     settle(&cfg).expect("settle");
 }
 
-/// Run `test` in a forked child as uid/gid 65534 with no groups; panics with its message on failure.
+/// The unprivileged user the rootless tests run as: 65534 when the tests run as root (switched
+/// to in a forked child), else the user running them.
+fn unprivileged_uid() -> u32 {
+    if is_root() { NOBODY } else { nix::unistd::geteuid().as_raw() }
+}
+
+/// Give `path` to the unprivileged user (as an unprivileged user, it already is theirs).
+fn give_to_unprivileged(path: &Path) {
+    if is_root() {
+        chown_tree(path, NOBODY);
+    }
+}
+
+/// Run `test` as the unprivileged user: in a forked child as uid/gid 65534 with no groups when
+/// root, directly otherwise. Panics with the test's message on failure.
 fn as_nobody(test: impl FnOnce() -> std::result::Result<(), String>) {
+    if !is_root() {
+        let outcome = test();
+        assert!(outcome.is_ok(), "as uid {}: {outcome:?}", unprivileged_uid());
+        return;
+    }
     let (r, w) = nix::unistd::pipe().expect("pipe");
     // SAFETY: the child runs the test then _exits; glibc makes malloc usable after fork.
     match unsafe { nix::unistd::fork() }.expect("fork") {
@@ -576,11 +595,8 @@ fn check(cond: bool, what: &str) -> std::result::Result<(), String> {
 
 #[test]
 fn rootless_extract_mode_jailed_with_private_network() {
-    if !is_root() {
-        return eprintln!("note: needs root to switch to uid 65534; skipped");
-    }
     let fx = Fixture::new();
-    let layout = fx.extracted("job-rootless", Some(NOBODY));
+    let layout = fx.extracted("job-rootless", true);
     as_nobody(|| {
         let mut cfg = config(layout.clone(), ImageSource::Extracted, true);
         check(cfg.ids.uses_user_namespace(), "a user namespace is used")?;
@@ -605,7 +621,7 @@ fn rootless_extract_mode_jailed_with_private_network() {
             .map(|m| m.uid())
             .map_err(|e| format!("stat newfile: {e}"))?;
         check(
-            owner == NOBODY,
+            owner == unprivileged_uid(),
             "files made by root inside belong to the caller on disk",
         )?;
         assert_resolv_restored(&layout.root().join("etc"), &layout);
@@ -616,15 +632,12 @@ fn rootless_extract_mode_jailed_with_private_network() {
 
 #[test]
 fn rootless_overlay_over_a_directory_and_pty_shell_not_jailed() {
-    if !is_root() {
-        return eprintln!("note: needs root to switch to uid 65534; skipped");
-    }
     let fx = Fixture::new();
     // The lower: an extraction of the base owned by the caller (as a rootless extraction makes it).
-    let lower = fx.extracted("lower-cache", Some(NOBODY)).root();
+    let lower = fx.extracted("lower-cache", true).root();
     let layout = fx.layout("job-rootless-ovl");
     fs::create_dir_all(layout.work()).expect("mkdir");
-    chown_tree(layout.work(), NOBODY);
+    give_to_unprivileged(layout.work());
     let source = ImageSource::OverlayDir {
         lower: lower.clone(),
     };
@@ -662,13 +675,10 @@ fn rootless_overlay_over_a_directory_and_pty_shell_not_jailed() {
 
 #[test]
 fn rootless_squashfuse_when_fuse_is_usable() {
-    if !is_root() {
-        return eprintln!("note: needs root to switch to uid 65534; skipped");
-    }
     let fx = Fixture::new();
     let layout = fx.layout("job-rootless-fuse");
     fs::create_dir_all(layout.work()).expect("mkdir");
-    chown_tree(layout.work(), NOBODY);
+    give_to_unprivileged(layout.work());
     let base = fx.base();
     as_nobody(|| {
         if !crate::root::rootless_fuse_usable() {
@@ -759,7 +769,7 @@ fn shell_without_a_terminal_reads_commands_from_its_input_and_run_with_captures_
         return eprintln!("note: needs root; skipped");
     }
     let fx = Fixture::new();
-    let layout = fx.extracted("job-piped", None);
+    let layout = fx.extracted("job-piped", false);
     let cfg = config(layout.clone(), ImageSource::Extracted, true);
     let script = fx.dir.path().join("script");
     fs::write(
