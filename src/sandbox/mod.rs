@@ -17,7 +17,7 @@ mod tests;
 
 pub use error::{Error, Result};
 pub use idmap::{IdMapping, SubIdRange};
-pub use plan::{MountStep, plan};
+pub use plan::{MountStep, plan, plan_image_only};
 pub use process::{Command, Stdio};
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -162,6 +162,55 @@ fn begin(cfg: &SandboxConfig) -> Result<JobLock> {
         &cfg.layout.resolv_state(),
     )?;
     Ok(lock)
+}
+
+/// A session that runs nothing and holds the job's image root mounted (overlay included) so
+/// that this process can read and write it at [`HeldRoot::path`] — e.g. to pack it, copy the
+/// CA certificate in, or list what changed. Holds the job's lock until released or dropped.
+pub struct HeldRoot {
+    running: Option<process::Running>,
+    pid1: nix::unistd::Pid,
+    _lock: JobLock,
+}
+
+impl HeldRoot {
+    /// The image root as seen from this process (`/proc/<pid>/root` of the holding session).
+    /// Rootless, owners appear as the host ids they are stored under: translate them back
+    /// with [`IdMapping::uid_inside`].
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/proc/{}/root", self.pid1))
+    }
+
+    /// End the session cleanly and report how it went.
+    pub fn release(mut self) -> Result<()> {
+        let Some(running) = self.running.take() else {
+            return Ok(());
+        };
+        let _ = nix::sys::signal::kill(self.pid1, nix::sys::signal::Signal::SIGTERM);
+        running.wait().map(drop)
+    }
+}
+
+impl Drop for HeldRoot {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.kill();
+            let _ = running.wait();
+        }
+    }
+}
+
+/// Mount the job's image root in a holding session (see [`HeldRoot`]).
+pub fn hold_root(cfg: &SandboxConfig) -> Result<HeldRoot> {
+    let lock = begin(cfg)?;
+    let steps = plan_image_only(cfg);
+    let running = process::spawn(cfg, &steps, Command::Hold, Stdio::Inherit)?;
+    let (running, pid1) = running.wait_ready()?;
+    Ok(HeldRoot {
+        running: Some(running),
+        pid1,
+        _lock: lock,
+    })
 }
 
 /// Make sure a job's image root holds the image's own resolv.conf (and no signal file) before

@@ -181,6 +181,17 @@ pub fn plan(cfg: &SandboxConfig) -> Vec<MountStep> {
     steps
 }
 
+/// Only the image root, pivoted into: what [`super::hold_root`] shows the host through
+/// `/proc/<pid>/root` (no /proc, /dev, resolv.conf on top, so a walk sees the image alone).
+pub fn plan_image_only(cfg: &SandboxConfig) -> Vec<MountStep> {
+    let mut steps = vec![MountStep::MakePrivate];
+    steps.extend(image_root_steps(cfg));
+    steps.push(MountStep::PivotRoot {
+        new_root: cfg.layout.root(),
+    });
+    steps
+}
+
 fn image_root_steps(cfg: &SandboxConfig) -> Vec<MountStep> {
     let layout = &cfg.layout;
     let overlay = |lower: PathBuf| MountStep::Overlay {
@@ -498,6 +509,26 @@ mod tests {
         assert!(steps.iter().any(|s| matches!(s, MountStep::Mount { fstype: "devpts", data: Some(d), .. } if !d.contains("gid="))));
         // Private network: a fresh read-only sysfs instead of the host's.
         assert!(steps.iter().any(|s| matches!(s, MountStep::Mount { fstype: "sysfs", flags, .. } if flags.contains(MsFlags::MS_RDONLY))));
+    }
+
+    #[test]
+    fn image_only_plan_has_nothing_on_top_of_the_image() {
+        let source = ImageSource::Mount {
+            base: "/s/b.sqsh".into(),
+            via: LowerVia::KernelLoop,
+        };
+        let steps = plan_image_only(&cfg(source, false, Network::Host, IdMapping::Host));
+        assert_eq!(steps.len(), 4, "{steps:?}");
+        assert!(
+            matches!(steps[1], MountStep::Lower { .. })
+                && matches!(steps[2], MountStep::Overlay { .. })
+        );
+        assert_eq!(
+            steps[3],
+            MountStep::PivotRoot {
+                new_root: "/w/root".into()
+            }
+        );
     }
 
     #[test]

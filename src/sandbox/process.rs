@@ -36,6 +36,10 @@ use crate::root::ResolvConfGuard;
 const TAG_SETUP_ERROR: u8 = b'E';
 const TAG_CLEANUP_ERROR: u8 = b'C';
 const TAG_STATUS: u8 = b'S';
+/// pid 1's pid as the host sees it (sent by C1).
+const TAG_PID: u8 = b'P';
+/// A holding session has its mounts in place.
+const TAG_READY: u8 = b'R';
 /// Keep each message within PIPE_BUF (4096) so concurrent writers cannot interleave.
 const MAX_MESSAGE: usize = 3800;
 const PATH_INSIDE: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -59,6 +63,8 @@ const CAP_NET_ADMIN: u32 = 12;
 #[derive(Debug, Clone)]
 pub enum Command {
     Argv(Vec<String>),
+    /// No command: pid 1 holds the mounts until SIGTERM (see [`super::HeldRoot`]).
+    Hold,
     /// The image's (jailed) or host's (not jailed) bash, else sh; interactive when on a pty.
     Shell {
         interactive: bool,
@@ -114,6 +120,8 @@ struct Prepared<'a> {
 pub struct Running {
     c1: Pid,
     reports: OwnedFd,
+    /// Reports read ahead by [`Running::wait_ready`].
+    read_ahead: Vec<u8>,
 }
 
 impl Running {
@@ -127,9 +135,39 @@ impl Running {
         let _ = nix::sys::signal::kill(self.c1, Signal::SIGKILL);
     }
 
+    /// For a holding session: read reports until pid 1 says its mounts are ready; returns pid
+    /// 1's pid as seen from here. A session that ends instead yields its error.
+    pub fn wait_ready(mut self) -> std::result::Result<(Running, Pid), Error> {
+        let mut buf = [0u8; 4096];
+        loop {
+            let reports = parse_reports(&self.read_ahead);
+            let pid = reports
+                .iter()
+                .find(|(t, p)| *t == TAG_PID && p.len() == 4)
+                .map(|(_, p)| i32::from_le_bytes([p[0], p[1], p[2], p[3]]));
+            if let (true, Some(pid)) = (reports.iter().any(|(t, _)| *t == TAG_READY), pid) {
+                return Ok((self, Pid::from_raw(pid)));
+            }
+            match nix::unistd::read(&self.reports, &mut buf) {
+                Ok(0) | Err(Errno::EBADF) => {
+                    return Err(match self.wait() {
+                        Err(e) => e,
+                        Ok(status) => {
+                            Error::Setup(format!("the holding session ended early ({status})"))
+                        }
+                    });
+                }
+                Ok(n) => self.read_ahead.extend_from_slice(&buf[..n]),
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(Error::sys("read reports from", "pipe", e)),
+            }
+        }
+    }
+
     /// Collect the children's reports until they are all gone, then reap C1.
-    pub fn wait(self) -> Result<ExitStatus> {
-        let bytes = read_to_end(&self.reports);
+    pub fn wait(mut self) -> Result<ExitStatus> {
+        let mut bytes = std::mem::take(&mut self.read_ahead);
+        bytes.extend(read_to_end(&self.reports));
         let c1_status = loop {
             match nix::sys::wait::waitpid(self.c1, None) {
                 Err(Errno::EINTR) => continue,
@@ -198,6 +236,7 @@ pub fn spawn(
             let running = Running {
                 c1: child,
                 reports: report_r,
+                read_ahead: Vec::new(),
             };
             if prepared.uses_userns {
                 // C1 says it has unshared (or closes the pipe on failure: its report says why).
@@ -338,6 +377,7 @@ fn c1_main(
         }
         Ok(ForkResult::Parent { child }) => {
             drop((alive_r, stdio));
+            send(report, TAG_PID, &child.as_raw().to_le_bytes());
             while let Err(Errno::EINTR) = nix::sys::wait::waitpid(child, None) {}
             drop(alive_w);
         }
@@ -453,6 +493,9 @@ fn supervise(p: &Prepared<'_>, stdio: Stdio, report: RawFd, fuse_pid: Option<Pid
         );
         return None;
     }
+    if matches!(p.command, Command::Hold) {
+        return Some(hold(&waited, report));
+    }
     // SAFETY: as in `spawn`; the child execs or exits.
     let command_pid = match unsafe { fork() } {
         Err(e) => {
@@ -487,6 +530,21 @@ fn supervise(p: &Prepared<'_>, stdio: Stdio, report: RawFd, fuse_pid: Option<Pid
 }
 
 extern "C" fn noop_handler(_: libc::c_int) {}
+
+/// Keep the namespace (and its mounts) alive until told to stop; a clean stop is status 0.
+fn hold(waited: &SigSet, report: RawFd) -> i32 {
+    send(report, TAG_READY, b"");
+    loop {
+        match waited.wait() {
+            Ok(Signal::SIGTERM) | Ok(Signal::SIGHUP) => return 0,
+            Ok(Signal::SIGCHLD) => {
+                // SAFETY: waitpid with a null status pointer.
+                while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+            }
+            _ => {}
+        }
+    }
+}
 
 /// Reap every exited child; the command's raw wait status once it is among them.
 fn reap(command: Pid, fuse_pid: Option<Pid>) -> Option<i32> {
@@ -553,6 +611,7 @@ fn exec_command(p: &Prepared<'_>, stdio: Stdio) -> Error {
     }
     let (argv, cwd) = match &p.command {
         Command::Argv(argv) => (argv.clone(), "/"),
+        Command::Hold => return Error::Config("a holding session runs no command".into()),
         Command::Shell { interactive } => (
             shell_argv(*interactive),
             if Path::new("/root").is_dir() {

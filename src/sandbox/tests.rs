@@ -524,7 +524,11 @@ fn crashed_session_is_repaired_by_the_next() {
 /// The unprivileged user the rootless tests run as: 65534 when the tests run as root (switched
 /// to in a forked child), else the user running them.
 fn unprivileged_uid() -> u32 {
-    if is_root() { NOBODY } else { nix::unistd::geteuid().as_raw() }
+    if is_root() {
+        NOBODY
+    } else {
+        nix::unistd::geteuid().as_raw()
+    }
 }
 
 /// Give `path` to the unprivileged user (as an unprivileged user, it already is theirs).
@@ -539,7 +543,11 @@ fn give_to_unprivileged(path: &Path) {
 fn as_nobody(test: impl FnOnce() -> std::result::Result<(), String>) {
     if !is_root() {
         let outcome = test();
-        assert!(outcome.is_ok(), "as uid {}: {outcome:?}", unprivileged_uid());
+        assert!(
+            outcome.is_ok(),
+            "as uid {}: {outcome:?}",
+            unprivileged_uid()
+        );
         return;
     }
     let (r, w) = nix::unistd::pipe().expect("pipe");
@@ -803,4 +811,65 @@ fn shell_without_a_terminal_reads_commands_from_its_input_and_run_with_captures_
     let status = run_with(&cfg, &sh("ls /etc/marker; exit 3"), stdio).expect("run_with");
     assert_eq!(status.code(), Some(3));
     assert_eq!(read(&captured), "/etc/marker\n");
+}
+
+/// The packer's view: the merged image root, readable and writable from outside.
+fn check_held_root(fx: &Fixture, cfg: &SandboxConfig) -> std::result::Result<(), String> {
+    let held = hold_root(cfg).map_err(|e| format!("hold: {e}"))?;
+    let root = held.path();
+    check(
+        read(root.join("etc/marker")) == MARKER,
+        "the base shows through the held root",
+    )?;
+    check(
+        fs::read_link(root.join("etc/resolv.conf")).ok().as_deref() == Some(Path::new(DANGLING)),
+        "image's resolv.conf",
+    )?;
+    check(
+        fs::read_dir(root.join("proc")).map(|d| d.count()).ok() == Some(0),
+        "nothing mounted on the image",
+    )?;
+    fs::write(root.join("etc/from-outside"), "ca")
+        .map_err(|e| format!("write through held root: {e}"))?;
+    check(
+        matches!(hold_root(cfg), Err(Error::Locked { .. })),
+        "the job stays locked while held",
+    )?;
+    held.release().map_err(|e| format!("release: {e}"))?;
+    check(
+        read(cfg.layout.upper().join("etc/from-outside")) == "ca",
+        "the write landed in the upper dir",
+    )?;
+    check(
+        mounts_mentioning(fx.dir.path()).is_empty(),
+        "nothing mounted after release",
+    )
+}
+
+#[test]
+fn held_root_as_root_and_unprivileged() {
+    let fx = Fixture::new();
+    if is_root() {
+        let source = ImageSource::Mount {
+            base: fx.base(),
+            via: LowerVia::KernelLoop,
+        };
+        let cfg = config(fx.layout("job-held"), source, true);
+        check_held_root(&fx, &cfg).expect("held root as root");
+        assert_nothing_left(&fx, 4212);
+    }
+    let lower = fx.extracted("lower-held", true).root();
+    let layout = fx.layout("job-held-rootless");
+    fs::create_dir_all(layout.work()).expect("mkdir");
+    give_to_unprivileged(layout.work());
+    as_nobody(|| {
+        let cfg = config(
+            layout.clone(),
+            ImageSource::OverlayDir {
+                lower: lower.clone(),
+            },
+            true,
+        );
+        check_held_root(&fx, &cfg)
+    });
 }
