@@ -9,5 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod context;
 pub mod output;
+pub mod root;
+pub mod sandbox;
 pub mod squashfs;
 pub mod store;

@@ -1,0 +1,320 @@
+//! Swap the image's /etc/resolv.conf for the host's during a session, and put the image's own
+//! back exactly.
+//!
+//! The image's file may be a dangling symlink (`-> ../run/systemd/resolve/stub-resolv.conf`),
+//! and a bind mount over a dangling symlink fails (and over a live one would land on its
+//! target). So the original, whatever it is, is *renamed* aside (a rename keeps the inode:
+//! content, owner, mode, times, xattrs, or the symlink's target, exactly), a plain empty file
+//! takes its place as the mount point, and at the end the rename is undone. A state file in the
+//! job's work dir records that a swap is in progress, so a session killed half-way is repaired
+//! by the next one (or by the packer, through [`repair_resolv_conf`]).
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, umount2};
+
+use crate::sandbox::error::{Error, Result, SysContext};
+
+const NAME: &str = "resolv.conf";
+/// Where the image's own file waits during the session (same dir: a rename, never a copy).
+const SAVED_NAME: &str = ".resolv.conf.imsctl-saved";
+const STATE_PRESENT: &str = "present";
+const STATE_ABSENT: &str = "absent";
+
+/// An image's resolv.conf swapped out for a session. [`ResolvConfGuard::restore`] puts it back;
+/// dropping the guard without calling it restores too (best effort, for error paths).
+#[derive(Debug)]
+pub struct ResolvConfGuard {
+    /// The image's etc dir as the current process reaches it (changes after pivot_root).
+    etc: PathBuf,
+    /// The work dir, held open so the state file can be removed after pivot_root hides it.
+    work_dir: OwnedFd,
+    state_name: CString,
+    state_path: PathBuf,
+    original_present: bool,
+    /// Whether something was bound on the mount point (and must be unmounted first).
+    mounted: bool,
+    done: bool,
+}
+
+impl ResolvConfGuard {
+    /// Move `etc/resolv.conf` aside and leave an empty regular file (a bind target) in its place.
+    /// Returns `None` when the image has no real etc dir (absent, or a symlink that could lead
+    /// outside the image): then nothing is touched.
+    pub fn swap(etc: &Path, state: &Path) -> Result<Option<ResolvConfGuard>> {
+        match fs::symlink_metadata(etc) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("inspect", etc, e)),
+        }
+        repair_resolv_conf(etc, state)?;
+        let current = etc.join(NAME);
+        let original_present = match fs::symlink_metadata(&current) {
+            Ok(_) => true,
+            Err(e) if e.kind() == ErrorKind::NotFound => false,
+            Err(e) => return Err(Error::io("inspect", &current, e)),
+        };
+        let (work_dir, state_name) = open_state_dir(state)?;
+        write_state(state, original_present)?;
+        let guard = ResolvConfGuard {
+            etc: etc.to_path_buf(),
+            work_dir,
+            state_name,
+            state_path: state.to_path_buf(),
+            original_present,
+            mounted: false,
+            done: false,
+        };
+        if original_present {
+            let saved = etc.join(SAVED_NAME);
+            fs::rename(&current, &saved)
+                .ctx(&format!("move aside {}, to", current.display()), &saved)?;
+        }
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&current)
+            .ctx("create resolv.conf mount point", &current)?;
+        Ok(Some(guard))
+    }
+
+    /// The file to bind the host's resolv.conf onto.
+    pub fn mount_point(&self) -> PathBuf {
+        self.etc.join(NAME)
+    }
+
+    /// Record that the host's file is now bound on [`ResolvConfGuard::mount_point`].
+    pub fn mark_mounted(&mut self) {
+        self.mounted = true;
+    }
+
+    /// Tell the guard where the image's etc dir is now (after the root moved under pivot_root).
+    pub fn relocate(&mut self, etc: PathBuf) {
+        self.etc = etc;
+    }
+
+    /// Unmount whatever is on the mount point, put the image's own file back, forget the state.
+    pub fn restore(mut self) -> Result<()> {
+        self.done = true;
+        self.restore_inner()
+    }
+
+    fn restore_inner(&self) -> Result<()> {
+        let mount_point = self.mount_point();
+        if self.mounted {
+            match umount2(&mount_point, MntFlags::MNT_DETACH) {
+                // EINVAL: nothing mounted there any more (the user unmounted it).
+                Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(Error::sys("unmount", &mount_point, e)),
+            }
+        }
+        put_back(&self.etc, self.original_present)?;
+        // SAFETY: unlinkat on a directory descriptor we own and a valid C string.
+        let rc = unsafe { libc::unlinkat(self.work_dir.as_raw_fd(), self.state_name.as_ptr(), 0) };
+        if rc != 0 && Errno::last() != Errno::ENOENT {
+            return Err(Error::sys("remove", &self.state_path, Errno::last()));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ResolvConfGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            // The error cannot be returned from here; the state file stays and the next
+            // session (or the packer) repairs it.
+            let _ = self.restore_inner();
+        }
+    }
+}
+
+/// Undo a swap left behind by a session that died: put the saved file back and drop the state
+/// file. `etc` is the image's etc dir (for an overlay seen from outside, the upper dir's etc:
+/// both names live there during a swap). Returns whether anything was repaired.
+pub fn repair_resolv_conf(etc: &Path, state: &Path) -> Result<bool> {
+    let text = match fs::read_to_string(state) {
+        Ok(t) => t,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("read", state, e)),
+    };
+    let original_present = match text.trim() {
+        STATE_PRESENT => true,
+        STATE_ABSENT => false,
+        other => {
+            return Err(Error::Config(format!(
+                "{}: unknown state {other:?}",
+                state.display()
+            )));
+        }
+    };
+    if fs::symlink_metadata(etc)
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+    {
+        put_back(etc, original_present)?;
+    }
+    fs::remove_file(state).ctx("remove", state)?;
+    Ok(true)
+}
+
+fn put_back(etc: &Path, original_present: bool) -> Result<()> {
+    let current = etc.join(NAME);
+    let saved = etc.join(SAVED_NAME);
+    match fs::symlink_metadata(&saved) {
+        Ok(_) => {
+            // rename(2) replaces the placeholder atomically.
+            fs::rename(&saved, &current).ctx(&format!("restore {} from", current.display()), &saved)
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            if original_present {
+                // The swap never moved it: the image's own file is still in place.
+                return Ok(());
+            }
+            match fs::remove_file(&current) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io("remove resolv.conf mount point", &current, e)),
+            }
+        }
+        Err(e) => Err(Error::io("inspect", &saved, e)),
+    }
+}
+
+fn open_state_dir(state: &Path) -> Result<(OwnedFd, CString)> {
+    let dir = state
+        .parent()
+        .ok_or_else(|| Error::Config(format!("{}: no parent dir", state.display())))?;
+    let name = state
+        .file_name()
+        .ok_or_else(|| Error::Config(format!("{}: no file name", state.display())))?;
+    let name = CString::new(name.as_encoded_bytes())
+        .map_err(|_| Error::Config(format!("{}: NUL in name", state.display())))?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+        .ctx("open directory", dir)?;
+    Ok((OwnedFd::from(file), name))
+}
+
+fn write_state(state: &Path, original_present: bool) -> Result<()> {
+    let word = if original_present {
+        STATE_PRESENT
+    } else {
+        STATE_ABSENT
+    };
+    let mut file = File::create(state).ctx("create", state)?;
+    writeln!(file, "{word}").ctx("write", state)?;
+    file.sync_all().ctx("sync", state)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let etc = dir.path().join("root/etc");
+        fs::create_dir_all(&etc).expect("mkdir");
+        let state = dir.path().join("resolv.conf.state");
+        (dir, etc, state)
+    }
+
+    #[test]
+    fn dangling_symlink_is_restored_exactly() {
+        let (_d, etc, state) = setup();
+        let target = "../run/systemd/resolve/stub-resolv.conf";
+        std::os::unix::fs::symlink(target, etc.join(NAME)).expect("symlink");
+        let guard = ResolvConfGuard::swap(&etc, &state)
+            .expect("swap")
+            .expect("guard");
+        let placeholder = fs::symlink_metadata(etc.join(NAME)).expect("placeholder");
+        assert!(placeholder.file_type().is_file());
+        assert!(state.exists());
+        guard.restore().expect("restore");
+        assert_eq!(
+            fs::read_link(etc.join(NAME)).expect("readlink"),
+            Path::new(target)
+        );
+        assert!(!etc.join(SAVED_NAME).exists() && !state.exists());
+    }
+
+    #[test]
+    fn regular_file_keeps_inode_mode_and_content() {
+        let (_d, etc, state) = setup();
+        let file = etc.join(NAME);
+        fs::write(&file, "nameserver 10.0.0.1\n").expect("write");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let before = fs::metadata(&file).expect("stat");
+        let guard = ResolvConfGuard::swap(&etc, &state)
+            .expect("swap")
+            .expect("guard");
+        assert_eq!(fs::read(&file).expect("read placeholder"), b"");
+        drop(guard); // the error path: Drop restores
+        let after = fs::metadata(&file).expect("stat");
+        assert_eq!(after.ino(), before.ino());
+        assert_eq!(after.mode(), before.mode());
+        assert_eq!(after.mtime(), before.mtime());
+        assert_eq!(
+            fs::read_to_string(&file).expect("read"),
+            "nameserver 10.0.0.1\n"
+        );
+        assert!(!state.exists());
+    }
+
+    #[test]
+    fn absent_file_stays_absent_and_crash_is_repaired() {
+        let (_d, etc, state) = setup();
+        let guard = ResolvConfGuard::swap(&etc, &state)
+            .expect("swap")
+            .expect("guard");
+        std::mem::forget(guard); // a crash: no restore ran
+        assert!(etc.join(NAME).exists());
+        assert!(repair_resolv_conf(&etc, &state).expect("repair"));
+        assert!(fs::symlink_metadata(etc.join(NAME)).is_err());
+        assert!(!repair_resolv_conf(&etc, &state).expect("second repair is a no-op"));
+    }
+
+    #[test]
+    fn crash_with_saved_file_is_repaired_by_next_swap() {
+        let (_d, etc, state) = setup();
+        std::os::unix::fs::symlink("/nowhere", etc.join(NAME)).expect("symlink");
+        std::mem::forget(
+            ResolvConfGuard::swap(&etc, &state)
+                .expect("swap")
+                .expect("guard"),
+        );
+        let guard = ResolvConfGuard::swap(&etc, &state)
+            .expect("swap again")
+            .expect("guard");
+        guard.restore().expect("restore");
+        assert_eq!(
+            fs::read_link(etc.join(NAME)).expect("readlink"),
+            Path::new("/nowhere")
+        );
+    }
+
+    #[test]
+    fn etc_symlink_is_never_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).expect("mkdir");
+        fs::create_dir(dir.path().join("root")).expect("mkdir");
+        let etc = dir.path().join("root/etc");
+        std::os::unix::fs::symlink(&outside, &etc).expect("symlink");
+        let state = dir.path().join("state");
+        assert!(ResolvConfGuard::swap(&etc, &state).expect("swap").is_none());
+        assert!(fs::read_dir(&outside).expect("ls").next().is_none());
+    }
+}

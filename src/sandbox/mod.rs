@@ -1,0 +1,225 @@
+//! The sandbox: run a command or an interactive shell inside a job's image root.
+//!
+//! Plan, then execute: [`plan::plan`] turns a [`SandboxConfig`] into mount steps (pure data);
+//! [`process`] forks into new namespaces (mount, pid, uts, ipc; network when
+//! `Network::None`; user when not root) and executes them there. Nothing is mounted in the host's
+//! namespace, so a session that dies in any way leaves nothing behind (see [`crate::root`]).
+
+pub mod error;
+pub mod exec;
+pub mod idmap;
+pub mod plan;
+pub mod process;
+pub mod pty;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{Error, Result};
+pub use idmap::{IdMapping, SubIdRange};
+pub use plan::{MountStep, plan, plan_image_only};
+pub use process::{Command, Stdio};
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::process::ExitStatus;
+
+use crate::root::{self, ImageSource, JobLock, WorkLayout};
+
+/// The network the sandbox sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// The host's network (the default, as in IMS).
+    #[default]
+    Host,
+    /// A private network namespace with only lo.
+    None,
+}
+
+/// Everything a session needs to know about a job.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub layout: WorkLayout,
+    pub source: ImageSource,
+    /// Jailed: the command starts inside the image root. Not jailed (IMS default): the host's
+    /// tree read-only, the image at /mnt/image/image-root, signal files in /mnt/image.
+    pub jailed: bool,
+    pub network: Network,
+    pub ids: IdMapping,
+    pub hostname: String,
+    /// Shown in the shell's prompt.
+    pub job_name: String,
+    /// Passed through as TERM inside.
+    pub term: Option<String>,
+    /// Extra environment variables inside (after PATH, HOME, PS1, TERM).
+    pub env: Vec<(String, String)>,
+}
+
+impl SandboxConfig {
+    /// A configuration with the defaults: not jailed, host network, id mapping detected for this
+    /// process, hostname `imsctl-<job>`, TERM from the environment.
+    pub fn new(layout: WorkLayout, source: ImageSource, job_name: &str) -> SandboxConfig {
+        let short: String = job_name
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .take(40)
+            .collect();
+        SandboxConfig {
+            layout,
+            source,
+            jailed: false,
+            network: Network::Host,
+            ids: IdMapping::detect(),
+            hostname: format!("imsctl-{short}"),
+            job_name: job_name.to_string(),
+            term: std::env::var("TERM").ok(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// Run `argv` inside the sandbox with inherited stdin/stdout/stderr; returns its exit status.
+/// Takes the job's lock for the duration (so the caller must not hold a [`JobLock`] itself).
+pub fn run(cfg: &SandboxConfig, argv: &[String]) -> Result<ExitStatus> {
+    run_with(cfg, argv, Stdio::Inherit)
+}
+
+/// [`run`] with explicit standard streams, e.g. a file or pipe to capture the command's output
+/// (a pipe must be read while the command runs, from another thread).
+pub fn run_with(cfg: &SandboxConfig, argv: &[String], stdio: Stdio) -> Result<ExitStatus> {
+    let _lock = begin(cfg)?;
+    let steps = plan(cfg);
+    process::spawn(cfg, &steps, Command::Argv(argv.to_vec()), stdio)?.wait()
+}
+
+/// An interactive shell on this process's terminal (a real pty: job control, window size).
+/// When stdin is not a terminal, the shell reads commands from it through plain pipes.
+pub fn shell(cfg: &SandboxConfig) -> Result<ExitStatus> {
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    shell_on(cfg, stdin.as_fd(), stdout.as_fd())
+}
+
+/// [`shell`] with the terminal given explicitly (tests drive it through a pty of their own).
+pub fn shell_on(
+    cfg: &SandboxConfig,
+    term_in: BorrowedFd<'_>,
+    term_out: BorrowedFd<'_>,
+) -> Result<ExitStatus> {
+    let _lock = begin(cfg)?;
+    let steps = plan(cfg);
+    if !nix::unistd::isatty(term_in).unwrap_or(false) {
+        let dup = |fd: BorrowedFd<'_>| {
+            fd.try_clone_to_owned()
+                .map_err(|e| Error::io("duplicate", format!("/proc/self/fd/{}", fd.as_raw_fd()), e))
+        };
+        let stdio = Stdio::Streams {
+            stdin: Some(dup(term_in)?),
+            stdout: Some(dup(term_out)?),
+            stderr: None,
+        };
+        return process::spawn(cfg, &steps, Command::Shell { interactive: false }, stdio)?.wait();
+    }
+    let pty = pty::open_for(term_in)?;
+    let running = process::spawn(
+        cfg,
+        &steps,
+        Command::Shell { interactive: true },
+        Stdio::Pty(pty.slave),
+    )?;
+    let relayed = pty::RawMode::enter(term_in).and_then(|raw_mode| {
+        let copied = pty::relay(term_in, term_out, &pty.master, &running);
+        drop(raw_mode);
+        copied
+    });
+    match relayed {
+        Ok(()) => running.wait(),
+        Err(e) => {
+            // End the session so that waiting for it returns; report both if that fails too.
+            running.kill();
+            match running.wait() {
+                Ok(_) => Err(e),
+                Err(cleanup) => Err(Error::Both {
+                    run: Box::new(e),
+                    cleanup: Box::new(cleanup),
+                }),
+            }
+        }
+    }
+}
+
+/// Lock the job, make sure its work dir is complete and repair what a dead session left.
+fn begin(cfg: &SandboxConfig) -> Result<JobLock> {
+    root::prepare_work_dir(&cfg.layout, &cfg.source)?;
+    let lock = JobLock::acquire(&cfg.layout)?;
+    if cfg.source == ImageSource::Extracted && !root::is_extracted(&cfg.layout) {
+        return Err(Error::Config(format!(
+            "image root {} has not been extracted",
+            cfg.layout.root().display()
+        )));
+    }
+    root::repair_resolv_conf(
+        &cfg.layout.outside_etc(&cfg.source),
+        &cfg.layout.resolv_state(),
+    )?;
+    Ok(lock)
+}
+
+/// A session that runs nothing and holds the job's image root mounted (overlay included) so
+/// that this process can read and write it at [`HeldRoot::path`] — e.g. to pack it, copy the
+/// CA certificate in, or list what changed. Holds the job's lock until released or dropped.
+pub struct HeldRoot {
+    running: Option<process::Running>,
+    pid1: nix::unistd::Pid,
+    _lock: JobLock,
+}
+
+impl HeldRoot {
+    /// The image root as seen from this process (`/proc/<pid>/root` of the holding session).
+    /// Rootless, owners appear as the host ids they are stored under: translate them back
+    /// with [`IdMapping::uid_inside`].
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/proc/{}/root", self.pid1))
+    }
+
+    /// End the session cleanly and report how it went.
+    pub fn release(mut self) -> Result<()> {
+        let Some(running) = self.running.take() else {
+            return Ok(());
+        };
+        let _ = nix::sys::signal::kill(self.pid1, nix::sys::signal::Signal::SIGTERM);
+        running.wait().map(drop)
+    }
+}
+
+impl Drop for HeldRoot {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.kill();
+            let _ = running.wait();
+        }
+    }
+}
+
+/// Mount the job's image root in a holding session (see [`HeldRoot`]).
+pub fn hold_root(cfg: &SandboxConfig) -> Result<HeldRoot> {
+    let lock = begin(cfg)?;
+    let steps = plan_image_only(cfg);
+    let running = process::spawn(cfg, &steps, Command::Hold, Stdio::Inherit)?;
+    let (running, pid1) = running.wait_ready()?;
+    Ok(HeldRoot {
+        running: Some(running),
+        pid1,
+        _lock: lock,
+    })
+}
+
+/// Make sure a job's image root holds the image's own resolv.conf (and no signal file) before
+/// it is packed; safe to call any time no session runs (it takes the lock).
+pub fn settle(cfg: &SandboxConfig) -> Result<()> {
+    let _lock = JobLock::acquire(&cfg.layout)?;
+    root::repair_resolv_conf(
+        &cfg.layout.outside_etc(&cfg.source),
+        &cfg.layout.resolv_state(),
+    )?;
+    root::clear_signals(&cfg.layout, &cfg.source)
+}

@@ -1,0 +1,915 @@
+//! The process chain of a session:
+//!
+//! ```text
+//! imsctl (host namespaces)
+//!   └─ C1: unshare(user?, mount, pid, uts, ipc, net?); waits for the parent to write id maps
+//!        └─ C2 = pid 1 of the new pid namespace: mounts the plan, pivots, reaps, forwards
+//!             └─ the command (or shell)
+//! ```
+//!
+//! Every child is tied to its parent with PR_SET_PDEATHSIG(SIGKILL): when imsctl dies (Ctrl-C,
+//! SIGTERM, kill -9), C1 dies, then C2, and the death of a pid namespace's pid 1 kills everything
+//! in it; the mount namespace dies with its last process, taking every mount (and the
+//! autoclear loop device) along. Nothing is ever mounted in the host's namespace.
+//!
+//! The children report back over one pipe with small tagged messages (setup error, cleanup
+//! error, exit status), each below PIPE_BUF so that writes from several processes never mix.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::ExitStatus;
+
+use nix::errno::Errno;
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::unistd::{ForkResult, Pid, fork};
+
+use super::error::{Error, Result};
+use super::exec::{self, Executed};
+use super::idmap::IdMapping;
+use super::plan::MountStep;
+use super::{Network, SandboxConfig};
+use crate::root::ResolvConfGuard;
+
+const TAG_SETUP_ERROR: u8 = b'E';
+const TAG_CLEANUP_ERROR: u8 = b'C';
+const TAG_STATUS: u8 = b'S';
+/// pid 1's pid as the host sees it (sent by C1).
+const TAG_PID: u8 = b'P';
+/// A holding session has its mounts in place.
+const TAG_READY: u8 = b'R';
+/// Keep each message within PIPE_BUF (4096) so concurrent writers cannot interleave.
+const MAX_MESSAGE: usize = 3800;
+const PATH_INSIDE: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Signals pid 1 forwards to the command. SIGINT and SIGQUIT are not among them: the terminal
+/// delivers those to the command's process group directly.
+const FORWARDED: [Signal; 5] = [
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGCONT,
+];
+/// Capabilities real root gives up inside: those that reach the host kernel or the host's
+/// files past the mount namespace (open_by_handle_at, module loading, remounting, raw I/O...).
+const DROPPED_CAPS: [u32; 17] = [
+    2, 16, 17, 20, 21, 22, 25, 30, 32, 33, 34, 35, 36, 38, 39, 40, 12,
+];
+const CAP_NET_ADMIN: u32 = 12;
+
+/// What to run inside.
+#[derive(Debug, Clone)]
+pub enum Command {
+    Argv(Vec<String>),
+    /// No command: pid 1 holds the mounts until SIGTERM (see [`super::HeldRoot`]).
+    Hold,
+    /// The image's (jailed) or host's (not jailed) bash, else sh; interactive when on a pty.
+    Shell {
+        interactive: bool,
+    },
+}
+
+/// The command's standard streams.
+#[derive(Debug)]
+pub enum Stdio {
+    Inherit,
+    /// The slave side of a pty: becomes the controlling terminal of a new session.
+    Pty(OwnedFd),
+    /// Explicit streams (e.g. a pipe to capture output); `None` keeps the inherited one.
+    Streams {
+        stdin: Option<OwnedFd>,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+    },
+}
+
+impl Stdio {
+    fn raw_fds(&self) -> Vec<RawFd> {
+        match self {
+            Stdio::Inherit => vec![],
+            Stdio::Pty(slave) => vec![slave.as_raw_fd()],
+            Stdio::Streams {
+                stdin,
+                stdout,
+                stderr,
+            } => [stdin, stdout, stderr]
+                .iter()
+                .filter_map(|fd| fd.as_ref().map(AsRawFd::as_raw_fd))
+                .collect(),
+        }
+    }
+}
+
+/// Everything the children need, prepared before forking (no host lookups happen in them).
+struct Prepared<'a> {
+    steps: &'a [MountStep],
+    command: Command,
+    env: Vec<CString>,
+    hostname: String,
+    network: Network,
+    drop_caps: bool,
+    clone_flags: CloneFlags,
+    uses_userns: bool,
+    many_ids: bool,
+}
+
+/// A started session: wait for it with [`Running::wait`]. The report pipe becomes readable when
+/// the session is ending (a pty loop polls it).
+pub struct Running {
+    c1: Pid,
+    reports: OwnedFd,
+    /// Reports read ahead by [`Running::wait_ready`].
+    read_ahead: Vec<u8>,
+}
+
+impl Running {
+    pub fn reports_fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.reports.as_fd()
+    }
+
+    /// Kill the session: C1's death takes pid 1 and with it the whole namespace.
+    pub fn kill(&self) {
+        let _ = nix::sys::signal::kill(self.c1, Signal::SIGKILL);
+    }
+
+    /// For a holding session: read reports until pid 1 says its mounts are ready; returns pid
+    /// 1's pid as seen from here. A session that ends instead yields its error.
+    pub fn wait_ready(mut self) -> std::result::Result<(Running, Pid), Error> {
+        let mut buf = [0u8; 4096];
+        loop {
+            let reports = parse_reports(&self.read_ahead);
+            let pid = reports
+                .iter()
+                .find(|(t, p)| *t == TAG_PID && p.len() == 4)
+                .map(|(_, p)| i32::from_le_bytes([p[0], p[1], p[2], p[3]]));
+            if let (true, Some(pid)) = (reports.iter().any(|(t, _)| *t == TAG_READY), pid) {
+                return Ok((self, Pid::from_raw(pid)));
+            }
+            match nix::unistd::read(&self.reports, &mut buf) {
+                Ok(0) | Err(Errno::EBADF) => {
+                    return Err(match self.wait() {
+                        Err(e) => e,
+                        Ok(status) => {
+                            Error::Setup(format!("the holding session ended early ({status})"))
+                        }
+                    });
+                }
+                Ok(n) => self.read_ahead.extend_from_slice(&buf[..n]),
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(Error::sys("read reports from", "pipe", e)),
+            }
+        }
+    }
+
+    /// Collect the children's reports until they are all gone, then reap C1.
+    pub fn wait(mut self) -> Result<ExitStatus> {
+        let mut bytes = std::mem::take(&mut self.read_ahead);
+        bytes.extend(read_to_end(&self.reports));
+        let c1_status = loop {
+            match nix::sys::wait::waitpid(self.c1, None) {
+                Err(Errno::EINTR) => continue,
+                other => break other,
+            }
+        };
+        let mut setup = None;
+        let mut cleanup = None;
+        let mut status = None;
+        for (tag, payload) in parse_reports(&bytes) {
+            let text = String::from_utf8_lossy(payload).into_owned();
+            match tag {
+                TAG_SETUP_ERROR => setup = setup.or(Some(text)),
+                TAG_CLEANUP_ERROR => cleanup = cleanup.or(Some(text)),
+                TAG_STATUS if payload.len() == 4 => {
+                    status = Some(ExitStatus::from_raw(i32::from_le_bytes([
+                        payload[0], payload[1], payload[2], payload[3],
+                    ])))
+                }
+                _ => {}
+            }
+        }
+        let run = match (setup, status) {
+            (Some(msg), _) => Err(Error::Setup(msg)),
+            (None, Some(s)) => Ok(s),
+            (None, None) => Err(Error::Setup(format!(
+                "the sandbox ended without reporting a status ({c1_status:?})"
+            ))),
+        };
+        Error::combine(run, cleanup.map_or(Ok(()), |c| Err(Error::Cleanup(c))))
+    }
+}
+
+/// Fork the session. `steps` is the plan of [`super::plan::plan`].
+pub fn spawn(
+    cfg: &SandboxConfig,
+    steps: &[MountStep],
+    command: Command,
+    stdio: Stdio,
+) -> Result<Running> {
+    let prepared = prepare(cfg, steps, command)?;
+    let (report_r, report_w) = pipe("create report pipe")?;
+    let (ready_r, ready_w) = pipe("create sync pipe")?;
+    let (go_r, go_w) = pipe("create sync pipe")?;
+    let parent = nix::unistd::getpid();
+    // SAFETY: the child runs only code that is safe after fork in this process (glibc resets
+    // malloc's locks in the child; no stdio locks or env access are taken there) and never returns.
+    match unsafe { fork() }.map_err(|e| Error::sys("fork sandbox from", "/proc/self", e))? {
+        ForkResult::Child => {
+            drop((report_r, ready_r, go_w));
+            child_exit(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                || {
+                    c1_main(
+                        &prepared,
+                        parent,
+                        stdio,
+                        report_w.as_raw_fd(),
+                        ready_w,
+                        go_r,
+                    )
+                },
+            )));
+        }
+        ForkResult::Parent { child } => {
+            drop((report_w, ready_w, go_r, stdio));
+            let running = Running {
+                c1: child,
+                reports: report_r,
+                read_ahead: Vec::new(),
+            };
+            if prepared.uses_userns {
+                // C1 says it has unshared (or closes the pipe on failure: its report says why).
+                if read_byte(&ready_r).is_some() {
+                    let mapped = cfg.ids.apply(child);
+                    let _ = write_all(go_w.as_raw_fd(), if mapped.is_ok() { b"G" } else { b"X" });
+                    drop(go_w);
+                    if let Err(e) = mapped {
+                        let _ = running.wait();
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(running)
+        }
+    }
+}
+
+fn prepare<'a>(
+    cfg: &SandboxConfig,
+    steps: &'a [MountStep],
+    command: Command,
+) -> Result<Prepared<'a>> {
+    let mut vars = vec![
+        ("PATH".to_string(), PATH_INSIDE.to_string()),
+        ("HOME".into(), "/root".into()),
+        ("PS1".into(), format!("[imsctl {}] \\w \\$ ", cfg.job_name)),
+    ];
+    if let Some(term) = &cfg.term {
+        vars.push(("TERM".into(), term.clone()));
+    }
+    vars.extend(cfg.env.iter().cloned());
+    let env = vars
+        .into_iter()
+        .map(|(k, v)| {
+            CString::new(format!("{k}={v}"))
+                .map_err(|_| Error::Config(format!("environment variable {k} contains NUL")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if let Command::Argv(argv) = &command {
+        if argv.is_empty() {
+            return Err(Error::Config("empty command".into()));
+        }
+        if argv.iter().any(|a| a.contains('\0')) {
+            return Err(Error::Config("command argument contains NUL".into()));
+        }
+    }
+    let mut clone_flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    if cfg.network == Network::None {
+        clone_flags |= CloneFlags::CLONE_NEWNET;
+    }
+    let uses_userns = cfg.ids.uses_user_namespace();
+    if uses_userns {
+        clone_flags |= CloneFlags::CLONE_NEWUSER;
+    }
+    Ok(Prepared {
+        steps,
+        command,
+        env,
+        hostname: cfg.hostname.clone(),
+        network: cfg.network,
+        drop_caps: cfg.ids == IdMapping::Host,
+        clone_flags,
+        uses_userns,
+        many_ids: cfg.ids.maps_many_ids(),
+    })
+}
+
+fn child_exit(outcome: std::thread::Result<()>) -> ! {
+    let code = if outcome.is_ok() { 0 } else { 101 };
+    // SAFETY: leave the forked child without unwinding into the parent's frames.
+    unsafe { libc::_exit(code) }
+}
+
+/// C1: enters the new namespaces, lets the parent map ids, forks pid 1 and waits for it.
+fn c1_main(
+    p: &Prepared<'_>,
+    parent: Pid,
+    stdio: Stdio,
+    report: RawFd,
+    ready: OwnedFd,
+    go: OwnedFd,
+) {
+    // Descriptors of other threads (another session's pipes, say) must not stay open in the
+    // sandbox: pid 1 never execs, so close-on-exec would not drop them.
+    let mut keep = vec![0, 1, 2, report, ready.as_raw_fd(), go.as_raw_fd()];
+    keep.extend(stdio.raw_fds());
+    close_other_fds(&mut keep);
+    if let Err(e) = die_with_parent(|| nix::unistd::getppid() == parent) {
+        send(report, TAG_SETUP_ERROR, e.to_string().as_bytes());
+        return;
+    }
+    // The terminal's Ctrl-C is for the command, not for the sandbox's own processes.
+    ignore(Signal::SIGINT);
+    ignore(Signal::SIGQUIT);
+    if let Err(e) = unshare(p.clone_flags) {
+        send(
+            report,
+            TAG_SETUP_ERROR,
+            Error::sys(
+                format!("unshare namespaces ({:?}) of", p.clone_flags),
+                "/proc/self",
+                e,
+            )
+            .to_string()
+            .as_bytes(),
+        );
+        return;
+    }
+    if p.uses_userns {
+        let _ = write_all(ready.as_raw_fd(), b"R");
+        if read_byte(&go) != Some(b'G') {
+            return; // the parent could not map ids; it reports why
+        }
+    }
+    drop((ready, go));
+    let (alive_r, alive_w) = match pipe("create liveness pipe") {
+        Ok(p) => p,
+        Err(e) => return send(report, TAG_SETUP_ERROR, e.to_string().as_bytes()),
+    };
+    // SAFETY: as in `spawn`; the child never returns.
+    match unsafe { fork() } {
+        Err(e) => send(
+            report,
+            TAG_SETUP_ERROR,
+            Error::sys("fork pid 1 from", "/proc/self", e)
+                .to_string()
+                .as_bytes(),
+        ),
+        Ok(ForkResult::Child) => {
+            drop(alive_w);
+            child_exit(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                || init_main(p, stdio, report, alive_r),
+            )));
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop((alive_r, stdio));
+            send(report, TAG_PID, &child.as_raw().to_le_bytes());
+            while let Err(Errno::EINTR) = nix::sys::wait::waitpid(child, None) {}
+            drop(alive_w);
+        }
+    }
+}
+
+fn close_other_fds(keep: &mut [RawFd]) {
+    keep.sort_unstable();
+    let mut next: libc::c_uint = 0;
+    for &fd in keep.iter() {
+        let fd = fd as libc::c_uint;
+        if fd > next {
+            // SAFETY: close_range on descriptors nobody in this (single-threaded) child uses.
+            unsafe { libc::syscall(libc::SYS_close_range, next, fd - 1, 0) };
+        }
+        next = next.max(fd + 1);
+    }
+    // SAFETY: as above, up to the highest possible descriptor.
+    unsafe { libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0) };
+}
+
+/// PR_SET_PDEATHSIG, then make sure the parent did not die before it took effect.
+fn die_with_parent(parent_alive: impl Fn() -> bool) -> Result<()> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
+        return Err(Error::sys(
+            "set parent-death signal of",
+            "/proc/self",
+            Errno::last(),
+        ));
+    }
+    if !parent_alive() {
+        // SAFETY: the parent is gone; so must we be.
+        unsafe { libc::_exit(1) }
+    }
+    Ok(())
+}
+
+/// C2, pid 1 of the new pid namespace.
+fn init_main(p: &Prepared<'_>, stdio: Stdio, report: RawFd, alive: OwnedFd) {
+    // getppid() is 0 across the pid namespace boundary; C1's liveness is its pipe staying open.
+    let c1_alive = || poll_hangup(&alive) == Some(false);
+    if let Err(e) = die_with_parent(c1_alive) {
+        return send(report, TAG_SETUP_ERROR, e.to_string().as_bytes());
+    }
+    drop(alive);
+    let mut executed = Executed::default();
+    let setup = setup_inside(p, &mut executed);
+    if let Err(e) = setup {
+        send(report, TAG_SETUP_ERROR, e.to_string().as_bytes());
+        finish(report, executed, None);
+        return;
+    }
+    let status = supervise(p, stdio, report, executed.fuse_pid);
+    finish(report, executed, status);
+}
+
+fn setup_inside(p: &Prepared<'_>, executed: &mut Executed) -> Result<()> {
+    if p.uses_userns && p.many_ids {
+        // Supplementary groups from the host show as nogroup inside; drop them.
+        let _ = nix::unistd::setgroups(&[]);
+    }
+    nix::unistd::sethostname(&p.hostname).map_err(|e| {
+        Error::sys(
+            format!("set hostname {:?} of", p.hostname),
+            "/proc/sys/kernel/hostname",
+            e,
+        )
+    })?;
+    if p.network == Network::None {
+        exec::bring_loopback_up()?;
+    }
+    exec::execute(p.steps, executed)
+}
+
+/// Kill what the command left running, restore the image's resolv.conf, report the status.
+fn finish(report: RawFd, executed: Executed, status: Option<i32>) {
+    kill_all_but(executed.fuse_pid);
+    if let Some(Err(e)) = executed.resolv.map(ResolvConfGuard::restore) {
+        send(report, TAG_CLEANUP_ERROR, e.to_string().as_bytes());
+    }
+    if let Some(raw) = status {
+        send(report, TAG_STATUS, &raw.to_le_bytes());
+    }
+}
+
+/// Fork the command and be its init: reap every child, forward signals, return its raw status.
+fn supervise(p: &Prepared<'_>, stdio: Stdio, report: RawFd, fuse_pid: Option<Pid>) -> Option<i32> {
+    let mut waited = SigSet::empty();
+    waited.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        waited.add(s);
+        // pid 1 only receives signals it handles; the handler never runs (they stay blocked).
+        // SAFETY: installing a handler that does nothing.
+        let _ = unsafe { nix::sys::signal::signal(s, SigHandler::Handler(noop_handler)) };
+    }
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&waited), None) {
+        send(
+            report,
+            TAG_SETUP_ERROR,
+            Error::sys("block signals of", "/proc/self", e)
+                .to_string()
+                .as_bytes(),
+        );
+        return None;
+    }
+    if matches!(p.command, Command::Hold) {
+        return Some(hold(&waited, report));
+    }
+    // SAFETY: as in `spawn`; the child execs or exits.
+    let command_pid = match unsafe { fork() } {
+        Err(e) => {
+            send(
+                report,
+                TAG_SETUP_ERROR,
+                Error::sys("fork the command from", "/proc/self", e)
+                    .to_string()
+                    .as_bytes(),
+            );
+            return None;
+        }
+        Ok(ForkResult::Child) => {
+            let err = exec_command(p, stdio);
+            send(report, TAG_SETUP_ERROR, err.to_string().as_bytes());
+            // SAFETY: leave the forked child.
+            unsafe { libc::_exit(127) }
+        }
+        Ok(ForkResult::Parent { child }) => child,
+    };
+    drop(stdio);
+    loop {
+        let Ok(sig) = waited.wait() else { continue };
+        if sig != Signal::SIGCHLD {
+            let _ = nix::sys::signal::kill(command_pid, sig);
+            continue;
+        }
+        if let Some(raw) = reap(command_pid, fuse_pid) {
+            return Some(raw);
+        }
+    }
+}
+
+extern "C" fn noop_handler(_: libc::c_int) {}
+
+/// Keep the namespace (and its mounts) alive until told to stop; a clean stop is status 0.
+fn hold(waited: &SigSet, report: RawFd) -> i32 {
+    send(report, TAG_READY, b"");
+    loop {
+        match waited.wait() {
+            Ok(Signal::SIGTERM) | Ok(Signal::SIGHUP) => return 0,
+            Ok(Signal::SIGCHLD) => {
+                // SAFETY: waitpid with a null status pointer.
+                while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reap every exited child; the command's raw wait status once it is among them.
+fn reap(command: Pid, fuse_pid: Option<Pid>) -> Option<i32> {
+    let mut result = None;
+    loop {
+        let mut raw = 0;
+        // SAFETY: waitpid with a valid pointer to an int.
+        let pid = unsafe { libc::waitpid(-1, &mut raw, libc::WNOHANG) };
+        if pid <= 0 {
+            return result;
+        }
+        if pid == command.as_raw() {
+            result = Some(raw);
+        } else if Some(Pid::from_raw(pid)) == fuse_pid && result.is_none() {
+            // The base image vanished under the command: nothing inside can work any more.
+            let _ = nix::sys::signal::kill(command, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Kill every process of the namespace except pid 1 and the squashfuse server, and reap them.
+fn kill_all_but(keep: Option<Pid>) {
+    let own = std::process::id() as i32;
+    for _ in 0..200 {
+        let pids: Vec<i32> = std::fs::read_dir("/proc")
+            .map(|dir| {
+                dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .filter(|&pid: &i32| pid != own && Some(Pid::from_raw(pid)) != keep)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        // SAFETY: waitpid with a null status pointer.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+    }
+}
+
+/// The command's process: default signals, its stdio, fewer capabilities, then exec. Returns only
+/// on failure.
+fn exec_command(p: &Prepared<'_>, stdio: Stdio) -> Error {
+    reset_signals();
+    let attached = match stdio {
+        Stdio::Inherit => Ok(()),
+        Stdio::Pty(slave) => attach_terminal(slave),
+        Stdio::Streams {
+            stdin,
+            stdout,
+            stderr,
+        } => attach_streams([stdin, stdout, stderr]),
+    };
+    if let Err(e) = attached {
+        return e;
+    }
+    if p.drop_caps
+        && let Err(e) = drop_capabilities(p.network)
+    {
+        return e;
+    }
+    let (argv, cwd) = match &p.command {
+        Command::Argv(argv) => (argv.clone(), "/"),
+        Command::Hold => return Error::Config("a holding session runs no command".into()),
+        Command::Shell { interactive } => (
+            shell_argv(*interactive),
+            if Path::new("/root").is_dir() {
+                "/root"
+            } else {
+                "/"
+            },
+        ),
+    };
+    let _ = nix::unistd::chdir(cwd);
+    let program = match resolve_program(&argv[0]) {
+        Some(p) => p,
+        None => return Error::sys("find command", &argv[0], Errno::ENOENT),
+    };
+    let cargs: Vec<CString> = argv
+        .iter()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
+    let Ok(cprog) = CString::new(program.as_os_str().as_encoded_bytes()) else {
+        return Error::sys("execute", &program, Errno::EINVAL);
+    };
+    match nix::unistd::execve(&cprog, &cargs, &p.env) {
+        Err(e) => Error::sys("execute", &program, e),
+        Ok(never) => match never {},
+    }
+}
+
+fn shell_argv(interactive: bool) -> Vec<String> {
+    let bash = Path::new("/bin/bash").exists();
+    let mut argv = vec![if bash { "/bin/bash" } else { "/bin/sh" }.to_string()];
+    if bash {
+        // The job's PS1 would be overwritten by a distribution's bashrc.
+        argv.push("--norc".into());
+    }
+    if interactive {
+        argv.push("-i".into());
+    }
+    argv
+}
+
+/// execvp's lookup, but along the sandbox's PATH rather than the host's.
+fn resolve_program(name: &str) -> Option<std::path::PathBuf> {
+    if name.contains('/') {
+        return Some(name.into());
+    }
+    PATH_INSIDE
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|candidate| {
+            nix::unistd::access(candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+                && candidate.is_file()
+        })
+}
+
+fn reset_signals() {
+    for sig in Signal::iterator() {
+        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+            // SAFETY: restoring default dispositions.
+            let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
+        }
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+/// New session whose controlling terminal is the pty slave: job control works inside.
+fn attach_terminal(slave: OwnedFd) -> Result<()> {
+    let dev = Path::new("/dev/pts");
+    nix::unistd::setsid().map_err(|e| Error::sys("start a session on", dev, e))?;
+    // SAFETY: TIOCSCTTY on a terminal descriptor we own.
+    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY as _, 0) } != 0 {
+        return Err(Error::sys("make controlling terminal", dev, Errno::last()));
+    }
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors.
+        if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
+            return Err(Error::sys("attach standard streams to", dev, Errno::last()));
+        }
+    }
+    if slave.as_raw_fd() <= 2 {
+        std::mem::forget(slave); // it *is* one of the standard streams now
+    }
+    Ok(())
+}
+
+/// dup2 each given stream onto 0, 1, 2. All are duplicated before any is closed, so a stream
+/// whose descriptor number is itself 0..2 cannot be clobbered first.
+fn attach_streams(streams: [Option<OwnedFd>; 3]) -> Result<()> {
+    let mut dups = Vec::new();
+    for (target, fd) in streams.iter().enumerate() {
+        if let Some(fd) = fd {
+            // SAFETY: F_DUPFD_CLOEXEC to a descriptor above the standard ones.
+            let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+            if dup < 0 {
+                return Err(Error::sys(
+                    "duplicate standard stream",
+                    format!("/proc/self/fd/{}", fd.as_raw_fd()),
+                    Errno::last(),
+                ));
+            }
+            dups.push((dup, target as RawFd));
+        }
+    }
+    drop(streams);
+    for (dup, target) in dups {
+        // SAFETY: dup2 onto a standard descriptor; the duplicate is ours to close.
+        let rc = unsafe {
+            let rc = libc::dup2(dup, target);
+            libc::close(dup);
+            rc
+        };
+        if rc < 0 {
+            return Err(Error::sys(
+                "attach standard stream",
+                format!("/proc/self/fd/{target}"),
+                Errno::last(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+fn drop_capabilities(network: Network) -> Result<()> {
+    let proc_caps = Path::new("/proc/self/status");
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget fills two CapData for version 3.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(Error::sys("read capabilities of", proc_caps, Errno::last()));
+    }
+    for cap in DROPPED_CAPS {
+        if cap == CAP_NET_ADMIN && network == Network::None {
+            continue; // its own network namespace: harmless, and lets `ip` work
+        }
+        // SAFETY: prctl with integer arguments; EINVAL for a capability this kernel lacks.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if rc != 0 && Errno::last() != Errno::EINVAL {
+            return Err(Error::sys(
+                format!("drop capability {cap} of"),
+                proc_caps,
+                Errno::last(),
+            ));
+        }
+        let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
+        data[word].effective &= !bit;
+        data[word].permitted &= !bit;
+        data[word].inheritable &= !bit;
+    }
+    // SAFETY: capset reads two CapData for version 3.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    } != 0
+    {
+        return Err(Error::sys("set capabilities of", proc_caps, Errno::last()));
+    }
+    Ok(())
+}
+
+fn ignore(sig: Signal) {
+    // SAFETY: SIG_IGN involves no handler code.
+    let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigIgn) };
+}
+
+fn pipe(op: &str) -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys(op, "pipe", e))
+}
+
+/// Write a tagged report (truncated to stay atomic).
+fn send(fd: RawFd, tag: u8, payload: &[u8]) {
+    let payload = &payload[..payload.len().min(MAX_MESSAGE)];
+    let mut msg = Vec::with_capacity(5 + payload.len());
+    msg.push(tag);
+    msg.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    msg.extend_from_slice(payload);
+    let _ = write_all(fd, &msg);
+}
+
+fn parse_reports(mut bytes: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut out = Vec::new();
+    while bytes.len() >= 5 {
+        let len = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        let Some(payload) = bytes.get(5..5 + len) else {
+            break;
+        };
+        out.push((bytes[0], payload));
+        bytes = &bytes[5 + len..];
+    }
+    out
+}
+
+fn write_all(fd: RawFd, mut buf: &[u8]) -> nix::Result<()> {
+    // SAFETY: borrowing a descriptor the caller keeps open for the duration of the call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    while !buf.is_empty() {
+        match nix::unistd::write(fd, buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn read_byte(fd: &OwnedFd) -> Option<u8> {
+    let mut b = [0u8; 1];
+    loop {
+        match nix::unistd::read(fd, &mut b) {
+            Ok(1) => return Some(b[0]),
+            Err(Errno::EINTR) => continue,
+            _ => return None,
+        }
+    }
+}
+
+fn read_to_end(fd: &OwnedFd) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(Errno::EINTR) | Err(Errno::EAGAIN) => continue,
+            Err(_) => return out,
+        }
+    }
+}
+
+/// Whether the write side of a pipe is closed (None when poll fails).
+fn poll_hangup(fd: &OwnedFd) -> Option<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd, no timeout.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+    (rc >= 0).then_some(pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_round_trip_and_truncated_tail_is_ignored() {
+        let (r, w) = pipe("test").expect("pipe");
+        send(
+            w.as_raw_fd(),
+            TAG_SETUP_ERROR,
+            b"failed to mount x on /y: EPERM",
+        );
+        send(w.as_raw_fd(), TAG_STATUS, &(3i32 << 8).to_le_bytes());
+        drop(w);
+        let mut bytes = read_to_end(&r);
+        bytes.extend_from_slice(&[TAG_CLEANUP_ERROR, 50, 0, 0, 0, b'x']);
+        let reports = parse_reports(&bytes);
+        assert_eq!(reports.len(), 2);
+        assert_eq!(
+            reports[0],
+            (TAG_SETUP_ERROR, &b"failed to mount x on /y: EPERM"[..])
+        );
+        assert_eq!(reports[1].0, TAG_STATUS);
+    }
+
+    #[test]
+    fn long_messages_stay_within_pipe_buf() {
+        let (r, w) = pipe("test").expect("pipe");
+        send(w.as_raw_fd(), TAG_SETUP_ERROR, &vec![b'a'; 10_000]);
+        drop(w);
+        let bytes = read_to_end(&r);
+        assert!(bytes.len() <= 4096);
+        assert_eq!(parse_reports(&bytes)[0].1.len(), MAX_MESSAGE);
+    }
+}
