@@ -54,6 +54,183 @@ pub enum Command {
     /// Public keys for the customization shell (as `cray ims public-keys`).
     #[command(subcommand)]
     PublicKeys(PublicKeysCommand),
+    /// Customize jobs (as `cray ims jobs`): create, shell, exec, complete, fail, list, describe, delete.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// One shot for scripts and CI: import SRC (a file) or take an image id, run the steps in the
+    /// order given, pack, publish, and print the result as ims_python_helper does.
+    Customize(CustomizeArgs),
+}
+
+/// `true`/`false` in any of the spellings `cray ims` users type (`True`, `False`, `1`, `0`).
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("'{s}' is not true or false")),
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ModeArg {
+    /// The base SquashFS mounted read-only under an overlay (the default where possible).
+    Mount,
+    /// The base extracted into the job's work directory.
+    Extract,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
+pub enum NetworkArg {
+    /// The host's network (as IMS).
+    #[default]
+    Host,
+    /// No network: only a loopback interface.
+    None,
+}
+
+/// How a job's environment is made (shared by `jobs create` and `customize`).
+#[derive(Args, Debug, Clone)]
+pub struct EnvironmentArgs {
+    /// Kernel under /boot to publish (default: vmlinuz, Image on aarch64, else detected).
+    #[arg(long)]
+    pub kernel_file_name: Option<String>,
+    /// Initrd under /boot to publish (default: initrd, else detected).
+    #[arg(long)]
+    pub initrd_file_name: Option<String>,
+    /// Keep the job's environment after it ends, for inspection.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
+    pub enable_debug: bool,
+    /// How to open the image root (default: mount when possible, else extract).
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Network inside the sandbox.
+    #[arg(long, value_enum, default_value_t)]
+    pub network: NetworkArg,
+    /// CA certificate to put at /etc/cray/ca/certificate_authority.crt (else $IMSCTL_CA_CERT,
+    /// else the store's configured one).
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobsCommand {
+    /// Create a customize job; it waits for the user (shell, exec, complete).
+    Create(JobCreateArgs),
+    /// Open the job's interactive shell (again and again). Touching the complete file packs and
+    /// publishes when the shell exits; the failed file ends the job in error.
+    Shell(JobSessionArgs),
+    /// Run one command in the job's sandbox.
+    Exec(JobExecArgs),
+    /// Pack and publish the job's image root (as touching the complete file does).
+    Complete(JobSessionArgs),
+    /// End the job in error without publishing (as touching the failed file does).
+    Fail(IdArg),
+    /// List job records.
+    List(FormatArg),
+    /// Show one job record.
+    Describe(IdFormatArgs),
+    /// Delete a job: its environment and its record.
+    Delete(IdArg),
+}
+
+#[derive(Args, Debug)]
+pub struct JobCreateArgs {
+    /// Job type (only customize).
+    #[arg(long, default_value = "customize", value_parser = ["customize"])]
+    pub job_type: String,
+    /// The image to customize.
+    #[arg(long)]
+    pub artifact_id: String,
+    /// Name of the resulting image.
+    #[arg(long)]
+    pub image_root_archive_name: String,
+    /// Jailed: the shell starts inside the image root (signal files /tmp/complete, /tmp/failed).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
+    pub ssh_containers_jail: bool,
+    /// Public key record for SSH access.
+    #[arg(long)]
+    pub public_key_id: Option<String>,
+    #[command(flatten)]
+    pub env: EnvironmentArgs,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+#[derive(Args, Debug)]
+pub struct JobSessionArgs {
+    /// Job id.
+    pub id: String,
+    #[command(flatten)]
+    pub pack: PackOptions,
+}
+
+#[derive(Args, Debug)]
+pub struct JobExecArgs {
+    /// Job id.
+    pub id: String,
+    /// Command and arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+    #[command(flatten)]
+    pub pack: PackOptions,
+}
+
+#[derive(Args, Debug)]
+pub struct CustomizeArgs {
+    /// A .txz/.tar*/.sqsh/directory to import first, or the id of an image in the store.
+    pub src: String,
+    /// Name of the resulting image.
+    #[arg(long)]
+    pub name: String,
+    /// A shell command to run inside the image root (repeatable; steps run in the order given).
+    #[arg(long, value_name = "CMD")]
+    pub run: Vec<String>,
+    /// A script file to run inside the image root (repeatable; its #! line chooses the interpreter).
+    #[arg(long, value_name = "FILE")]
+    pub script: Vec<PathBuf>,
+    /// An Ansible playbook run with ansible-playbook against the environment (IMS layout:
+    /// the image at /mnt/image/image-root).
+    #[arg(long, value_name = "PLAYBOOK")]
+    pub ansible: Option<PathBuf>,
+    /// Open an interactive shell after the other steps.
+    #[arg(long)]
+    pub shell: bool,
+    /// Jailed environment for --shell: it starts inside the image root.
+    #[arg(long)]
+    pub jail: bool,
+    /// Rebuild the initrd for the published kernel (dracut or update-initramfs inside the image).
+    #[arg(long)]
+    pub regenerate_initrd: bool,
+    /// Also write the change report (files added, changed, removed) as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub env: EnvironmentArgs,
+    #[command(flatten)]
+    pub pack: PackOptions,
+}
+
+/// One step of `customize`, in command-line order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Run(String),
+    Script(PathBuf),
+}
+
+/// The --run and --script steps of `customize` in the order they were given.
+pub fn customize_steps(matches: &clap::ArgMatches) -> Vec<Step> {
+    let Some(m) = matches.subcommand_matches("customize") else {
+        return Vec::new();
+    };
+    let mut steps: Vec<(usize, Step)> = Vec::new();
+    if let (Some(idx), Some(vals)) = (m.indices_of("run"), m.get_many::<String>("run")) {
+        steps.extend(idx.zip(vals).map(|(i, v)| (i, Step::Run(v.clone()))));
+    }
+    if let (Some(idx), Some(vals)) = (m.indices_of("script"), m.get_many::<PathBuf>("script")) {
+        steps.extend(idx.zip(vals).map(|(i, v)| (i, Step::Script(v.clone()))));
+    }
+    steps.sort_by_key(|(i, _)| *i);
+    steps.into_iter().map(|(_, s)| s).collect()
 }
 
 /// `--format` of every list/describe.
@@ -226,6 +403,54 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn customize_steps_keep_command_line_order() {
+        let m = Cli::command().get_matches_from([
+            "imsctl",
+            "customize",
+            "x",
+            "--name",
+            "n",
+            "--script",
+            "a.sh",
+            "--run",
+            "true",
+            "--script",
+            "b.sh",
+        ]);
+        assert_eq!(
+            customize_steps(&m),
+            vec![
+                Step::Script("a.sh".into()),
+                Step::Run("true".into()),
+                Step::Script("b.sh".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn ims_style_booleans_parse() {
+        let m = Cli::try_parse_from([
+            "imsctl",
+            "jobs",
+            "create",
+            "--artifact-id",
+            "x",
+            "--image-root-archive-name",
+            "y",
+            "--ssh-containers-jail",
+            "True",
+            "--enable-debug",
+            "False",
+        ])
+        .unwrap();
+        let Command::Jobs(JobsCommand::Create(a)) = m.command else {
+            panic!("parsed as jobs create")
+        };
+        assert!(a.ssh_containers_jail);
+        assert!(!a.env.enable_debug);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use imsctl::cli::{Cli, Command};
 use imsctl::commands;
 use imsctl::context::Context;
@@ -23,7 +23,12 @@ fn with_store(
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let steps = imsctl::cli::customize_steps(&matches);
     let ctx = Context::new(
         cli.global.store.clone(),
         cli.global.verbose,
@@ -39,6 +44,12 @@ fn main() -> ExitCode {
                 commands::squashfs::import_source(&ctx, src, dest)
             };
             commands::images::run(store, &cmd, &convert, out)
+        }),
+        Command::Jobs(cmd) => with_store(&ctx, |store, out| {
+            commands::jobs::run(&ctx, store, &cmd, out)
+        }),
+        Command::Customize(args) => with_store(&ctx, |store, out| {
+            commands::jobs::customize(&ctx, store, &args, &steps, out)
         }),
         Command::PublicKeys(cmd) => with_store(&ctx, |store, out| {
             commands::public_keys::run(store, &cmd, out)

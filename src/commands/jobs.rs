@@ -1,0 +1,320 @@
+//! `imsctl jobs …` (as `cray ims jobs`) and the one-shot `imsctl customize`.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cli::{CustomizeArgs, EnvironmentArgs, JobsCommand, ModeArg, NetworkArg, Step};
+use crate::commands::squashfs::{import_source, writer_options};
+use crate::context::Context;
+use crate::job::{self, AfterSession, CreateSpec};
+use crate::output::{python_json, render_list, render_one};
+use crate::sandbox::{self, Network, Stdio};
+use crate::store::{ImageRecord, JobRecord, RootMode, Store};
+
+fn spec_from(
+    env: &EnvironmentArgs,
+    artifact_id: String,
+    name: String,
+    jail: bool,
+    public_key_id: Option<String>,
+) -> CreateSpec {
+    CreateSpec {
+        artifact_id,
+        image_root_archive_name: name,
+        kernel_file_name: env.kernel_file_name.clone(),
+        initrd_file_name: env.initrd_file_name.clone(),
+        jail,
+        enable_debug: env.enable_debug,
+        public_key_id,
+        mode: env.mode.map(|m| match m {
+            ModeArg::Mount => RootMode::Mount,
+            ModeArg::Extract => RootMode::Extract,
+        }),
+        network: match env.network {
+            NetworkArg::Host => Network::Host,
+            NetworkArg::None => Network::None,
+        },
+        ca_cert: env.ca_cert.clone(),
+    }
+}
+
+fn write_out(out: &mut dyn Write, text: &str) -> Result<()> {
+    out.write_all(text.as_bytes())
+        .context("failed to write the output")
+}
+
+/// What a session's end printed for the user.
+fn report_session(out: &mut dyn Write, after: AfterSession) -> Result<()> {
+    match after {
+        AfterSession::StillWaiting(status) => {
+            if !status.success() {
+                bail!(
+                    "the command {}; the job keeps waiting_on_user",
+                    describe_status(status)
+                );
+            }
+            Ok(())
+        }
+        AfterSession::Completed(result) => write_out(out, &(result.to_json()? + "\n")),
+        AfterSession::Failed => bail!("the job ended in error: the failed file was touched"),
+    }
+}
+
+fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        _ => "ended abnormally".into(),
+    }
+}
+
+pub fn run(ctx: &Context, store: &Store, cmd: &JobsCommand, out: &mut dyn Write) -> Result<()> {
+    match cmd {
+        JobsCommand::Create(a) => {
+            let spec = spec_from(
+                &a.env,
+                a.artifact_id.clone(),
+                a.image_root_archive_name.clone(),
+                a.ssh_containers_jail,
+                a.public_key_id.clone(),
+            );
+            let job = job::create(ctx, store, &spec)?;
+            write_out(out, &render_one(&job, a.format.format)?)
+        }
+        JobsCommand::Shell(a) => report_session(
+            out,
+            job::shell(ctx, store, &a.id, &writer_options(&a.pack)?)?,
+        ),
+        JobsCommand::Exec(a) => report_session(
+            out,
+            job::exec(ctx, store, &a.id, &a.command, &writer_options(&a.pack)?)?,
+        ),
+        JobsCommand::Complete(a) => {
+            let result = job::complete(ctx, store, &a.id, &writer_options(&a.pack)?)?;
+            write_out(out, &(result.to_json()? + "\n"))
+        }
+        JobsCommand::Fail(a) => {
+            job::fail(store, &a.id, "ended by `imsctl jobs fail`")?;
+            Ok(())
+        }
+        JobsCommand::List(a) => {
+            write_out(out, &render_list(&store.list::<JobRecord>()?, a.format)?)
+        }
+        JobsCommand::Describe(a) => write_out(
+            out,
+            &render_one(&store.get::<JobRecord>(&a.id)?, a.format.format)?,
+        ),
+        JobsCommand::Delete(a) => {
+            job::delete(store, &a.id)?;
+            Ok(())
+        }
+    }
+}
+
+/// The image to customize: an id in the store, or a file/directory imported first.
+fn source_image(ctx: &Context, store: &Store, src: &str) -> Result<ImageRecord> {
+    if Path::new(src).exists() {
+        let name = Path::new(src)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| src.to_string());
+        let convert = |s: &str, dest: &Path| import_source(ctx, s, dest);
+        let args = crate::cli::ImportArgs {
+            src: src.to_string(),
+            name: Some(name),
+            arch: None,
+            format: Default::default(),
+        };
+        let record = crate::commands::images::import(store, &args, &convert)?;
+        ctx.info(format!("imported {src} as image {}", record.id));
+        return Ok(record);
+    }
+    store
+        .get::<ImageRecord>(src)
+        .with_context(|| format!("'{src}' is neither a file nor an image id"))
+}
+
+/// Run one step in the job's sandbox; a failing step fails the job.
+fn run_step(store: &Store, job: &JobRecord, step: &Step) -> Result<()> {
+    let cfg = job::sandbox_config(store, job);
+    let mut jailed = cfg.clone();
+    // Scripts and commands run inside the image root, whatever the shell's jail setting.
+    jailed.jailed = true;
+    let (status, what) = match step {
+        Step::Run(cmd) => (
+            sandbox::run(&jailed, &["/bin/sh".into(), "-c".into(), cmd.clone()])?,
+            format!("--run '{cmd}'"),
+        ),
+        Step::Script(path) => {
+            let argv = script_argv(path)?;
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("failed to open the script {}", path.display()))?;
+            let stdio = Stdio::Streams {
+                stdin: Some(file.into()),
+                stdout: None,
+                stderr: None,
+            };
+            (
+                sandbox::run_with(&jailed, &argv, stdio)?,
+                format!("--script {}", path.display()),
+            )
+        }
+    };
+    if !status.success() {
+        bail!("{what} {}", describe_status(status));
+    }
+    Ok(())
+}
+
+/// How to run a script handed over on stdin: its #! interpreter, reading /proc/self/fd/0.
+fn script_argv(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read(path)
+        .with_context(|| format!("failed to read the script {}", path.display()))?;
+    let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut argv: Vec<String> = match first.strip_prefix(b"#!") {
+        Some(rest) => String::from_utf8_lossy(rest)
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
+        None => Vec::new(),
+    };
+    if argv.is_empty() {
+        argv.push("/bin/sh".into());
+    }
+    argv.push("/proc/self/fd/0".into());
+    Ok(argv)
+}
+
+/// `ansible-playbook` in the IMS layout: run in the environment (not jailed: host tools, the
+/// image at /mnt/image/image-root, /mnt/image/complete as the signal file), against localhost.
+fn run_ansible(store: &Store, job: &JobRecord, playbook: &Path) -> Result<()> {
+    let playbook = std::fs::canonicalize(playbook)
+        .with_context(|| format!("failed to find the playbook {}", playbook.display()))?;
+    if crate::root::find_program("ansible-playbook").is_none() {
+        bail!("--ansible needs ansible-playbook on this host (pip install ansible-core)");
+    }
+    let mut cfg = job::sandbox_config(store, job);
+    cfg.jailed = false;
+    cfg.env.push((
+        "ANSIBLE_LOCAL_TEMP".into(),
+        "/mnt/image/.ansible/tmp".into(),
+    ));
+    cfg.env.push((
+        "ANSIBLE_REMOTE_TEMP".into(),
+        "/mnt/image/.ansible/tmp".into(),
+    ));
+    cfg.env.push(("HOME".into(), "/mnt/image/.ansible".into()));
+    let dir = playbook.parent().map(Path::to_path_buf).unwrap_or_default();
+    let argv = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "cd \"$1\" && exec ansible-playbook -i localhost, -c local \"$2\"".into(),
+        "sh".into(),
+        dir.to_string_lossy().into_owned(),
+        playbook.to_string_lossy().into_owned(),
+    ];
+    let status = sandbox::run(&cfg, &argv)?;
+    if !status.success() {
+        bail!(
+            "ansible-playbook {} {}",
+            playbook.display(),
+            describe_status(status)
+        );
+    }
+    Ok(())
+}
+
+/// Rebuild the initrd inside the image for the kernel that will be published.
+fn regenerate_initrd(store: &Store, job: &JobRecord) -> Result<()> {
+    let cfg = job::sandbox_config(store, job);
+    let version = {
+        let held = sandbox::hold_root(&cfg)?;
+        let boot = crate::artifacts::find_boot_files(&held.path(), job.arch, None, None);
+        held.release()?;
+        boot?
+            .kernel_version
+            .context("cannot tell the kernel version to build the initrd for")?
+    };
+    let mut jailed = cfg;
+    jailed.jailed = true;
+    let script = "if command -v dracut >/dev/null 2>&1; then exec dracut --force --kver \"$1\"; \
+                  elif command -v update-initramfs >/dev/null 2>&1; then exec update-initramfs -u -k \"$1\"; \
+                  else echo 'neither dracut nor update-initramfs is in the image' >&2; exit 127; fi";
+    let status = sandbox::run(
+        &jailed,
+        &[
+            "/bin/sh".into(),
+            "-c".into(),
+            script.into(),
+            "sh".into(),
+            version.clone(),
+        ],
+    )?;
+    if !status.success() {
+        bail!(
+            "regenerating the initrd for kernel {version} {}",
+            describe_status(status)
+        );
+    }
+    Ok(())
+}
+
+pub fn customize(
+    ctx: &Context,
+    store: &Store,
+    args: &CustomizeArgs,
+    steps: &[Step],
+    out: &mut dyn Write,
+) -> Result<()> {
+    let pack = writer_options(&args.pack)?;
+    let image = source_image(ctx, store, &args.src)?;
+    let spec = spec_from(
+        &args.env,
+        image.id.to_string(),
+        args.name.clone(),
+        args.jail,
+        None,
+    );
+    let job = job::create(ctx, store, &spec)?;
+    let id = job.id.to_string();
+    let work = || -> Result<()> {
+        for step in steps {
+            ctx.info(format!("step: {step:?}"));
+            run_step(store, &job, step)?;
+        }
+        if let Some(playbook) = &args.ansible {
+            run_ansible(store, &job, playbook)?;
+        }
+        if args.shell {
+            let cfg = job::sandbox_config(store, &job);
+            sandbox::shell(&cfg)?;
+            if let Some(crate::root::Signal::Failed) =
+                crate::root::signal_raised(&cfg.layout, &cfg.source)
+            {
+                bail!("the failed file was touched in the shell");
+            }
+        }
+        if args.regenerate_initrd {
+            regenerate_initrd(store, &job)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = work() {
+        let _ = job::fail(store, &id, &format!("{e:#}"));
+        return Err(e.context(format!("customize job {id} failed")));
+    }
+    let result = job::complete(ctx, store, &id, &pack)?;
+    if let Some(path) = &args.report {
+        let report = result
+            .ims_job_record
+            .change_report
+            .clone()
+            .unwrap_or_default();
+        std::fs::write(path, python_json(&report)? + "\n")
+            .with_context(|| format!("failed to write the report {}", path.display()))?;
+    }
+    write_out(out, &(result.to_json()? + "\n"))
+}

@@ -1,0 +1,559 @@
+//! The customize job: the IMS state machine that walks a record through the pipeline,
+//! creating → fetching_image → waiting_on_user → packaging_artifacts → success | error.
+//!
+//! Each step is a function that reads the record, does its work and writes the next status, so a
+//! job can be driven by several imsctl invocations (`jobs create`, `jobs shell`, `jobs complete`)
+//! as IMS drives it through several pods. A failure always leaves the record in `error` with the
+//! reason, and never a registered half-made image.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use uuid::Uuid;
+
+use crate::archive::{self, DirOptions};
+use crate::artifacts::{self, CustomizeResult};
+use crate::context::{Context, CounterTicker};
+use crate::root::{self, ImageSource, LowerVia, Signal, WorkLayout};
+use crate::sandbox::{self, Network, SandboxConfig};
+use crate::squashfs::reader::Image;
+use crate::squashfs::writer::{Writer, WriterOptions};
+use crate::store::{
+    ChangeReport, ImageRecord, JobRecord, JobStatus, RootMode, SshContainer, Store,
+};
+
+/// What `jobs create` and `customize` ask for.
+#[derive(Clone, Debug, Default)]
+pub struct CreateSpec {
+    pub artifact_id: String,
+    pub image_root_archive_name: String,
+    pub kernel_file_name: Option<String>,
+    pub initrd_file_name: Option<String>,
+    pub jail: bool,
+    pub enable_debug: bool,
+    pub public_key_id: Option<String>,
+    pub mode: Option<RootMode>,
+    pub network: Network,
+    pub ca_cert: Option<PathBuf>,
+}
+
+const NETWORK_FIELD: &str = "network";
+/// Set when the user named the boot files; otherwise the image's kernel is detected.
+const BOOT_NAMES_GIVEN: &str = "boot_file_names_given";
+
+/// The base image's SquashFS in the store.
+fn base_rootfs(store: &Store, image_id: Uuid) -> PathBuf {
+    store.image_artifacts_dir(image_id).join("rootfs")
+}
+
+/// How the job's image root is opened. Mount mode uses the kernel as root and squashfuse in a
+/// user namespace otherwise; extract mode is always possible.
+fn image_source(mode: RootMode, base: &Path) -> ImageSource {
+    match mode {
+        RootMode::Extract => ImageSource::Extracted,
+        RootMode::Mount => {
+            let via = if nix::unistd::geteuid().is_root() {
+                LowerVia::KernelLoop
+            } else {
+                LowerVia::Squashfuse
+            };
+            ImageSource::Mount {
+                base: base.to_path_buf(),
+                via,
+            }
+        }
+    }
+}
+
+/// The mode used when none is asked for: mount when it can work here, else extract.
+fn default_mode(base: &Path) -> RootMode {
+    match root::auto_source(base) {
+        ImageSource::Extracted => RootMode::Extract,
+        _ => RootMode::Mount,
+    }
+}
+
+fn network_of(job: &JobRecord) -> Network {
+    match job.extra.get(NETWORK_FIELD).and_then(|v| v.as_str()) {
+        Some("none") => Network::None,
+        _ => Network::Host,
+    }
+}
+
+fn jailed(job: &JobRecord) -> bool {
+    job.ssh_containers.first().is_some_and(|c| c.jail)
+}
+
+fn work_layout(store: &Store, job: &JobRecord) -> WorkLayout {
+    WorkLayout::new(
+        job.work_dir
+            .clone()
+            .unwrap_or_else(|| store.work_dir(job.id)),
+    )
+}
+
+/// The sandbox a job's sessions run in.
+pub fn sandbox_config(store: &Store, job: &JobRecord) -> SandboxConfig {
+    let base = base_rootfs(store, job.artifact_id);
+    let source = image_source(job.mode.unwrap_or(RootMode::Extract), &base);
+    let mut cfg = SandboxConfig::new(
+        work_layout(store, job),
+        source,
+        &job.image_root_archive_name,
+    );
+    cfg.jailed = jailed(job);
+    cfg.network = network_of(job);
+    cfg
+}
+
+fn set_status(store: &Store, id: Uuid, status: JobStatus) -> Result<JobRecord> {
+    Ok(store.update::<JobRecord>(id, |j| {
+        j.status = status;
+        Ok(())
+    })?)
+}
+
+/// Record a failure on the job and clear its environment unless debugging was asked for.
+fn fail_job(store: &Store, id: Uuid, err: &anyhow::Error) -> anyhow::Error {
+    let message = format!("{err:#}");
+    let updated = store.update::<JobRecord>(id, |j| {
+        j.status = JobStatus::Error;
+        j.error_message = Some(message.clone());
+        if let Some(c) = j.ssh_containers.first_mut() {
+            c.status = "error".into();
+        }
+        Ok(())
+    });
+    match updated {
+        Ok(job) if !job.enable_debug => {
+            if let Err(e) = remove_work_dir(store, &job) {
+                return anyhow!(
+                    "{message}; and cleaning up the job environment also failed: {e:#}"
+                );
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            return anyhow!("{message}; and recording the failure on job {id} also failed: {e:#}");
+        }
+    }
+    anyhow!("{message}")
+}
+
+fn remove_work_dir(store: &Store, job: &JobRecord) -> Result<()> {
+    let work = work_layout(store, job);
+    let _lock = root::JobLock::acquire(&work).ok();
+    match fs::remove_dir_all(work.work()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("failed to remove {}", work.work().display())),
+    }
+}
+
+/// Create a customize job and prepare its environment; it ends in `waiting_on_user`.
+pub fn create(ctx: &Context, store: &Store, spec: &CreateSpec) -> Result<JobRecord> {
+    let image: ImageRecord = store.get(&spec.artifact_id)?;
+    let base = base_rootfs(store, image.id);
+    if !base.is_file() {
+        bail!(
+            "image {} has no rootfs artifact at {}",
+            image.id,
+            base.display()
+        );
+    }
+    if let Some(key) = &spec.public_key_id {
+        store.get::<crate::store::PublicKeyRecord>(key)?;
+    }
+    let mut job = JobRecord::new_customize(image.id, &spec.image_root_archive_name, image.arch);
+    if let Some(k) = &spec.kernel_file_name {
+        job.kernel_file_name = k.clone();
+    }
+    if let Some(i) = &spec.initrd_file_name {
+        job.initrd_file_name = i.clone();
+    }
+    let names_given = spec.kernel_file_name.is_some() || spec.initrd_file_name.is_some();
+    job.extra
+        .insert(BOOT_NAMES_GIVEN.into(), names_given.into());
+    job.enable_debug = spec.enable_debug;
+    job.public_key_id = match &spec.public_key_id {
+        Some(k) => Some(Store::parse_id(crate::store::RecordKind::PublicKey, k)?),
+        None => None,
+    };
+    job.mode = Some(spec.mode.unwrap_or_else(|| default_mode(&base)));
+    job.work_dir = Some(store.work_dir(job.id));
+    let network = if spec.network == Network::None {
+        "none"
+    } else {
+        "host"
+    };
+    job.extra.insert(NETWORK_FIELD.into(), network.into());
+    job.ssh_containers = vec![SshContainer {
+        status: "pending".into(),
+        jail: spec.jail,
+        name: "customize".into(),
+        connection_info: Default::default(),
+        extra: Default::default(),
+    }];
+    store.insert(&job)?;
+    ctx.info(format!(
+        "job {} created for image {} ({:?} mode)",
+        job.id,
+        image.id,
+        job.mode.unwrap_or(RootMode::Extract)
+    ));
+    prepare(ctx, store, job.id, spec.ca_cert.as_deref()).map_err(|e| fail_job(store, job.id, &e))
+}
+
+fn prepare(ctx: &Context, store: &Store, id: Uuid, ca_cert: Option<&Path>) -> Result<JobRecord> {
+    let job = set_status(store, id, JobStatus::FetchingImage)?;
+    let cfg = sandbox_config(store, &job);
+    root::prepare_work_dir(&cfg.layout, &cfg.source)?;
+    if cfg.source == ImageSource::Extracted {
+        let base = base_rootfs(store, job.artifact_id);
+        let image = Image::open(&base)?;
+        let bar = ctx.bytes_bar("extracting", None);
+        root::populate_extracted(&cfg.layout, |dir| {
+            let opts = crate::squashfs::extract::ExtractOptions {
+                skip_devices: true,
+                progress: Some(bar.clone()),
+                ..Default::default()
+            };
+            crate::squashfs::extract::extract(&image, dir, &opts).map(drop)
+        })?;
+        bar.finish_and_clear();
+    }
+    let ca = artifacts::ca_cert_source(
+        ca_cert,
+        std::env::var_os("IMSCTL_CA_CERT"),
+        &store.config()?,
+    );
+    if let Some(ca) = ca {
+        // IMS puts the CA certificate in place before the user's session opens.
+        let held = sandbox::hold_root(&cfg)?;
+        let placed = artifacts::inject_ca_cert(&held.path(), &ca);
+        held.release()?;
+        let placed = placed?;
+        ctx.info(format!(
+            "CA certificate {} copied to {}",
+            ca.display(),
+            placed.display()
+        ));
+    }
+    Ok(store.update::<JobRecord>(id, |j| {
+        j.status = JobStatus::WaitingOnUser;
+        Ok(())
+    })?)
+}
+
+/// A job that can take a session: waiting for the user.
+fn waiting_job(store: &Store, id: &str) -> Result<JobRecord> {
+    let job: JobRecord = store.get(id)?;
+    if job.status != JobStatus::WaitingOnUser {
+        bail!(
+            "job {} is {}, not waiting_on_user",
+            job.id,
+            status_name(job.status)
+        );
+    }
+    Ok(job)
+}
+
+fn status_name(s: JobStatus) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| format!("{s:?}"))
+}
+
+/// What a session's end means for the job.
+pub enum AfterSession {
+    /// No signal file: the job keeps waiting (the shell may be entered again).
+    StillWaiting(ExitStatus),
+    Completed(Box<CustomizeResult>),
+    Failed,
+}
+
+/// Open the interactive shell (again and again, as with IMS ssh); a signal file ends the job.
+pub fn shell(ctx: &Context, store: &Store, id: &str, pack: &WriterOptions) -> Result<AfterSession> {
+    let job = waiting_job(store, id)?;
+    let cfg = sandbox_config(store, &job);
+    let status = sandbox::shell(&cfg)?;
+    after_session(ctx, store, &job, &cfg, status, pack)
+}
+
+/// Run one command in the job's sandbox.
+pub fn exec(
+    ctx: &Context,
+    store: &Store,
+    id: &str,
+    argv: &[String],
+    pack: &WriterOptions,
+) -> Result<AfterSession> {
+    let job = waiting_job(store, id)?;
+    let cfg = sandbox_config(store, &job);
+    let status = sandbox::run(&cfg, argv)?;
+    after_session(ctx, store, &job, &cfg, status, pack)
+}
+
+fn after_session(
+    ctx: &Context,
+    store: &Store,
+    job: &JobRecord,
+    cfg: &SandboxConfig,
+    status: ExitStatus,
+    pack: &WriterOptions,
+) -> Result<AfterSession> {
+    match root::signal_raised(&cfg.layout, &cfg.source) {
+        Some(Signal::Complete) => Ok(AfterSession::Completed(Box::new(complete(
+            ctx,
+            store,
+            &job.id.to_string(),
+            pack,
+        )?))),
+        Some(Signal::Failed) => {
+            fail(
+                store,
+                &job.id.to_string(),
+                "the user signalled failure (failed file)",
+            )?;
+            Ok(AfterSession::Failed)
+        }
+        None => Ok(AfterSession::StillWaiting(status)),
+    }
+}
+
+/// End a job without publishing: it goes to `error`.
+pub fn fail(store: &Store, id: &str, why: &str) -> Result<JobRecord> {
+    let job = waiting_job(store, id)?;
+    let _ = fail_job(store, job.id, &anyhow!("{why}"));
+    Ok(store.get_by_id(job.id)?)
+}
+
+/// Pack the image root, publish rootfs + kernel + initrd + manifest.json, register the image.
+pub fn complete(
+    ctx: &Context,
+    store: &Store,
+    id: &str,
+    pack: &WriterOptions,
+) -> Result<CustomizeResult> {
+    let job = waiting_job(store, id)?;
+    let job = set_status(store, job.id, JobStatus::PackagingArtifacts)?;
+    match package(ctx, store, &job, pack) {
+        Ok(result) => Ok(result),
+        Err(e) => Err(fail_job(store, job.id, &e)),
+    }
+}
+
+fn package(
+    ctx: &Context,
+    store: &Store,
+    job: &JobRecord,
+    pack: &WriterOptions,
+) -> Result<CustomizeResult> {
+    let cfg = sandbox_config(store, job);
+    // The image's own resolv.conf back in place, and no signal file in the image.
+    sandbox::settle(&cfg)?;
+    let report = change_report(store, job, &cfg).ok();
+    let held = sandbox::hold_root(&cfg)?;
+    let root_view = held.path();
+    let names_given = job
+        .extra
+        .get(BOOT_NAMES_GIVEN)
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let (kernel_name, initrd_name) = if names_given {
+        (
+            Some(job.kernel_file_name.as_str()),
+            Some(job.initrd_file_name.as_str()),
+        )
+    } else {
+        (None, None)
+    };
+    let boot = artifacts::find_boot_files(&root_view, job.arch, kernel_name, initrd_name)?;
+    ctx.info(boot.to_string());
+    let staging = cfg.layout.work().join("staging");
+    fs::create_dir_all(&staging)
+        .with_context(|| format!("failed to create {}", staging.display()))?;
+    let rootfs = staging.join("rootfs");
+    let kernel = staging.join("kernel");
+    let initrd = staging.join("initrd");
+    fs::copy(&boot.kernel, &kernel)
+        .with_context(|| format!("failed to copy the kernel {}", boot.kernel.display()))?;
+    fs::copy(&boot.initrd, &initrd)
+        .with_context(|| format!("failed to copy the initrd {}", boot.initrd.display()))?;
+    pack_root(ctx, &root_view, &rootfs, pack.clone(), &cfg)?;
+    held.release()?;
+    let image_id = Uuid::new_v4();
+    let published = artifacts::publish_local(store, image_id, &rootfs, &kernel, &initrd)?;
+    let image = published.register(store, &job.image_root_archive_name, job.arch)?;
+    let job = store.update::<JobRecord>(job.id, |j| {
+        j.status = JobStatus::Success;
+        j.resultant_image_id = Some(image.id);
+        j.kernel_file_name = boot.kernel_file_name.clone();
+        j.initrd_file_name = boot.initrd_file_name.clone();
+        j.change_report = report.clone();
+        if let Some(c) = j.ssh_containers.first_mut() {
+            c.status = "complete".into();
+        }
+        Ok(())
+    })?;
+    if !job.enable_debug {
+        remove_work_dir(store, &job)?;
+    }
+    Ok(CustomizeResult::success(&published, image, job))
+}
+
+/// Pack the held image root. Owners are translated back to the ids inside the image when the
+/// sandbox maps them (rootless).
+fn pack_root(
+    ctx: &Context,
+    root_view: &Path,
+    out: &Path,
+    opts: WriterOptions,
+    cfg: &SandboxConfig,
+) -> Result<()> {
+    let mut writer = Writer::create(out, opts)?;
+    let _ticker = CounterTicker::start(ctx.bytes_bar("packing", None), writer.progress());
+    let mut sink = IdTranslatingSink {
+        inner: &mut writer,
+        cfg,
+    };
+    let report = archive::dir_into(root_view, &mut sink, &DirOptions::default())?;
+    for w in &report.warnings {
+        eprintln!("imsctl: warning: {w}");
+    }
+    let summary = writer.finish()?;
+    ctx.info(format!(
+        "packed {} inodes into {} bytes",
+        summary.inodes, summary.bytes_used
+    ));
+    Ok(())
+}
+
+/// Maps host uids/gids seen from outside a user namespace back to the ids inside it.
+struct IdTranslatingSink<'a> {
+    inner: &'a mut Writer,
+    cfg: &'a SandboxConfig,
+}
+
+impl IdTranslatingSink<'_> {
+    fn map(&self, mut meta: crate::squashfs::Meta) -> crate::squashfs::Meta {
+        if self.cfg.ids.uses_user_namespace() {
+            meta.uid = self.cfg.ids.uid_inside(meta.uid).unwrap_or(meta.uid);
+            meta.gid = self.cfg.ids.gid_inside(meta.gid).unwrap_or(meta.gid);
+        }
+        meta
+    }
+}
+
+impl crate::squashfs::EntrySink for IdTranslatingSink<'_> {
+    fn set_root_meta(&mut self, meta: crate::squashfs::Meta) {
+        let meta = self.map(meta);
+        self.inner.set_root_meta(meta);
+    }
+    fn add_dir(&mut self, path: &[u8], meta: crate::squashfs::Meta) -> crate::squashfs::Result<()> {
+        let meta = self.map(meta);
+        self.inner.add_dir(path, meta)
+    }
+    fn add_file(
+        &mut self,
+        path: &[u8],
+        meta: crate::squashfs::Meta,
+        data: &mut dyn std::io::Read,
+    ) -> crate::squashfs::Result<()> {
+        let meta = self.map(meta);
+        self.inner.add_file(path, meta, data)
+    }
+    fn add_symlink(
+        &mut self,
+        path: &[u8],
+        meta: crate::squashfs::Meta,
+        target: &[u8],
+    ) -> crate::squashfs::Result<()> {
+        let meta = self.map(meta);
+        self.inner.add_symlink(path, meta, target)
+    }
+    fn add_special(
+        &mut self,
+        path: &[u8],
+        meta: crate::squashfs::Meta,
+        kind: crate::squashfs::Special,
+    ) -> crate::squashfs::Result<()> {
+        let meta = self.map(meta);
+        self.inner.add_special(path, meta, kind)
+    }
+    fn add_hardlink(&mut self, path: &[u8], target: &[u8]) -> crate::squashfs::Result<()> {
+        self.inner.add_hardlink(path, target)
+    }
+}
+
+/// Files the customization added, changed and removed: in mount mode read off the overlay's
+/// upper directory (whiteouts are removals) against the base image's paths.
+fn change_report(store: &Store, job: &JobRecord, cfg: &SandboxConfig) -> Result<ChangeReport> {
+    if !cfg.source.is_overlay() {
+        bail!("change reports need mount mode");
+    }
+    let base = Image::open(&base_rootfs(store, job.artifact_id))?;
+    let mut in_base = BTreeSet::new();
+    base.walk(&mut |path, _| {
+        in_base.insert(path.to_vec());
+        Ok(())
+    })?;
+    let mut report = ChangeReport::default();
+    let upper = cfg.layout.upper();
+    walk_upper(&upper, &upper, &in_base, &mut report)?;
+    Ok(report)
+}
+
+fn walk_upper(
+    top: &Path,
+    dir: &Path,
+    in_base: &BTreeSet<Vec<u8>>,
+    report: &mut ChangeReport,
+) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .with_context(|| format!("failed to list {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let rel = path.strip_prefix(top).unwrap_or(&path);
+        let key = rel.as_os_str().as_bytes().to_vec();
+        let shown = format!("/{}", rel.display());
+        let ft = entry
+            .file_type()
+            .with_context(|| format!("failed to stat {}", path.display()))?;
+        let whiteout = ft.is_char_device()
+            && entry
+                .metadata()
+                .map(|m| std::os::unix::fs::MetadataExt::rdev(&m) == 0)
+                .unwrap_or(false);
+        if whiteout {
+            report.removed.push(shown);
+        } else if ft.is_dir() {
+            if !in_base.contains(&key) {
+                report.added.push(shown);
+            }
+            walk_upper(top, &path, in_base, report)?;
+        } else if in_base.contains(&key) {
+            report.changed.push(shown);
+        } else {
+            report.added.push(shown);
+        }
+    }
+    Ok(())
+}
+
+/// Remove every trace of a job: its environment (nothing stays mounted: mounts live only in the
+/// sessions' namespaces) and its record.
+pub fn delete(store: &Store, id: &str) -> Result<JobRecord> {
+    let job: JobRecord = store.get(id)?;
+    remove_work_dir(store, &job)?;
+    Ok(store.remove::<JobRecord>(job.id)?)
+}
