@@ -339,6 +339,10 @@ pub struct PackOptions {
     /// Compression threads (default: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Customize jobs: compress every file again instead of copying unchanged files' blocks
+    /// from the base image (needed to change compressor, level or block size; also for comparison).
+    #[arg(long)]
+    pub full_repack: bool,
 }
 
 #[derive(Args, Debug)]

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::archive::{self, DirOptions};
 use crate::artifacts::{self, CustomizeResult};
 use crate::context::{Context, CounterTicker};
+use crate::repack::{BaseAwareSink, ExtractIndex, Provenance};
 use crate::root::{self, ImageSource, LowerVia, Signal, WorkLayout};
 use crate::sandbox::{self, Network, SandboxConfig};
 use crate::squashfs::reader::Image;
@@ -225,6 +226,10 @@ fn prepare(ctx: &Context, store: &Store, id: Uuid, ca_cert: Option<&Path>) -> Re
             crate::squashfs::extract::extract(&image, dir, &opts).map(drop)
         })?;
         bar.finish_and_clear();
+        let index_file = extract_index_path(&cfg.layout);
+        if !index_file.exists() {
+            ExtractIndex::record(&cfg.layout.root(), &image)?.save(&index_file)?;
+        }
     }
     let ca = artifacts::ca_cert_source(
         ca_cert,
@@ -385,7 +390,7 @@ fn package(
         .with_context(|| format!("failed to copy the kernel {}", boot.kernel.display()))?;
     fs::copy(&boot.initrd, &initrd)
         .with_context(|| format!("failed to copy the initrd {}", boot.initrd.display()))?;
-    pack_root(ctx, &root_view, &rootfs, pack.clone(), &cfg)?;
+    pack_root(ctx, store, job, &root_view, &rootfs, pack.clone(), &cfg)?;
     held.release()?;
     let image_id = Uuid::new_v4();
     let published = artifacts::publish_local(store, image_id, &rootfs, &kernel, &initrd)?;
@@ -407,88 +412,56 @@ fn package(
     Ok(CustomizeResult::success(&published, image, job))
 }
 
-/// Pack the held image root. Owners are translated back to the ids inside the image when the
-/// sandbox maps them (rootless).
+/// Pack the held image root, taking every certainly-unchanged entry from the base image: its
+/// metadata always (owners and capabilities an unprivileged run could not set on disk), its
+/// compressed blocks when the compressor and block size match (see `repack`).
 fn pack_root(
     ctx: &Context,
+    store: &Store,
+    job: &JobRecord,
     root_view: &Path,
     out: &Path,
     opts: WriterOptions,
     cfg: &SandboxConfig,
 ) -> Result<()> {
+    let base = Image::open(&base_rootfs(store, job.artifact_id))?;
+    let provenance = if cfg.source.is_overlay() {
+        Provenance::Overlay {
+            upper: cfg.layout.upper(),
+        }
+    } else {
+        Provenance::extracted(ExtractIndex::load(&extract_index_path(&cfg.layout))?)
+    };
+    let reuse = opts.reuse_base
+        && *base.compressor() == opts.compressor
+        && base.block_size() == opts.block_size;
     let mut writer = Writer::create(out, opts)?;
     let _ticker = CounterTicker::start(ctx.bytes_bar("packing", None), writer.progress());
-    let mut sink = IdTranslatingSink {
-        inner: &mut writer,
-        cfg,
-    };
+    let mut sink = BaseAwareSink::new(
+        &mut writer,
+        &base,
+        root_view,
+        provenance,
+        reuse,
+        cfg.ids.clone(),
+    )?;
     let report = archive::dir_into(root_view, &mut sink, &DirOptions::default())?;
+    sink.restore_skipped()?;
+    let stats = sink.stats.clone();
     for w in &report.warnings {
         eprintln!("imsctl: warning: {w}");
     }
     let summary = writer.finish()?;
     ctx.info(format!(
-        "packed {} inodes into {} bytes",
-        summary.inodes, summary.bytes_used
+        "packed {} inodes into {} bytes; {} entries unchanged from the base, {} files ({} bytes) reused without recompressing",
+        summary.inodes, summary.bytes_used, stats.unchanged_entries, stats.reused_files, stats.reused_bytes
     ));
     Ok(())
 }
 
-/// Maps host uids/gids seen from outside a user namespace back to the ids inside it.
-struct IdTranslatingSink<'a> {
-    inner: &'a mut Writer,
-    cfg: &'a SandboxConfig,
-}
-
-impl IdTranslatingSink<'_> {
-    fn map(&self, mut meta: crate::squashfs::Meta) -> crate::squashfs::Meta {
-        if self.cfg.ids.uses_user_namespace() {
-            meta.uid = self.cfg.ids.uid_inside(meta.uid).unwrap_or(meta.uid);
-            meta.gid = self.cfg.ids.gid_inside(meta.gid).unwrap_or(meta.gid);
-        }
-        meta
-    }
-}
-
-impl crate::squashfs::EntrySink for IdTranslatingSink<'_> {
-    fn set_root_meta(&mut self, meta: crate::squashfs::Meta) {
-        let meta = self.map(meta);
-        self.inner.set_root_meta(meta);
-    }
-    fn add_dir(&mut self, path: &[u8], meta: crate::squashfs::Meta) -> crate::squashfs::Result<()> {
-        let meta = self.map(meta);
-        self.inner.add_dir(path, meta)
-    }
-    fn add_file(
-        &mut self,
-        path: &[u8],
-        meta: crate::squashfs::Meta,
-        data: &mut dyn std::io::Read,
-    ) -> crate::squashfs::Result<()> {
-        let meta = self.map(meta);
-        self.inner.add_file(path, meta, data)
-    }
-    fn add_symlink(
-        &mut self,
-        path: &[u8],
-        meta: crate::squashfs::Meta,
-        target: &[u8],
-    ) -> crate::squashfs::Result<()> {
-        let meta = self.map(meta);
-        self.inner.add_symlink(path, meta, target)
-    }
-    fn add_special(
-        &mut self,
-        path: &[u8],
-        meta: crate::squashfs::Meta,
-        kind: crate::squashfs::Special,
-    ) -> crate::squashfs::Result<()> {
-        let meta = self.map(meta);
-        self.inner.add_special(path, meta, kind)
-    }
-    fn add_hardlink(&mut self, path: &[u8], target: &[u8]) -> crate::squashfs::Result<()> {
-        self.inner.add_hardlink(path, target)
-    }
+/// Where extract mode keeps what each entry looked like right after extraction.
+fn extract_index_path(layout: &WorkLayout) -> PathBuf {
+    layout.work().join("extract.index")
 }
 
 /// Files the customization added, changed and removed: in mount mode read off the overlay's

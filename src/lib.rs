@@ -10,6 +10,7 @@ pub mod commands;
 pub mod context;
 pub mod job;
 pub mod output;
+pub mod repack;
 pub mod root;
 pub mod sandbox;
 pub mod squashfs;

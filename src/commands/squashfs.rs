@@ -30,6 +30,7 @@ pub fn writer_options(p: &PackOptions) -> Result<WriterOptions> {
     opts.xattrs = !p.no_xattrs;
     opts.exportable = !p.no_exports;
     opts.threads = p.threads;
+    opts.reuse_base = !p.full_repack;
     Ok(opts)
 }
 
@@ -123,6 +124,7 @@ fn default_pack_options() -> PackOptions {
         no_xattrs: false,
         no_exports: false,
         threads: 0,
+        full_repack: false,
     }
 }
 

@@ -41,6 +41,9 @@ pub struct ResolvConfGuard {
     /// Whether something was bound on the mount point (and must be unmounted first).
     mounted: bool,
     done: bool,
+    /// etc's mtime before and right after the swap (the state file may be out of reach once
+    /// the root has moved, so the guard keeps its own copy).
+    times: Option<(DirTime, DirTime)>,
 }
 
 impl ResolvConfGuard {
@@ -62,7 +65,8 @@ impl ResolvConfGuard {
             Err(e) => return Err(Error::io("inspect", &current, e)),
         };
         let (work_dir, state_name) = open_state_dir(state)?;
-        write_state(state, original_present)?;
+        let before = dir_mtime(etc)?;
+        write_state(state, original_present, None)?;
         let guard = ResolvConfGuard {
             etc: etc.to_path_buf(),
             work_dir,
@@ -71,6 +75,7 @@ impl ResolvConfGuard {
             original_present,
             mounted: false,
             done: false,
+            times: None,
         };
         if original_present {
             let saved = etc.join(SAVED_NAME);
@@ -84,6 +89,12 @@ impl ResolvConfGuard {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&current)
             .ctx("create resolv.conf mount point", &current)?;
+        // The swap itself changed etc's mtime: remember both times, so that putting the file back
+        // can also give etc its own time back when nothing else in it changed meanwhile.
+        let times = (before, dir_mtime(etc)?);
+        write_state(state, original_present, Some(times))?;
+        let mut guard = guard;
+        guard.times = Some(times);
         Ok(Some(guard))
     }
 
@@ -117,7 +128,7 @@ impl ResolvConfGuard {
                 Err(e) => return Err(Error::sys("unmount", &mount_point, e)),
             }
         }
-        put_back(&self.etc, self.original_present)?;
+        put_back(&self.etc, self.original_present, self.times)?;
         // SAFETY: unlinkat on a directory descriptor we own and a valid C string.
         let rc = unsafe { libc::unlinkat(self.work_dir.as_raw_fd(), self.state_name.as_ptr(), 0) };
         if rc != 0 && Errno::last() != Errno::ENOENT {
@@ -141,14 +152,40 @@ impl Drop for ResolvConfGuard {
 /// file. `etc` is the image's etc dir (for an overlay seen from outside, the upper dir's etc:
 /// both names live there during a swap). Returns whether anything was repaired.
 pub fn repair_resolv_conf(etc: &Path, state: &Path) -> Result<bool> {
+    let Some((original_present, times)) = read_state(state)? else {
+        return Ok(false);
+    };
+    if fs::symlink_metadata(etc)
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+    {
+        put_back(etc, original_present, times)?;
+    }
+    fs::remove_file(state).ctx("remove", state)?;
+    Ok(true)
+}
+
+/// A directory's mtime as (seconds, nanoseconds).
+type DirTime = (i64, i64);
+
+fn dir_mtime(dir: &Path) -> Result<DirTime> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(dir).ctx("inspect", dir)?;
+    Ok((m.mtime(), m.mtime_nsec()))
+}
+
+/// The state file: whether the image had a resolv.conf, and etc's mtime before and right after
+/// the swap. None when there is no state file (no swap in progress).
+fn read_state(state: &Path) -> Result<Option<(bool, Option<(DirTime, DirTime)>)>> {
     let text = match fs::read_to_string(state) {
         Ok(t) => t,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("read", state, e)),
     };
-    let original_present = match text.trim() {
-        STATE_PRESENT => true,
-        STATE_ABSENT => false,
+    let mut lines = text.lines();
+    let original_present = match lines.next().map(str::trim) {
+        Some(STATE_PRESENT) => true,
+        Some(STATE_ABSENT) => false,
         other => {
             return Err(Error::Config(format!(
                 "{}: unknown state {other:?}",
@@ -156,17 +193,40 @@ pub fn repair_resolv_conf(etc: &Path, state: &Path) -> Result<bool> {
             )));
         }
     };
-    if fs::symlink_metadata(etc)
-        .map(|m| m.is_dir())
-        .unwrap_or(false)
-    {
-        put_back(etc, original_present)?;
-    }
-    fs::remove_file(state).ctx("remove", state)?;
-    Ok(true)
+    let times = lines.next().and_then(|l| {
+        let v: Vec<i64> = l
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (v.len() == 4).then(|| ((v[0], v[1]), (v[2], v[3])))
+    });
+    Ok(Some((original_present, times)))
 }
 
-fn put_back(etc: &Path, original_present: bool) -> Result<()> {
+fn put_back(etc: &Path, original_present: bool, times: Option<(DirTime, DirTime)>) -> Result<()> {
+    let untouched_since_swap = match times {
+        Some((_, after_swap)) => dir_mtime(etc)? == after_swap,
+        None => false,
+    };
+    put_back_file(etc, original_present)?;
+    if let (true, Some((before, _))) = (untouched_since_swap, times) {
+        let when = std::time::UNIX_EPOCH
+            + std::time::Duration::new(
+                before.0.max(0) as u64,
+                before.1.clamp(0, 999_999_999) as u32,
+            );
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(etc)
+            .ctx("open directory", etc)?;
+        dir.set_times(fs::FileTimes::new().set_modified(when))
+            .ctx("restore the mtime of", etc)?;
+    }
+    Ok(())
+}
+
+fn put_back_file(etc: &Path, original_present: bool) -> Result<()> {
     let current = etc.join(NAME);
     let saved = etc.join(SAVED_NAME);
     match fs::symlink_metadata(&saved) {
@@ -206,7 +266,11 @@ fn open_state_dir(state: &Path) -> Result<(OwnedFd, CString)> {
     Ok((OwnedFd::from(file), name))
 }
 
-fn write_state(state: &Path, original_present: bool) -> Result<()> {
+fn write_state(
+    state: &Path,
+    original_present: bool,
+    times: Option<(DirTime, DirTime)>,
+) -> Result<()> {
     let word = if original_present {
         STATE_PRESENT
     } else {
@@ -214,6 +278,9 @@ fn write_state(state: &Path, original_present: bool) -> Result<()> {
     };
     let mut file = File::create(state).ctx("create", state)?;
     writeln!(file, "{word}").ctx("write", state)?;
+    if let Some((b, a)) = times {
+        writeln!(file, "{} {} {} {}", b.0, b.1, a.0, a.1).ctx("write", state)?;
+    }
     file.sync_all().ctx("sync", state)?;
     Ok(())
 }

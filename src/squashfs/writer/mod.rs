@@ -39,6 +39,9 @@ pub struct WriterOptions {
     pub exportable: bool,
     /// Compression threads; 0 means one per core.
     pub threads: usize,
+    /// When packing a customized root, copy unchanged files' compressed blocks from the base
+    /// image (only used by the customize workflow; `--full-repack` turns it off).
+    pub reuse_base: bool,
 }
 
 impl Default for WriterOptions {
@@ -57,6 +60,7 @@ impl Default for WriterOptions {
             xattrs: true,
             exportable: true,
             threads: 0,
+            reuse_base: true,
         }
     }
 }
@@ -235,7 +239,7 @@ fn write_tail(
     options: Option<&[u8]>,
     data_end: u64,
     tables: &tables::Tables,
-) -> Result<()> {
+) -> Result<Superblock> {
     use std::os::unix::fs::FileExt;
     let io = |op| move |e| Error::io(op, path, e);
     let mut sb = sb.clone();
@@ -255,7 +259,7 @@ fn write_tail(
     file.write_all_at(&sb.encode(), 0)
         .map_err(io("write superblock to"))?;
     file.sync_all().map_err(io("sync"))?;
-    Ok(())
+    Ok(sb)
 }
 
 impl EntrySink for Writer {
