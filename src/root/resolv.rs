@@ -43,7 +43,7 @@ pub struct ResolvConfGuard {
     done: bool,
     /// etc's mtime before and right after the swap (the state file may be out of reach once
     /// the root has moved, so the guard keeps its own copy).
-    times: Option<(DirTime, DirTime)>,
+    times: Option<SwapTimes>,
 }
 
 impl ResolvConfGuard {
@@ -167,6 +167,8 @@ pub fn repair_resolv_conf(etc: &Path, state: &Path) -> Result<bool> {
 
 /// A directory's mtime as (seconds, nanoseconds).
 type DirTime = (i64, i64);
+/// etc's mtime before the swap and right after it.
+type SwapTimes = (DirTime, DirTime);
 
 fn dir_mtime(dir: &Path) -> Result<DirTime> {
     use std::os::unix::fs::MetadataExt;
@@ -176,7 +178,7 @@ fn dir_mtime(dir: &Path) -> Result<DirTime> {
 
 /// The state file: whether the image had a resolv.conf, and etc's mtime before and right after
 /// the swap. None when there is no state file (no swap in progress).
-fn read_state(state: &Path) -> Result<Option<(bool, Option<(DirTime, DirTime)>)>> {
+fn read_state(state: &Path) -> Result<Option<(bool, Option<SwapTimes>)>> {
     let text = match fs::read_to_string(state) {
         Ok(t) => t,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -203,7 +205,7 @@ fn read_state(state: &Path) -> Result<Option<(bool, Option<(DirTime, DirTime)>)>
     Ok(Some((original_present, times)))
 }
 
-fn put_back(etc: &Path, original_present: bool, times: Option<(DirTime, DirTime)>) -> Result<()> {
+fn put_back(etc: &Path, original_present: bool, times: Option<SwapTimes>) -> Result<()> {
     let untouched_since_swap = match times {
         Some((_, after_swap)) => dir_mtime(etc)? == after_swap,
         None => false,
@@ -269,7 +271,7 @@ fn open_state_dir(state: &Path) -> Result<(OwnedFd, CString)> {
 fn write_state(
     state: &Path,
     original_present: bool,
-    times: Option<(DirTime, DirTime)>,
+    times: Option<SwapTimes>,
 ) -> Result<()> {
     let word = if original_present {
         STATE_PRESENT

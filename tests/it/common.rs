@@ -123,3 +123,42 @@ print("\n".join(sorted(out)))
 "#;
     run(Command::new("python3").arg("-c").arg(SCRIPT).arg(root))
 }
+
+/// The bundled busybox test image (scripts/make-test-image.sh), made on first use.
+#[allow(dead_code)]
+pub fn tiny_image() -> &'static Path {
+    static IMG: OnceLock<PathBuf> = OnceLock::new();
+    IMG.get_or_init(|| {
+        let out = repo().join("testdata/tiny-rootfs.txz");
+        run(Command::new(repo().join("scripts/make-test-image.sh")).arg(&out));
+        out
+    })
+}
+
+/// The md5 of a file as `md5sum` computes it.
+#[allow(dead_code)]
+pub fn md5sum(path: &Path) -> String {
+    let out = run(Command::new("md5sum").arg(path));
+    out.split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("md5sum {}: no output", path.display()))
+        .to_string()
+}
+
+/// One file of a SquashFS image, read by `unsquashfs -cat`.
+#[allow(dead_code)]
+pub fn unsquashfs_cat(img: &Path, path: &str) -> Vec<u8> {
+    let out = Command::new("unsquashfs")
+        .arg("-cat")
+        .arg(img)
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("unsquashfs -cat {}: {e}", img.display()));
+    assert!(
+        out.status.success(),
+        "unsquashfs -cat {} {path}: {}",
+        img.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
