@@ -6,7 +6,7 @@
 //! as IMS drives it through several pods. A failure always leaves the record in `error` with the
 //! reason, and never a registered half-made image.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -378,7 +378,15 @@ fn package(
     } else {
         (None, None)
     };
-    let boot = artifacts::find_boot_files(&root_view, job.arch, kernel_name, initrd_name)?;
+    // Errors speak of paths inside the image, not of the temporary view of it.
+    let boot = artifacts::find_boot_files(&root_view, job.arch, kernel_name, initrd_name).map_err(
+        |e| {
+            anyhow!(
+                "{}",
+                e.to_string().replace(&root_view.display().to_string(), "")
+            )
+        },
+    )?;
     ctx.info(boot.to_string());
     let staging = cfg.layout.work().join("staging");
     fs::create_dir_all(&staging)
@@ -471,9 +479,13 @@ fn change_report(store: &Store, job: &JobRecord, cfg: &SandboxConfig) -> Result<
         bail!("change reports need mount mode");
     }
     let base = Image::open(&base_rootfs(store, job.artifact_id))?;
-    let mut in_base = BTreeSet::new();
-    base.walk(&mut |path, _| {
-        in_base.insert(path.to_vec());
+    let mut in_base = BTreeMap::new();
+    base.walk(&mut |path, inode| {
+        let target = match &inode.kind {
+            crate::squashfs::reader::InodeKind::Symlink(t) => Some(t.clone()),
+            _ => None,
+        };
+        in_base.insert(path.to_vec(), target);
         Ok(())
     })?;
     let mut report = ChangeReport::default();
@@ -485,7 +497,7 @@ fn change_report(store: &Store, job: &JobRecord, cfg: &SandboxConfig) -> Result<
 fn walk_upper(
     top: &Path,
     dir: &Path,
-    in_base: &BTreeSet<Vec<u8>>,
+    in_base: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     report: &mut ChangeReport,
 ) -> Result<()> {
     use std::os::unix::fs::FileTypeExt;
@@ -510,12 +522,21 @@ fn walk_upper(
         if whiteout {
             report.removed.push(shown);
         } else if ft.is_dir() {
-            if !in_base.contains(&key) {
+            if !in_base.contains_key(&key) {
                 report.added.push(shown);
             }
             walk_upper(top, &path, in_base, report)?;
-        } else if in_base.contains(&key) {
-            report.changed.push(shown);
+        } else if let Some(base_target) = in_base.get(&key) {
+            // A symlink put back as it was (resolv.conf after the session) is no change.
+            let same_link = ft.is_symlink()
+                && base_target.as_deref()
+                    == fs::read_link(&path)
+                        .ok()
+                        .as_deref()
+                        .map(|t| t.as_os_str().as_bytes());
+            if !same_link {
+                report.changed.push(shown);
+            }
         } else {
             report.added.push(shown);
         }

@@ -1,6 +1,7 @@
 //! `imsctl jobs …` (as `cray ims jobs`) and the one-shot `imsctl customize`.
 
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
@@ -143,18 +144,33 @@ fn run_step(store: &Store, job: &JobRecord, step: &Step) -> Result<()> {
     let mut jailed = cfg.clone();
     // Scripts and commands run inside the image root, whatever the shell's jail setting.
     jailed.jailed = true;
+    // A step's output goes to stderr: stdout carries only the JSON result, for scripts.
+    let to_stderr = || -> Result<std::os::fd::OwnedFd> {
+        std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("failed to duplicate stderr")
+    };
     let (status, what) = match step {
-        Step::Run(cmd) => (
-            sandbox::run(&jailed, &["/bin/sh".into(), "-c".into(), cmd.clone()])?,
-            format!("--run '{cmd}'"),
-        ),
+        Step::Run(cmd) => {
+            let stdio = Stdio::Streams {
+                stdin: None,
+                stdout: Some(to_stderr()?),
+                stderr: None,
+            };
+            let argv = ["/bin/sh".into(), "-c".into(), cmd.clone()];
+            (
+                sandbox::run_with(&jailed, &argv, stdio)?,
+                format!("--run '{cmd}'"),
+            )
+        }
         Step::Script(path) => {
             let argv = script_argv(path)?;
             let file = std::fs::File::open(path)
                 .with_context(|| format!("failed to open the script {}", path.display()))?;
             let stdio = Stdio::Streams {
                 stdin: Some(file.into()),
-                stdout: None,
+                stdout: Some(to_stderr()?),
                 stderr: None,
             };
             (
@@ -216,7 +232,19 @@ fn run_ansible(store: &Store, job: &JobRecord, playbook: &Path) -> Result<()> {
         dir.to_string_lossy().into_owned(),
         playbook.to_string_lossy().into_owned(),
     ];
-    let status = sandbox::run(&cfg, &argv)?;
+    let stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("failed to duplicate stderr")?;
+    let status = sandbox::run_with(
+        &cfg,
+        &argv,
+        Stdio::Streams {
+            stdin: None,
+            stdout: Some(stderr),
+            stderr: None,
+        },
+    )?;
     if !status.success() {
         bail!(
             "ansible-playbook {} {}",

@@ -268,11 +268,7 @@ fn open_state_dir(state: &Path) -> Result<(OwnedFd, CString)> {
     Ok((OwnedFd::from(file), name))
 }
 
-fn write_state(
-    state: &Path,
-    original_present: bool,
-    times: Option<SwapTimes>,
-) -> Result<()> {
+fn write_state(state: &Path, original_present: bool, times: Option<SwapTimes>) -> Result<()> {
     let word = if original_present {
         STATE_PRESENT
     } else {

@@ -120,14 +120,14 @@ pub fn shell_on(
         return process::spawn(cfg, &steps, Command::Shell { interactive: false }, stdio)?.wait();
     }
     let pty = pty::open_for(term_in)?;
-    let running = process::spawn(
+    let mut running = process::spawn(
         cfg,
         &steps,
         Command::Shell { interactive: true },
         Stdio::Pty(pty.slave),
     )?;
     let relayed = pty::RawMode::enter(term_in).and_then(|raw_mode| {
-        let copied = pty::relay(term_in, term_out, &pty.master, &running);
+        let copied = pty::relay(term_in, term_out, &pty.master, &mut running);
         drop(raw_mode);
         copied
     });

@@ -130,6 +130,21 @@ impl Running {
         self.reports.as_fd()
     }
 
+    /// Read the reports that are there now (the caller saw the pipe readable) and tell whether
+    /// the session is over: a status or setup error arrived, or every writer is gone. A pid
+    /// report alone means nothing has ended.
+    pub fn session_over(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        match nix::unistd::read(&self.reports, &mut buf) {
+            Ok(0) | Err(Errno::EBADF) => return true,
+            Ok(n) => self.read_ahead.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        parse_reports(&self.read_ahead)
+            .iter()
+            .any(|(t, _)| *t == TAG_STATUS || *t == TAG_SETUP_ERROR)
+    }
+
     /// Kill the session: C1's death takes pid 1 and with it the whole namespace.
     pub fn kill(&self) {
         let _ = nix::sys::signal::kill(self.c1, Signal::SIGKILL);

@@ -114,7 +114,7 @@ pub fn relay(
     term_in: BorrowedFd<'_>,
     term_out: BorrowedFd<'_>,
     master: &OwnedFd,
-    running: &Running,
+    running: &mut Running,
 ) -> Result<()> {
     let ptmx = Path::new("/dev/ptmx");
     let flags =
@@ -184,7 +184,7 @@ pub fn relay(
                 Err(_) => input_open = false,
             }
         }
-        if fds[0].revents != 0 {
+        if fds[0].revents != 0 && running.session_over() {
             break; // the shell has exited and pid 1 is reporting
         }
         if fds[1].revents & libc::POLLHUP != 0 && fds[1].revents & libc::POLLIN == 0 {

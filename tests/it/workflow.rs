@@ -509,8 +509,6 @@ fn customize_keeps_capabilities_through_the_kernel_view() {
 }
 
 #[test]
-#[ignore = "bug: the change report lists /etc/resolv.conf as changed though the image's own \
-            symlink is restored unchanged (the session's swap leaves a copy in the overlay)"]
 fn change_report_lists_only_what_the_steps_changed() {
     let store = Store::new();
     let out = store.customize(&tiny(), &["--name", "r", "--run", "echo x > /root/new"]);
@@ -525,8 +523,6 @@ fn change_report_lists_only_what_the_steps_changed() {
 }
 
 #[test]
-#[ignore = "bug: a step's stdout goes to imsctl's stdout before the result, so the output of \
-            `customize` is no longer JSON when a step prints anything"]
 fn step_output_does_not_corrupt_the_json_result() {
     let store = Store::new();
     let out = run(store.cmd().arg("customize").arg(tiny()).args([
@@ -787,8 +783,6 @@ fn screen_shows(tmux: &Tmux, text: &str) -> bool {
 }
 
 #[test]
-#[ignore = "bug: `jobs shell` relays nothing: pty::relay ends as soon as the report pipe is \
-            readable, and since 476a1b3 C1 reports pid 1's pid (TAG_PID) at once for every session"]
 fn interactive_shell_through_tmux_completes_the_job() {
     if !have("tmux") {
         eprintln!("tmux missing: interactive shell test skipped");
@@ -1111,8 +1105,6 @@ fn rootless_customize_applies_the_change() {
 }
 
 #[test]
-#[ignore = "bug (being fixed by the lead): a rootless run packs var/log as 0/0 instead of 1/1 \
-            and drops ping's security.capability"]
 fn rootless_customize_keeps_owners_and_capabilities() {
     let store = Store::new();
     let Some(rootfs) = rootless_customize(&store) else {
