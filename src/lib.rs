@@ -9,5 +9,6 @@ pub mod cli;
 pub mod commands;
 pub mod context;
 pub mod output;
+pub mod s3;
 pub mod squashfs;
 pub mod store;
