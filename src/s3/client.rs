@@ -13,10 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use instant_xml::FromXml;
-use rusty_s3::actions::{
-    CompleteMultipartUploadResponse, CreateMultipartUpload, ListObjectsV2, ListParts,
-};
+use rusty_s3::actions::{CreateMultipartUpload, ListObjectsV2, ListParts};
 use rusty_s3::{Bucket, Credentials, Method, S3Action};
 use ureq::Agent;
 use ureq::http::{self, HeaderMap, Response};
@@ -29,7 +26,6 @@ use super::{Error, Result};
 const SIGNATURE_LIFETIME: Duration = Duration::from_secs(3600);
 /// Responses read whole into memory (XML listings, manifests, records) are at most this big.
 const SMALL_BODY_LIMIT: u64 = 64 << 20;
-const XML_NS: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
 
 /// What HEAD says about an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -473,9 +469,9 @@ impl Client {
                 format!("{code}: {message}"),
             ));
         }
-        match CompleteMultipartUploadResponse::parse(&text) {
-            Ok(done) => Ok(unquote(done.etag())),
-            Err(_) => etag_of(&reply.headers)
+        match xml_text(&text, "ETag") {
+            Some(etag) if !etag.trim().is_empty() => Ok(unquote(&etag)),
+            _ => etag_of(&reply.headers)
                 .ok_or_else(|| self.missing_etag("CompleteMultipartUpload", key)),
         }
     }
@@ -518,17 +514,34 @@ impl Client {
                 Err(e) => return Err(e),
             };
             let text = String::from_utf8_lossy(&reply.body);
-            let page = ListParts::parse_response(&text)
-                .map_err(|e| self.bad_xml("ListParts", key, &e.to_string()))?;
-            out.extend(page.parts.into_iter().map(|p| ListedPart {
-                number: p.number,
-                size: p.size,
-                etag: unquote(&p.etag),
-            }));
-            match page.next_part_number_marker {
-                Some(m) => marker = Some(m),
-                None => {
+            for part in xml_blocks(&text, "Part") {
+                let number = xml_text(part, "PartNumber").and_then(|n| n.trim().parse().ok());
+                let size = xml_text(part, "Size").and_then(|n| n.trim().parse().ok());
+                let (Some(number), Some(size)) = (number, size) else {
+                    return Err(self.bad_xml("ListParts", key, "a part without number or size"));
+                };
+                out.push(ListedPart {
+                    number,
+                    size,
+                    etag: unquote(&xml_text(part, "ETag").unwrap_or_default()),
+                });
+            }
+            // Some servers (moto) answer <ListPartsResponse>, not <ListPartsResult>: read the
+            // elements, not the root's name.
+            let truncated = xml_text(&text, "IsTruncated").is_some_and(|t| t.trim() == "true");
+            let next = xml_text(&text, "NextPartNumberMarker").and_then(|n| n.trim().parse().ok());
+            match (truncated, next) {
+                (true, Some(m)) if Some(m) != marker && m > 0 => marker = Some(m),
+                (true, _) => {
+                    return Err(self.bad_xml(
+                        "ListParts",
+                        key,
+                        "truncated without a usable marker",
+                    ));
+                }
+                (false, _) => {
                     out.sort_by_key(|p| p.number);
+                    out.dedup_by_key(|p| p.number);
                     return Ok(Some(out));
                 }
             }
@@ -562,18 +575,24 @@ impl Client {
         };
         let reply = self.call("ListMultipartUploads", key, Method::Get, &sign, &[], None)?;
         let text = String::from_utf8_lossy(&reply.body);
-        let parsed: ListMultipartUploadsResult = instant_xml::from_str(&text)
-            .map_err(|e| self.bad_xml("ListMultipartUploads", key, &e.to_string()))?;
-        let mut uploads: Vec<PendingUpload> = parsed
-            .uploads
-            .into_iter()
-            .filter(|u| u.key == key)
-            .map(|u| PendingUpload {
-                key: u.key,
-                upload_id: u.upload_id,
-                initiated: u.initiated.unwrap_or_default(),
-            })
-            .collect();
+        let mut uploads = Vec::new();
+        for upload in xml_blocks(&text, "Upload") {
+            let (Some(k), Some(id)) = (xml_text(upload, "Key"), xml_text(upload, "UploadId"))
+            else {
+                return Err(self.bad_xml(
+                    "ListMultipartUploads",
+                    key,
+                    "an upload without key or id",
+                ));
+            };
+            if k == key {
+                uploads.push(PendingUpload {
+                    key: k,
+                    upload_id: id,
+                    initiated: xml_text(upload, "Initiated").unwrap_or_default(),
+                });
+            }
+        }
         uploads.sort_by(|a, b| a.initiated.cmp(&b.initiated));
         Ok(uploads)
     }
@@ -731,23 +750,6 @@ impl Client {
     }
 }
 
-#[derive(FromXml)]
-#[xml(rename = "ListMultipartUploadsResult", ns(XML_NS))]
-struct ListMultipartUploadsResult {
-    uploads: Vec<UploadEntry>,
-}
-
-#[derive(FromXml)]
-#[xml(rename = "Upload", ns(XML_NS))]
-struct UploadEntry {
-    #[xml(rename = "Key")]
-    key: String,
-    #[xml(rename = "UploadId")]
-    upload_id: String,
-    #[xml(rename = "Initiated")]
-    initiated: Option<String>,
-}
-
 /// A response with a status that is not success becomes an attempt error: retryable for 5xx,
 /// 429 (SlowDown) and 408, final otherwise.
 fn check_status(
@@ -819,6 +821,22 @@ fn s3_error_of(body: &str) -> Option<(String, String)> {
     Some((code, message))
 }
 
+/// The contents of every `<tag>…</tag>` in `xml` (not nested in each other).
+fn xml_blocks<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        let body = &rest[start + open.len()..];
+        let Some(end) = body.find(&close) else { break };
+        out.push(&body[..end]);
+        rest = &body[end + close.len()..];
+    }
+    out
+}
+
+/// The text of the first `<tag>…</tag>` in `xml`, entities decoded.
 fn xml_text(xml: &str, tag: &str) -> Option<String> {
     let open = format!("<{tag}>");
     let close = format!("</{tag}>");
@@ -970,11 +988,31 @@ mod tests {
     <StorageClass>STANDARD</StorageClass><Initiated>2024-01-02T00:00:00.000Z</Initiated></Upload>
   <Upload><Key>id/rootfs2</Key><UploadId>u2</UploadId><Initiated>2024-01-01T00:00:00.000Z</Initiated></Upload>
 </ListMultipartUploadsResult>"#;
-        let parsed: ListMultipartUploadsResult = instant_xml::from_str(xml).expect("parse");
-        assert_eq!(parsed.uploads.len(), 2);
-        assert_eq!(parsed.uploads[0].upload_id, "u1");
-        let empty = r#"<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Bucket>b</Bucket></ListMultipartUploadsResult>"#;
-        let parsed: ListMultipartUploadsResult = instant_xml::from_str(empty).expect("parse");
-        assert!(parsed.uploads.is_empty());
+        let uploads: Vec<(String, String)> = xml_blocks(xml, "Upload")
+            .into_iter()
+            .filter_map(|u| Some((xml_text(u, "Key")?, xml_text(u, "UploadId")?)))
+            .collect();
+        assert_eq!(
+            uploads,
+            [
+                ("id/rootfs".into(), "u1".into()),
+                ("id/rootfs2".into(), "u2".into())
+            ]
+        );
+        assert!(
+            xml_blocks(
+                "<ListMultipartUploadsResult><Bucket>b</Bucket></ListMultipartUploadsResult>",
+                "Upload"
+            )
+            .is_empty()
+        );
+        let parts = "<ListPartsResponse><Part><PartNumber>2</PartNumber><ETag>&quot;ab&quot;</ETag>\
+                     <Size>5</Size></Part><IsTruncated>false</IsTruncated></ListPartsResponse>";
+        let blocks = xml_blocks(parts, "Part");
+        assert_eq!(blocks.len(), 1);
+        assert_eq!(
+            xml_text(blocks[0], "ETag").map(|e| unquote(&e)),
+            Some("ab".into())
+        );
     }
 }

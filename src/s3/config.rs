@@ -351,7 +351,7 @@ mod tests {
         assert_eq!(c.region, "us-east-1");
         assert_eq!(c.endpoint.as_str(), "https://s3.us-east-1.amazonaws.com/");
         assert!(c.credentials.is_none());
-        assert_eq!(c.url_style(), UrlStyle::VirtualHost);
+        assert!(matches!(c.url_style(), UrlStyle::VirtualHost));
         assert_eq!(c.part_size, DEFAULT_PART_SIZE);
     }
 
@@ -366,7 +366,7 @@ mod tests {
         let c = resolve(&vars, &S3Options::default()).expect("resolve");
         assert_eq!(c.endpoint.as_str(), "http://127.0.0.1:9000/");
         assert_eq!(c.region, "eu-west-3");
-        assert_eq!(c.url_style(), UrlStyle::Path);
+        assert!(matches!(c.url_style(), UrlStyle::Path));
         let options = S3Options {
             endpoint: Some("https://rgw.site:8443".into()),
             addressing_style: AddressingStyle::Virtual,
@@ -374,7 +374,7 @@ mod tests {
         };
         let c = resolve(&vars, &options).expect("resolve");
         assert_eq!(c.endpoint.as_str(), "https://rgw.site:8443/");
-        assert_eq!(c.url_style(), UrlStyle::VirtualHost);
+        assert!(matches!(c.url_style(), UrlStyle::VirtualHost));
         let bad = S3Options {
             endpoint: Some("ftp://x".into()),
             ..S3Options::default()

@@ -164,7 +164,7 @@ impl fmt::Display for S3Url {
 }
 
 #[cfg(test)]
-mod tests {
+mod url_tests {
     use super::*;
 
     #[test]

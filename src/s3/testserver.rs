@@ -183,6 +183,8 @@ pub enum Fault {
     ResetAfter(u64),
     /// Accept the request, then say nothing for this long (the client must time out).
     Stall(Duration),
+    /// Wait this long, then pass the request on (slows an upload down).
+    Delay(Duration),
 }
 
 /// The start of a request, as the fault plan sees it.
@@ -191,7 +193,6 @@ pub struct RequestInfo {
     pub method: String,
     /// Path and query.
     pub target: String,
-    pub content_length: u64,
 }
 
 impl RequestInfo {
@@ -299,22 +300,28 @@ fn handle(
         }
         headers.push(line.to_string());
     }
-    let info = RequestInfo {
-        method,
-        target,
-        content_length,
-    };
+    let info = RequestInfo { method, target };
     let n = counters.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let plan = plan
         .lock()
         .map(|p| p.clone())
         .map_err(|_| std::io::Error::other("plan"))?;
     let fault = plan(&info, n);
-    if fault != Fault::Pass {
+    if !matches!(fault, Fault::Pass | Fault::Delay(_)) {
         counters.faults.fetch_add(1, Ordering::Relaxed);
     }
     match fault {
         Fault::Status500 => {
+            // As a server would: take the whole request, then fail it.
+            let mut left = content_length.saturating_sub(rest.len() as u64);
+            let mut sink = [0u8; 64 << 10];
+            while left > 0 {
+                let want = usize::try_from(left.min(sink.len() as u64)).unwrap_or(sink.len());
+                match client.read(&mut sink[..want]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left -= n as u64,
+                }
+            }
             let body = "<Error><Code>InternalError</Code><Message>injected</Message></Error>";
             let _ = write!(
                 client,
@@ -328,6 +335,7 @@ fn handle(
             thread::sleep(d);
             return Ok(());
         }
+        Fault::Delay(d) => thread::sleep(d),
         _ => {}
     }
     let mut server = TcpStream::connect(upstream)?;
