@@ -2,6 +2,7 @@
 
 pub mod images;
 pub mod public_keys;
+pub mod s3;
 pub mod squashfs;
 
 use std::path::Path;
