@@ -751,7 +751,7 @@ impl Client {
 }
 
 /// A response with a status that is not success becomes an attempt error: retryable for 5xx,
-/// 429 (SlowDown) and 408, final otherwise.
+/// 429 (SlowDown), 408 and S3's transient 400s, final otherwise.
 fn check_status(
     mut response: Response<ureq::Body>,
 ) -> std::result::Result<Response<ureq::Body>, AttemptError> {
@@ -775,8 +775,11 @@ fn check_status(
                 .to_string(),
         ),
     };
+    // S3 reports a client too slow to send its body (RequestTimeout) and a body damaged in
+    // transit (BadDigest, thanks to Content-MD5) as 400s: both deserve another attempt.
+    let transient_400 = matches!(s3_code.as_deref(), Some("RequestTimeout" | "BadDigest"));
     Err(AttemptError {
-        retryable: status.is_server_error() || code == 429 || code == 408,
+        retryable: status.is_server_error() || code == 429 || code == 408 || transient_400,
         status: Some(code),
         code: s3_code,
         detail,

@@ -662,3 +662,61 @@ fn ranged_download_matches_and_hashes() {
         assert!(!dest.exists());
     });
 }
+
+#[test]
+fn local_catalogue_with_s3_artifacts() {
+    for_each_server(|server| {
+        let (bucket, client) = server.fresh_bucket();
+        let files = Files::new();
+        let local_dir = tempfile::tempdir().expect("tempdir");
+        let local = Store::open(local_dir.path().join("store")).expect("store");
+        let dest = S3Url::parse(&format!("s3://{bucket}/boot")).expect("url");
+        let id = Uuid::new_v4();
+        let meta = ImageMeta {
+            name: Some("custom".into()),
+            job_id: None,
+        };
+        let published = publish_s3(
+            &client,
+            &dest,
+            id,
+            &files.artifacts(),
+            &meta,
+            true,
+            &quiet(),
+        )
+        .expect("publish");
+        // The customize result lists the three artifacts and the manifest.
+        let listed = published.ims_image_artifacts();
+        assert_eq!(listed.len(), 4);
+        assert_eq!(listed[3].artifact_type, "application/json");
+        assert_eq!(
+            listed[3].link.path,
+            format!("s3://{bucket}/boot/{id}/manifest.json")
+        );
+        let record = crate::store::s3_backend::register_published(
+            &local,
+            &client,
+            &published,
+            "custom",
+            Arch::X86_64,
+        )
+        .expect("register");
+        let stored: ImageRecord = local.get_by_id(id).expect("get");
+        assert_eq!(stored, record);
+        let report =
+            verify_s3_image(&client, &stored, VerifyMode::Metadata, &quiet()).expect("verify");
+        assert!(report.is_ok(), "{:?}", report.entries);
+        // A second registration of the same id fails and takes its objects with it.
+        let err = crate::store::s3_backend::register_published(
+            &local,
+            &client,
+            &published,
+            "custom",
+            Arch::X86_64,
+        )
+        .expect_err("duplicate");
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert!(keys_under(&client, "boot/").is_empty());
+    });
+}

@@ -57,6 +57,26 @@ impl ImageCatalog for Store {
     }
 }
 
+/// Register the record of an image `publish_s3` uploaded, in any catalogue (the local store
+/// or an S3 store). If the record cannot be written the objects are deleted: no image stays
+/// half-made.
+pub fn register_published(
+    catalog: &dyn ImageCatalog,
+    client: &Client,
+    published: &S3ImageArtifacts,
+    name: &str,
+    arch: Arch,
+) -> anyhow::Result<ImageRecord> {
+    let record = published.image_record(name, arch);
+    if let Err(e) = catalog.insert_image(&record) {
+        // The insert error is the one to report; objects a failed cleanup leaves have no
+        // record and no catalogue lists them.
+        let _ = published.discard(client);
+        return Err(e);
+    }
+    Ok(record)
+}
+
 /// A catalogue and artifact store in a bucket.
 #[derive(Clone, Debug)]
 pub struct S3Store {
@@ -132,13 +152,7 @@ impl S3Store {
             resume,
             ctx,
         )?;
-        let record = published.image_record(name, arch);
-        if let Err(e) = self.insert_image(&record) {
-            // The insert error is the one to report; objects a failed cleanup leaves have no
-            // record and no catalogue lists them.
-            let _ = published.discard(&self.client);
-            return Err(e);
-        }
+        let record = register_published(self, &self.client, &published, name, arch)?;
         Ok((record, published))
     }
 
