@@ -11,7 +11,8 @@ use crate::cli::{ImagesCommand, S3Args};
 use crate::context::Context;
 use crate::output::{render_list, render_one};
 use crate::s3::{
-    Client, LINK_TYPE_S3, S3Config, S3Options, S3Url, VerifyMode, import_image, verify_s3_image,
+    Client, LINK_TYPE_S3, Resume, S3Config, S3Options, S3Url, VerifyMode, import_image,
+    verify_s3_image,
 };
 use crate::store::s3_backend::{ImageCatalog, S3Store};
 use crate::store::{Arch, ImageRecord, Store};
@@ -114,8 +115,14 @@ fn with_local_store(
         ImagesCommand::Publish(args) => {
             let dest = S3Url::parse(&args.dest)?;
             let target = S3Store::open(config, &dest)?;
+            // Upload ids are remembered in the store's work area, so a rerun after a kill
+            // resumes even on servers that cannot list uploads in progress.
+            let resume = match args.no_resume {
+                true => Resume::off(),
+                false => Resume::on(Some(store.work_root().join("s3-uploads"))),
+            };
             let (record, _) = target
-                .publish_from_local(&store, &args.id, !args.no_resume, ctx)
+                .publish_from_local(&store, &args.id, &resume, ctx)
                 .with_context(|| format!("failed to publish image {} to {dest}", args.id))?;
             render_one(&record, args.format.format)?
         }

@@ -779,7 +779,11 @@ fn check_status(
     // transit (BadDigest, thanks to Content-MD5) as 400s: both deserve another attempt.
     let transient_400 = matches!(s3_code.as_deref(), Some("RequestTimeout" | "BadDigest"));
     Err(AttemptError {
-        retryable: status.is_server_error() || code == 429 || code == 408 || transient_400,
+        // 501 Not Implemented is an answer, not an outage.
+        retryable: (status.is_server_error() && code != 501)
+            || code == 429
+            || code == 408
+            || transient_400,
         status: Some(code),
         code: s3_code,
         detail,

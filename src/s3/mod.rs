@@ -19,7 +19,7 @@ use std::path::PathBuf;
 pub use client::{Client, ObjectInfo};
 pub use config::{AddressingStyle, RetryPolicy, S3Config, S3Options, Timeouts};
 pub use download::{Downloaded, download_file, md5_of_object};
-pub use multipart::{UploadOptions, UploadStats, UploadedObject, upload_file};
+pub use multipart::{Resume, UploadOptions, UploadStats, UploadedObject, upload_file};
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

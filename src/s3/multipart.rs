@@ -2,7 +2,9 @@
 //! parts sent in parallel, that resumes an interrupted run and cleans up after a failed one.
 //!
 //! Resume: a run killed mid-upload leaves its multipart upload on the server. The next run finds
-//! it (ListMultipartUploads for the key, newest first), lists its parts, and sends only the parts
+//! it (the upload id remembered in a small state file when a state directory is given, else
+//! ListMultipartUploads for the key, newest first; s3s-fs, for one, has no ListMultipartUploads),
+//! lists its parts, and sends only the parts
 //! that are missing or differ: a listed part is kept when its size is the expected one and its
 //! ETag equals the md5 of our bytes for that part (S3 and compatible servers use the part's md5
 //! as its ETag; a server with opaque ETags gets every part again, which is correct, only slower).
@@ -14,11 +16,12 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
 
 use super::client::{Client, ListedPart};
 use super::{Error, Result};
@@ -37,8 +40,70 @@ pub struct UploadOptions {
     /// The file's md5 when the caller already knows it (saves reading the file twice); it is
     /// still checked part by part by the server's Content-MD5 checks of what we send.
     pub known_md5: Option<String>,
-    /// Look for an interrupted upload of the same key and keep its good parts.
-    pub resume: bool,
+    /// Whether to look for an interrupted upload of the same key and keep its good parts.
+    pub resume: Resume,
+}
+
+/// Whether and how an interrupted upload is resumed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resume {
+    pub enabled: bool,
+    /// Where upload ids are remembered between runs (one small JSON file per upload in
+    /// progress). Needed with servers that lack ListMultipartUploads; spares the listing on
+    /// the others.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Resume {
+    pub fn off() -> Resume {
+        Resume::default()
+    }
+
+    pub fn on(state_dir: Option<PathBuf>) -> Resume {
+        Resume {
+            enabled: true,
+            state_dir,
+        }
+    }
+
+    /// The state file of one upload: named by the md5 of endpoint, bucket and key.
+    fn state_file(&self, client: &Client, key: &str) -> Option<PathBuf> {
+        let dir = self.state_dir.as_ref().filter(|_| self.enabled)?;
+        let id = format!("{}\n{}\n{key}", client.config().endpoint, client.bucket());
+        Some(dir.join(format!("{}.json", hex(&Md5::digest(id.as_bytes())))))
+    }
+}
+
+/// What the state file remembers about an upload in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct UploadState {
+    upload_id: String,
+    size: u64,
+    part_size: u64,
+    md5: String,
+}
+
+fn read_state(path: &Path) -> Option<UploadState> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn write_state(path: &Path, state: &UploadState) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    }
+    let bytes = serde_json::to_vec(state)
+        .map_err(|e| Error::Config(format!("cannot serialize the upload state: {e}")))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))
+}
+
+fn forget_state(path: Option<&Path>) {
+    if let Some(path) = path {
+        // Best effort: a stale state file only costs one ListParts that finds nothing.
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// What an upload did, for tests and logs.
@@ -97,7 +162,7 @@ pub fn upload_file(
             client.delete_object(key)?;
             progress.store(start, Ordering::Relaxed);
             let fresh = UploadOptions {
-                resume: false,
+                resume: Resume::off(),
                 ..options.clone()
             };
             uploaded = send(
@@ -161,18 +226,40 @@ fn multipart(
 ) -> Result<UploadedObject> {
     let parts = usize::try_from(size.div_ceil(part_size))
         .map_err(|_| Error::Config(format!("{}: too many parts", path.display())))?;
-    let (upload_id, listed, leftovers) = match options.resume {
-        true => find_resumable(client, key)?,
-        false => (None, Vec::new(), Vec::new()),
+    let state_file = options.resume.state_file(client, key);
+    let wanted = UploadState {
+        upload_id: String::new(),
+        size,
+        part_size,
+        md5: md5.to_string(),
     };
+    let found = match options.resume.enabled {
+        true => find_resumable(client, key, state_file.as_deref(), &wanted)?,
+        false => Found::default(),
+    };
+    let (upload_id, listed, leftovers) = (found.upload_id, found.parts, found.others);
+    let trust_size = found.same_file;
     let resumed_upload = upload_id.is_some();
     let upload_id = match upload_id {
         Some(id) => id,
-        None => client.create_multipart(key, metadata)?,
+        None => {
+            let id = client.create_multipart(key, metadata)?;
+            if let Some(path) = &state_file {
+                let state = UploadState {
+                    upload_id: id.clone(),
+                    ..wanted.clone()
+                };
+                if let Err(e) = write_state(path, &state) {
+                    let _ = client.abort_multipart(key, &id);
+                    return Err(e);
+                }
+            }
+            id
+        }
     };
 
     let result = upload_parts(
-        client, key, &upload_id, file, path, size, part_size, parts, &listed, progress,
+        client, key, &upload_id, file, path, size, part_size, parts, &listed, trust_size, progress,
     )
     .and_then(|(etags, stats)| {
         let etag = complete(client, key, &upload_id, &etags, size)?;
@@ -180,6 +267,7 @@ fn multipart(
     });
     match result {
         Ok((etag, (reused, sent))) => {
+            forget_state(state_file.as_deref());
             // Older interrupted uploads of the same key would keep their parts forever.
             for stale in leftovers {
                 let _ = client.abort_multipart(key, &stale);
@@ -201,25 +289,73 @@ fn multipart(
             // The error is what matters; an abort that fails too leaves parts the server's
             // lifecycle rules (or the next run, which resumes them) will deal with.
             let _ = client.abort_multipart(key, &upload_id);
+            forget_state(state_file.as_deref());
             Err(e)
         }
     }
 }
 
-/// The newest in-progress upload of `key` and its parts, plus the ids of older ones.
+/// An upload of `key` to continue, its parts, and the ids of other (older) uploads of the key.
+/// The state file's upload comes first, when it was for the same file (size, part size, md5);
+/// then the newest upload the server lists.
 fn find_resumable(
     client: &Client,
     key: &str,
-) -> Result<(Option<String>, Vec<ListedPart>, Vec<String>)> {
-    let mut pending = client.list_multipart_uploads(key)?;
+    state_file: Option<&Path>,
+    wanted: &UploadState,
+) -> Result<Found> {
+    if let Some(state) = state_file.and_then(read_state) {
+        let same_file = UploadState {
+            upload_id: state.upload_id.clone(),
+            ..wanted.clone()
+        } == state;
+        if same_file {
+            if let Some(parts) = client.list_parts(key, &state.upload_id)? {
+                return Ok(Found {
+                    upload_id: Some(state.upload_id),
+                    parts,
+                    others: Vec::new(),
+                    same_file: true,
+                });
+            }
+        } else {
+            // Started for another version of the file: its parts are of no use.
+            let _ = client.abort_multipart(key, &state.upload_id);
+        }
+        forget_state(state_file);
+    }
+    let mut pending = match client.list_multipart_uploads(key) {
+        Ok(pending) => pending,
+        // The server cannot list uploads: without a state file there is nothing to resume.
+        Err(e) if e.status() == Some(501) => Vec::new(),
+        Err(e) => return Err(e),
+    };
     while let Some(newest) = pending.pop() {
         let others = pending.iter().map(|u| u.upload_id.clone()).collect();
         if let Some(parts) = client.list_parts(key, &newest.upload_id)? {
-            return Ok((Some(newest.upload_id), parts, others));
+            return Ok(Found {
+                upload_id: Some(newest.upload_id),
+                parts,
+                others,
+                same_file: false,
+            });
         }
         // Gone between the two listings (completed or aborted elsewhere): try an older one.
     }
-    Ok((None, Vec::new(), Vec::new()))
+    Ok(Found::default())
+}
+
+/// An upload to continue.
+#[derive(Default)]
+struct Found {
+    upload_id: Option<String>,
+    parts: Vec<ListedPart>,
+    /// Other uploads of the key, aborted once this one completes.
+    others: Vec<String>,
+    /// Known (from the state file) to have been started for a file with the same md5, size and
+    /// part size: its parts are our bytes (the server checked each one's Content-MD5), so a
+    /// part of the right size is good even when the server lists no ETag (s3s-fs).
+    same_file: bool,
 }
 
 /// Send the parts with `concurrency` threads. Returns the ETags in part order and
@@ -235,6 +371,7 @@ fn upload_parts(
     part_size: u64,
     parts: usize,
     listed: &[ListedPart],
+    trust_size: bool,
     progress: &AtomicU64,
 ) -> Result<(Vec<String>, (usize, u64))> {
     let etags: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; parts]);
@@ -257,7 +394,7 @@ fn upload_parts(
                     let len = part_size.min(size - offset);
                     let number = u16::try_from(index + 1).unwrap_or(u16::MAX);
                     let outcome = one_part(
-                        client, key, upload_id, file, path, offset, len, number, listed,
+                        client, key, upload_id, file, path, offset, len, number, listed, trust_size,
                     );
                     match outcome {
                         Ok((etag, was_reused)) => {
@@ -292,7 +429,9 @@ fn upload_parts(
     Ok((etags, (reused.into_inner(), sent.into_inner())))
 }
 
-/// Read one part, keep the server's copy when it is the same bytes, else send it.
+/// Read one part, keep the server's copy when it is the same bytes, else send it. A listed
+/// ETag must be the md5 of our bytes; a part listed without one is kept only when `trust_size`
+/// (see `Found::same_file`), and our md5 stands in as its ETag.
 #[allow(clippy::too_many_arguments)]
 fn one_part(
     client: &Client,
@@ -304,15 +443,19 @@ fn one_part(
     len: u64,
     number: u16,
     listed: &[ListedPart],
+    trust_size: bool,
 ) -> Result<(String, bool)> {
     let body = read_range(file, path, offset, len)?;
     if let Some(existing) = listed.iter().find(|p| p.number == number)
         && existing.size == len
-        && existing
-            .etag
-            .eq_ignore_ascii_case(&hex(&Md5::digest(&body)))
     {
-        return Ok((existing.etag.clone(), true));
+        let md5 = hex(&Md5::digest(&body));
+        if existing.etag.eq_ignore_ascii_case(&md5) {
+            return Ok((existing.etag.clone(), true));
+        }
+        if existing.etag.is_empty() && trust_size {
+            return Ok((md5, true));
+        }
     }
     Ok((client.upload_part(key, upload_id, number, &body)?, false))
 }

@@ -18,7 +18,9 @@ use uuid::Uuid;
 
 use super::client::Client;
 use super::download::{download_file, md5_of_object};
-use super::multipart::{MD5SUM_META, UploadOptions, UploadedObject, check_uploaded, upload_file};
+use super::multipart::{
+    MD5SUM_META, Resume, UploadOptions, UploadedObject, check_uploaded, upload_file,
+};
 use super::{Error, Result, S3Url};
 use crate::artifacts::manifest::{
     ArtifactKind, MANIFEST_FILE, MANIFEST_MIME, Manifest, ManifestArtifact,
@@ -107,7 +109,7 @@ pub fn publish_s3(
     image_id: Uuid,
     files: &[ArtifactFile<'_>],
     meta: &ImageMeta,
-    resume: bool,
+    resume: &Resume,
     ctx: &Context,
 ) -> Result<S3ImageArtifacts> {
     if !files.iter().any(|f| f.kind == ArtifactKind::Rootfs) {
@@ -168,7 +170,7 @@ fn upload_all(
     location: &S3Url,
     files: &[ArtifactFile<'_>],
     metadata: &[(String, String)],
-    resume: bool,
+    resume: &Resume,
     ctx: &Context,
     uploaded: &mut Vec<UploadedObject>,
 ) -> Result<(Manifest, Link)> {
@@ -228,7 +230,7 @@ fn upload_one(
     key: &str,
     file: &ArtifactFile<'_>,
     metadata: &[(String, String)],
-    resume: bool,
+    resume: &Resume,
     ctx: &Context,
 ) -> Result<UploadedObject> {
     let size = std::fs::metadata(file.path)
@@ -238,7 +240,9 @@ fn upload_one(
         Some(m) => m.clone(),
         None => crate::artifacts::md5::md5_file(file.path)?,
     };
-    if resume && let Some(info) = client.head_object(key)? {
+    if resume.enabled
+        && let Some(info) = client.head_object(key)?
+    {
         let same_md5 = info
             .metadata
             .get(MD5SUM_META)
@@ -263,7 +267,7 @@ fn upload_one(
         metadata: metadata.to_vec(),
         content_type: None,
         known_md5: Some(md5),
-        resume,
+        resume: resume.clone(),
     };
     upload_file(client, key, file.path, &options, &counter)
 }

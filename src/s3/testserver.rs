@@ -49,6 +49,19 @@ impl Server {
         config
     }
 
+    /// Multipart uploads still open on the server, counted from its data directory (s3s-fs,
+    /// which cannot list them: its `.upload-*` files); None for other servers.
+    pub fn open_uploads_on_disk(&self) -> Option<usize> {
+        let dir = self._dir.as_ref()?;
+        let entries = std::fs::read_dir(dir.path()).ok()?;
+        Some(
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".upload"))
+                .count(),
+        )
+    }
+
     pub fn config(&self) -> S3Config {
         self.config_via(&self.endpoint())
     }

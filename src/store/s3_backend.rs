@@ -24,7 +24,7 @@ use super::{Arch, ImageRecord, LINK_TYPE_FILE, RecordKind, Store};
 use crate::artifacts::manifest::{ArtifactKind, MANIFEST_FILE, Manifest};
 use crate::context::Context;
 use crate::s3::publish::{ArtifactFile, ImageMeta, S3ImageArtifacts, publish_s3};
-use crate::s3::{Client, S3Config, S3Url};
+use crate::s3::{Client, Resume, S3Config, S3Url};
 
 /// What `images list|describe|delete` need from a catalogue.
 pub trait ImageCatalog {
@@ -136,7 +136,7 @@ impl S3Store {
         arch: Arch,
         files: &[ArtifactFile<'_>],
         job_id: Option<Uuid>,
-        resume: bool,
+        resume: &Resume,
         ctx: &Context,
     ) -> anyhow::Result<(ImageRecord, S3ImageArtifacts)> {
         let meta = ImageMeta {
@@ -162,7 +162,7 @@ impl S3Store {
         &self,
         store: &Store,
         id: &str,
-        resume: bool,
+        resume: &Resume,
         ctx: &Context,
     ) -> anyhow::Result<(ImageRecord, S3ImageArtifacts)> {
         let local: ImageRecord = store.get(id)?;
