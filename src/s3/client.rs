@@ -960,6 +960,21 @@ mod tests {
     }
 
     #[test]
+    fn ca_bundle_errors_name_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.pem");
+        let err = tls_with_bundle(&missing).expect_err("missing");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificates here\n").expect("write");
+        let err = tls_with_bundle(&empty).expect_err("empty");
+        assert!(err.to_string().contains("empty.pem"), "{err}");
+        let mut config = S3Config::for_endpoint("https://127.0.0.1:1", "k", "s").expect("config");
+        config.ca_bundle = Some(empty);
+        assert!(Client::new(&config, "bucket").is_err());
+    }
+
+    #[test]
     fn s3_error_bodies() {
         let body = "<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code>\
                     <Message>The key &lt;x&gt; does not exist</Message></Error>";
