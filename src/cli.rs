@@ -29,6 +29,34 @@ pub struct GlobalArgs {
     /// No progress bars.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// Where and how to reach S3 (for `--store s3://…`, `images publish`, `images import s3://…`).
+/// Region and credentials come from the environment and ~/.aws, as for the AWS CLI.
+#[derive(Args, Debug, Clone, Default)]
+pub struct S3Args {
+    /// S3 endpoint, e.g. http://127.0.0.1:9000 (default: $AWS_ENDPOINT_URL, else AWS).
+    #[arg(long = "s3-endpoint", global = true, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// PEM file of the CA certificates to trust for the endpoint (default: $AWS_CA_BUNDLE).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Bucket addressing: auto (path-style for custom endpoints), path or virtual.
+    #[arg(
+        long = "s3-addressing-style",
+        global = true,
+        default_value = "auto",
+        value_name = "STYLE"
+    )]
+    pub addressing_style: crate::s3::AddressingStyle,
+    /// Multipart part size, 5M to 5G [default: 16M].
+    #[arg(long, global = true, value_parser = parse_size_u64, value_name = "SIZE")]
+    pub part_size: Option<u64>,
+    /// Parallel requests per object [default: 8].
+    #[arg(long, global = true, value_name = "N")]
+    pub concurrency: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
@@ -266,9 +294,35 @@ pub enum ImagesCommand {
     /// Delete an image: its record and its artifacts in the store.
     Delete(IdArg),
     /// Re-hash an image's artifacts against its manifest; non-zero exit on any mismatch.
-    Verify(IdArg),
-    /// Store SRC (.txz, .tar*, .sqsh or a directory) as a SquashFS base image and register it.
+    Verify(VerifyArgs),
+    /// Store SRC (.txz, .tar*, .sqsh, a directory, or s3://BUCKET/ID[/manifest.json]) as a
+    /// SquashFS base image and register it.
     Import(ImportArgs),
+    /// Upload an image of the local store to s3://BUCKET[/PREFIX]/ID (the IMS layout) and
+    /// register it in that bucket's catalogue.
+    Publish(PublishArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct VerifyArgs {
+    /// The image's id (UUID).
+    pub id: String,
+    /// S3 images: download and re-hash every object (default: compare ETag and md5sum metadata).
+    #[arg(long)]
+    pub deep: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PublishArgs {
+    /// The image's id in the local store.
+    pub id: String,
+    /// Destination: s3://BUCKET[/PREFIX].
+    pub dest: String,
+    /// Start over instead of resuming an interrupted upload of the same image.
+    #[arg(long)]
+    pub no_resume: bool,
+    #[command(flatten)]
+    pub format: FormatArg,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -399,10 +453,51 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
     u32::try_from(n * mult).map_err(|_| format!("'{s}' is too large"))
 }
 
+/// Parse `16777216`, `16M`, `1G` (K, M, G: powers of 1024).
+pub fn parse_size_u64(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 16777216, 16M, 1G)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn s3_options_parse() {
+        let cli = Cli::try_parse_from([
+            "imsctl",
+            "images",
+            "publish",
+            "--part-size",
+            "32M",
+            "--concurrency",
+            "3",
+            "--s3-endpoint",
+            "http://127.0.0.1:9000",
+            "0000",
+            "s3://b/p",
+        ])
+        .expect("parse");
+        assert_eq!(cli.global.s3.part_size, Some(32 << 20));
+        assert_eq!(cli.global.s3.concurrency, Some(3));
+        assert!(
+            matches!(cli.command, Command::Images(ImagesCommand::Publish(ref p)) if p.dest == "s3://b/p")
+        );
+        assert_eq!(parse_size_u64("1G"), Ok(1 << 30));
+        assert!(parse_size_u64("x").is_err());
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

@@ -12,6 +12,7 @@ pub mod job;
 pub mod output;
 pub mod repack;
 pub mod root;
+pub mod s3;
 pub mod sandbox;
 pub mod squashfs;
 pub mod store;

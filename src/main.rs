@@ -39,12 +39,19 @@ fn main() -> ExitCode {
         Command::Pack(args) => commands::squashfs::pack(&ctx, &args),
         Command::Extract(args) => commands::squashfs::extract(&ctx, &args),
         Command::Ls(args) => commands::squashfs::ls(&ctx, &args),
-        Command::Images(cmd) => with_store(&ctx, |store, out| {
-            let convert = |src: &str, dest: &std::path::Path| {
-                commands::squashfs::import_source(&ctx, src, dest)
-            };
-            commands::images::run(store, &cmd, &convert, out)
-        }),
+        Command::Images(cmd) => match commands::s3::handles(&ctx, &cmd) {
+            Ok(true) => {
+                let stdout = std::io::stdout();
+                commands::s3::run_images(&ctx, &cli.global.s3, &cmd, &mut stdout.lock())
+            }
+            Ok(false) => with_store(&ctx, |store, out| {
+                let convert = |src: &str, dest: &std::path::Path| {
+                    commands::squashfs::import_source(&ctx, src, dest)
+                };
+                commands::images::run(store, &cmd, &convert, out)
+            }),
+            Err(e) => Err(e),
+        },
         Command::Jobs(cmd) => with_store(&ctx, |store, out| {
             commands::jobs::run(&ctx, store, &cmd, out)
         }),

@@ -37,6 +37,14 @@ pub fn run(
         ImagesCommand::Import(args) => {
             render_one(&import(store, args, convert)?, args.format.format)?
         }
+        // S3 work is dispatched to commands::s3 before reaching here.
+        ImagesCommand::Publish(args) => {
+            anyhow::bail!(
+                "images publish {} {}: S3 is not configured here",
+                args.id,
+                args.dest
+            )
+        }
     };
     out.write_all(text.as_bytes())
         .context("failed to write the output")?;
@@ -107,7 +115,7 @@ fn default_image_name(src: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::artifacts::manifest::{ArtifactKind, Manifest};
-    use crate::cli::{FormatArg, IdArg, IdFormatArgs, OutputFormat};
+    use crate::cli::{FormatArg, IdArg, IdFormatArgs, OutputFormat, VerifyArgs};
     use std::fs;
 
     fn no_converter(_: &str, _: &Path) -> anyhow::Result<()> {
@@ -231,7 +239,10 @@ mod tests {
                 .contains(&format!("id = \"{id}\""))
         );
 
-        let verify = ImagesCommand::Verify(IdArg { id: id.clone() });
+        let verify = ImagesCommand::Verify(VerifyArgs {
+            id: id.clone(),
+            deep: false,
+        });
         let mut out = Vec::new();
         run(&store, &verify, &no_converter, &mut out).expect("verify ok");
         let text = String::from_utf8(out).expect("utf8");
@@ -272,7 +283,10 @@ mod tests {
         assert_eq!(err.to_string(), format!("no image with id {id}"));
         let err = run(
             &store,
-            &ImagesCommand::Verify(IdArg { id: "xyz".into() }),
+            &ImagesCommand::Verify(VerifyArgs {
+                id: "xyz".into(),
+                deep: false,
+            }),
             &no_converter,
             &mut Vec::new(),
         )

@@ -3,6 +3,7 @@
 pub mod images;
 pub mod jobs;
 pub mod public_keys;
+pub mod s3;
 pub mod squashfs;
 
 use std::path::Path;

@@ -23,6 +23,7 @@
 
 pub mod lock;
 pub mod records;
+pub mod s3_backend;
 
 use std::ffi::OsString;
 use std::fs::{self, File};

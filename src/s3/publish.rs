@@ -1,0 +1,509 @@
+//! Images in S3, the IMS way: `BUCKET/[PREFIX/]<image-id>/{rootfs,kernel,initrd,manifest.json}`.
+//!
+//! Publish uploads the artifacts (each with `md5sum` user metadata and the `x-shasta-ims-*`
+//! names), HEADs each to check size and md5sum, and only then writes the manifest (itself
+//! checked the same way): a manifest in the bucket means a complete image. The caller registers
+//! the record only after `publish_s3` returned. On failure everything this run uploaded is
+//! deleted and its multipart uploads aborted; a run killed outright leaves its multipart upload
+//! for the next run to resume.
+//!
+//! Import downloads a manifest's artifacts with parallel ranged GETs, checks their md5s against
+//! the manifest and registers them as a new image in the local store.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use uuid::Uuid;
+
+use super::client::Client;
+use super::download::{download_file, md5_of_object};
+use super::multipart::{
+    MD5SUM_META, Resume, UploadOptions, UploadedObject, check_uploaded, upload_file,
+};
+use super::{Error, Result, S3Url};
+use crate::artifacts::manifest::{
+    ArtifactKind, MANIFEST_FILE, MANIFEST_MIME, Manifest, ManifestArtifact,
+};
+use crate::artifacts::{VerifyEntry, VerifyReport, VerifyStatus};
+use crate::context::{Context, CounterTicker};
+use crate::store::records::ExtraFields;
+use crate::store::{Arch, ImageRecord, Link, Store, Timestamp};
+
+/// Link type of artifacts in S3 (IMS's own).
+pub const LINK_TYPE_S3: &str = "s3";
+/// User metadata IMS sets on every artifact besides `md5sum`.
+pub const META_IMAGE_NAME: &str = "x-shasta-ims-image-name";
+pub const META_IMAGE_ID: &str = "x-shasta-ims-image-id";
+pub const META_JOB_ID: &str = "x-shasta-ims-job-id";
+
+/// What is known about the image being published, for the objects' metadata.
+#[derive(Clone, Debug, Default)]
+pub struct ImageMeta {
+    pub name: Option<String>,
+    pub job_id: Option<Uuid>,
+}
+
+/// One file to publish; `md5` when the caller knows it already (e.g. from a local manifest).
+#[derive(Clone, Debug)]
+pub struct ArtifactFile<'a> {
+    pub kind: ArtifactKind,
+    pub path: &'a Path,
+    pub md5: Option<String>,
+}
+
+/// A published image in S3.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3ImageArtifacts {
+    pub image_id: Uuid,
+    /// `s3://bucket/[prefix/]<image-id>`.
+    pub location: S3Url,
+    pub manifest: Manifest,
+    /// The manifest object: `type = "s3"`, the server's ETag.
+    pub manifest_link: Link,
+    /// The artifacts as uploaded (sizes, md5s, upload statistics), in upload order.
+    pub objects: Vec<UploadedObject>,
+}
+
+impl S3ImageArtifacts {
+    /// `ims_image_artifacts` of the customize result: the manifest's entries and the manifest.
+    pub fn ims_image_artifacts(&self) -> Vec<ManifestArtifact> {
+        let mut all = self.manifest.artifacts.clone();
+        all.push(ManifestArtifact {
+            link: self.manifest_link.clone(),
+            md5: self
+                .objects
+                .iter()
+                .find(|o| o.key.ends_with(MANIFEST_FILE))
+                .map(|o| o.md5.clone())
+                .unwrap_or_default(),
+            artifact_type: MANIFEST_MIME.to_string(),
+            extra: ExtraFields::new(),
+        });
+        all
+    }
+
+    /// The image record pointing at this manifest (same id).
+    pub fn image_record(&self, name: impl Into<String>, arch: Arch) -> ImageRecord {
+        ImageRecord::with_id(self.image_id, name, arch, Some(self.manifest_link.clone()))
+    }
+
+    /// Delete the objects (when the record could not be registered). Manifest first, so a
+    /// half-deleted image is never mistaken for a complete one.
+    pub fn discard(&self, client: &Client) -> Result<()> {
+        let mut keys: Vec<&str> = self.objects.iter().map(|o| o.key.as_str()).collect();
+        keys.sort_by_key(|k| !k.ends_with(MANIFEST_FILE));
+        for key in keys {
+            client.delete_object(key)?;
+        }
+        Ok(())
+    }
+}
+
+/// Publish `files` as image `image_id` under `dest` (bucket and optional prefix; the client must
+/// be for `dest.bucket`). With `resume`, objects already complete from an interrupted run (right
+/// size and md5sum) are kept and interrupted multipart uploads are continued.
+pub fn publish_s3(
+    client: &Client,
+    dest: &S3Url,
+    image_id: Uuid,
+    files: &[ArtifactFile<'_>],
+    meta: &ImageMeta,
+    resume: &Resume,
+    ctx: &Context,
+) -> Result<S3ImageArtifacts> {
+    if !files.iter().any(|f| f.kind == ArtifactKind::Rootfs) {
+        return Err(Error::Config(format!(
+            "image {image_id}: nothing to publish without a rootfs"
+        )));
+    }
+    let location = dest.with_key(dest.join(&image_id.to_string()));
+    let manifest_key = format!("{}/{MANIFEST_FILE}", location.key);
+    if client.head_object(&manifest_key)?.is_some() {
+        return Err(Error::Config(format!(
+            "image {image_id} is already published at {location} (its manifest exists); \
+             delete it first"
+        )));
+    }
+    let mut metadata = vec![(META_IMAGE_ID.to_string(), image_id.to_string())];
+    if let Some(name) = &meta.name {
+        metadata.push((META_IMAGE_NAME.to_string(), header_safe(name)));
+    }
+    if let Some(job) = meta.job_id {
+        metadata.push((META_JOB_ID.to_string(), job.to_string()));
+    }
+
+    let mut uploaded: Vec<UploadedObject> = Vec::new();
+    let result = upload_all(
+        client,
+        &location,
+        files,
+        &metadata,
+        resume,
+        ctx,
+        &mut uploaded,
+    );
+    match result {
+        Ok(manifest_and_link) => {
+            let (manifest, manifest_link) = manifest_and_link;
+            Ok(S3ImageArtifacts {
+                image_id,
+                location,
+                manifest,
+                manifest_link,
+                objects: uploaded,
+            })
+        }
+        Err(e) => {
+            // Report the upload error; a failed cleanup leaves objects without a manifest,
+            // which no catalogue lists and `images delete`/a rerun replaces.
+            for object in uploaded.iter().rev() {
+                let _ = client.delete_object(&object.key);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn upload_all(
+    client: &Client,
+    location: &S3Url,
+    files: &[ArtifactFile<'_>],
+    metadata: &[(String, String)],
+    resume: &Resume,
+    ctx: &Context,
+    uploaded: &mut Vec<UploadedObject>,
+) -> Result<(Manifest, Link)> {
+    let mut entries = Vec::with_capacity(files.len());
+    for file in files {
+        let key = format!("{}/{}", location.key, file.kind.file_name());
+        let object = upload_one(client, &key, file, metadata, resume, ctx)?;
+        entries.push(ManifestArtifact {
+            link: Link {
+                link_type: LINK_TYPE_S3.to_string(),
+                path: client.target(&key),
+                etag: object.etag.clone(),
+            },
+            md5: object.md5.clone(),
+            artifact_type: file.kind.mime_type().to_string(),
+            extra: ExtraFields::new(),
+        });
+        uploaded.push(object);
+    }
+    let manifest = Manifest::new(Timestamp::now(), entries);
+    let json = manifest.to_json()?;
+    let manifest_key = format!("{}/{MANIFEST_FILE}", location.key);
+    let md5 = {
+        use md5::Digest;
+        crate::artifacts::md5::hex(&md5::Md5::digest(json.as_bytes()))
+    };
+    let mut manifest_meta = metadata.to_vec();
+    manifest_meta.push((MD5SUM_META.to_string(), md5.clone()));
+    let etag = client.put_bytes(
+        &manifest_key,
+        json.as_bytes(),
+        &manifest_meta,
+        Some(MANIFEST_MIME),
+        false,
+    )?;
+    uploaded.push(UploadedObject {
+        key: manifest_key.clone(),
+        size: json.len() as u64,
+        md5: md5.clone(),
+        etag: etag.clone(),
+        stats: Default::default(),
+    });
+    check_uploaded(client, &manifest_key, json.len() as u64, &md5)?;
+    Ok((
+        manifest,
+        Link {
+            link_type: LINK_TYPE_S3.to_string(),
+            path: client.target(&manifest_key),
+            etag,
+        },
+    ))
+}
+
+/// Upload one artifact with a progress bar; with `resume`, an identical complete object is kept.
+fn upload_one(
+    client: &Client,
+    key: &str,
+    file: &ArtifactFile<'_>,
+    metadata: &[(String, String)],
+    resume: &Resume,
+    ctx: &Context,
+) -> Result<UploadedObject> {
+    let size = std::fs::metadata(file.path)
+        .map_err(|e| Error::io("stat", file.path, e))?
+        .len();
+    let md5 = match &file.md5 {
+        Some(m) => m.clone(),
+        None => crate::artifacts::md5::md5_file(file.path)?,
+    };
+    if resume.enabled
+        && let Some(info) = client.head_object(key)?
+    {
+        let same_md5 = info
+            .metadata
+            .get(MD5SUM_META)
+            .is_some_and(|m| m.eq_ignore_ascii_case(&md5));
+        if info.size == size && same_md5 {
+            ctx.info(format!("{} is already uploaded", client.target(key)));
+            return Ok(UploadedObject {
+                key: key.to_string(),
+                size,
+                md5,
+                etag: info.etag,
+                stats: Default::default(),
+            });
+        }
+    }
+    let counter = Arc::new(AtomicU64::new(0));
+    let _ticker = CounterTicker::start(
+        ctx.bytes_bar(&format!("{}", file.kind), Some(size)),
+        counter.clone(),
+    );
+    let options = UploadOptions {
+        metadata: metadata.to_vec(),
+        content_type: None,
+        known_md5: Some(md5),
+        resume: resume.clone(),
+    };
+    upload_file(client, key, file.path, &options, &counter)
+}
+
+/// Header values must be visible ASCII: other characters of an image name become `_`.
+fn header_safe(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Where an `images import s3://…` source points: the manifest key.
+pub fn manifest_key_of(src: &S3Url) -> String {
+    if src.key.ends_with(MANIFEST_FILE) {
+        src.key.clone()
+    } else {
+        src.join(MANIFEST_FILE)
+    }
+}
+
+/// `images import s3://BUCKET/[PREFIX/]<id>[/manifest.json]`: download the artifacts into the
+/// store's work area, check their md5s against the manifest, register a new local image.
+/// The name is `name`, else the rootfs' `x-shasta-ims-image-name`, else the source image id.
+pub fn import_image(
+    client: &Client,
+    src: &S3Url,
+    store: &Store,
+    name: Option<&str>,
+    arch: Arch,
+    ctx: &Context,
+) -> Result<ImageRecord> {
+    let manifest_key = manifest_key_of(src);
+    let bytes = client.get_bytes(&manifest_key)?;
+    let manifest_url = client.target(&manifest_key);
+    let manifest = Manifest::parse(&bytes, Path::new(&manifest_url))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".import-s3-")
+        .tempdir_in(store.work_root())
+        .map_err(|e| Error::io("create a scratch directory in", store.work_root(), e))?;
+    let mut fetched_name = None;
+    let mut paths = Vec::new();
+    for kind in ArtifactKind::ALL {
+        let Some(artifact) = manifest.artifact(kind) else {
+            continue;
+        };
+        let link = S3Url::parse(&artifact.link.path)?;
+        let owner;
+        let source = if link.bucket == client.bucket() {
+            client
+        } else {
+            owner = Client::new(client.config(), &link.bucket)?;
+            &owner
+        };
+        let info = source
+            .head_object(&link.key)?
+            .ok_or_else(|| Error::Integrity {
+                target: artifact.link.path.clone(),
+                what: format!("listed in {manifest_url} but missing"),
+            })?;
+        if kind == ArtifactKind::Rootfs {
+            fetched_name = info.metadata.get(META_IMAGE_NAME).cloned();
+        }
+        let dest = scratch.path().join(kind.file_name());
+        let counter = Arc::new(AtomicU64::new(0));
+        let got = {
+            let _ticker = CounterTicker::start(
+                ctx.bytes_bar(&format!("{kind}"), Some(info.size)),
+                counter.clone(),
+            );
+            download_file(source, &link.key, info.size, &dest, &counter)?
+        };
+        if !got.md5.eq_ignore_ascii_case(&artifact.md5) {
+            return Err(Error::Integrity {
+                target: artifact.link.path.clone(),
+                what: format!(
+                    "md5 {} downloaded, the manifest says {}",
+                    got.md5, artifact.md5
+                ),
+            });
+        }
+        paths.push((kind, dest));
+    }
+    let path_of = |k: ArtifactKind| {
+        paths
+            .iter()
+            .find(|(kind, _)| *kind == k)
+            .map(|(_, p)| p.as_path())
+    };
+    let rootfs = path_of(ArtifactKind::Rootfs).ok_or_else(|| Error::Integrity {
+        target: manifest_url.clone(),
+        what: "the manifest lists no rootfs".into(),
+    })?;
+    let name = name
+        .map(str::to_string)
+        .or(fetched_name)
+        .unwrap_or_else(|| src_image_name(&manifest_key));
+    let record = store.register_image(
+        &name,
+        arch,
+        rootfs,
+        path_of(ArtifactKind::Kernel),
+        path_of(ArtifactKind::Initrd),
+    )?;
+    Ok(record)
+}
+
+/// The component before `manifest.json` (the image id in the IMS layout).
+fn src_image_name(manifest_key: &str) -> String {
+    manifest_key
+        .trim_end_matches(MANIFEST_FILE)
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("imported")
+        .to_string()
+}
+
+/// How `images verify` checks an S3 image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum VerifyMode {
+    /// HEAD each object: present, its ETag the one recorded, its md5sum metadata the manifest's.
+    #[default]
+    Metadata,
+    /// Also download each object and re-hash it.
+    Deep,
+}
+
+/// Verify an S3-backed image record: the manifest against the record's ETag, every artifact
+/// against the manifest.
+pub fn verify_s3_image(
+    client: &Client,
+    record: &ImageRecord,
+    mode: VerifyMode,
+    ctx: &Context,
+) -> Result<VerifyReport> {
+    let link = record.link.as_ref().ok_or_else(|| {
+        Error::Config(format!(
+            "image {}: the record has no link to a manifest",
+            record.id
+        ))
+    })?;
+    let manifest_url = S3Url::parse(&link.path)?;
+    let mut entries = Vec::new();
+    let manifest_entry = check_object(
+        client,
+        MANIFEST_FILE,
+        &manifest_url,
+        &link.etag,
+        None,
+        mode,
+        ctx,
+    )?;
+    let manifest_ok = !matches!(manifest_entry.status, VerifyStatus::Missing(_));
+    entries.push(manifest_entry);
+    if manifest_ok {
+        let bytes = client.get_bytes(&manifest_url.key)?;
+        let manifest = Manifest::parse(&bytes, Path::new(&link.path))?;
+        for artifact in &manifest.artifacts {
+            let name = ArtifactKind::from_mime_type(&artifact.artifact_type)
+                .map(|k| k.file_name().to_string())
+                .unwrap_or_else(|| artifact.artifact_type.clone());
+            let url = S3Url::parse(&artifact.link.path)?;
+            entries.push(check_object(
+                client,
+                &name,
+                &url,
+                &artifact.link.etag,
+                Some(&artifact.md5),
+                mode,
+                ctx,
+            )?);
+        }
+    }
+    Ok(VerifyReport {
+        image_id: record.id,
+        entries,
+    })
+}
+
+/// One object: missing → Missing; ETag or md5sum metadata (or, deep, content md5) different →
+/// Mismatch. `md5` is None for the manifest, whose md5 is its md5sum metadata.
+fn check_object(
+    client: &Client,
+    name: &str,
+    url: &S3Url,
+    etag: &str,
+    md5: Option<&str>,
+    mode: VerifyMode,
+    ctx: &Context,
+) -> Result<VerifyEntry> {
+    let owner;
+    let client = if url.bucket == client.bucket() {
+        client
+    } else {
+        owner = Client::new(client.config(), &url.bucket)?;
+        &owner
+    };
+    let expected = md5.unwrap_or(etag).to_string();
+    let entry = |status| VerifyEntry {
+        name: name.to_string(),
+        path: url.to_string(),
+        expected: expected.clone(),
+        status,
+    };
+    let Some(info) = client.head_object(&url.key)? else {
+        return Ok(entry(VerifyStatus::Missing("no such object".into())));
+    };
+    if !etag.is_empty() && !info.etag.eq_ignore_ascii_case(etag) {
+        return Ok(entry(VerifyStatus::Mismatch {
+            actual: format!("etag {}", info.etag),
+        }));
+    }
+    let meta_md5 = info.metadata.get(MD5SUM_META).cloned();
+    if let (Some(want), Some(have)) = (md5, &meta_md5)
+        && !want.eq_ignore_ascii_case(have)
+    {
+        return Ok(entry(VerifyStatus::Mismatch {
+            actual: format!("md5sum metadata {have}"),
+        }));
+    }
+    if mode == VerifyMode::Deep {
+        let counter = Arc::new(AtomicU64::new(0));
+        let _ticker = CounterTicker::start(ctx.bytes_bar(name, Some(info.size)), counter.clone());
+        let got = md5_of_object(client, &url.key, &counter)?;
+        let want = md5.map(str::to_string).or(meta_md5).unwrap_or_default();
+        if !got.md5.eq_ignore_ascii_case(&want) {
+            return Ok(entry(VerifyStatus::Mismatch { actual: got.md5 }));
+        }
+    }
+    Ok(entry(VerifyStatus::Ok))
+}

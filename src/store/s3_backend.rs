@@ -1,0 +1,286 @@
+//! The image catalogue behind a small trait, with two backends: the local store directory and an
+//! S3 bucket (`--store s3://BUCKET[/PREFIX]`), so that several build hosts share one catalogue.
+//!
+//! Layout of an S3 store (the artifacts exactly as IMS lays them out):
+//!
+//! ```text
+//! <prefix>/<image-id>/{rootfs,kernel,initrd,manifest.json}
+//! <prefix>/records/images/<image-id>.json      one object per record
+//! ```
+//!
+//! Two hosts never overwrite each other's records: each record is its own object, named by the
+//! image id (a fresh UUID v4 from the host that made the image), and written with
+//! `If-None-Match: *`, so the server refuses to replace an existing key (AWS, moto, recent MinIO
+//! and Ceph RGW honour it). On a server that answers 501 to the condition, the write falls back
+//! to HEAD-then-PUT: a race there needs two hosts to pick the same random UUID.
+
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow, bail};
+use rayon::prelude::*;
+use uuid::Uuid;
+
+use super::{Arch, ImageRecord, LINK_TYPE_FILE, RecordKind, Store};
+use crate::artifacts::manifest::{ArtifactKind, MANIFEST_FILE, Manifest};
+use crate::context::Context;
+use crate::s3::publish::{ArtifactFile, ImageMeta, S3ImageArtifacts, publish_s3};
+use crate::s3::{Client, Resume, S3Config, S3Url};
+
+/// What `images list|describe|delete` need from a catalogue.
+pub trait ImageCatalog {
+    /// Where the catalogue is, for messages (`/var/lib/imsctl`, `s3://bucket/prefix`).
+    fn location(&self) -> String;
+    /// Every image record, oldest first (ties by id).
+    fn list_images(&self) -> anyhow::Result<Vec<ImageRecord>>;
+    fn get_image(&self, id: &str) -> anyhow::Result<ImageRecord>;
+    /// Add a record; an existing record with the same id is an error, never replaced.
+    fn insert_image(&self, record: &ImageRecord) -> anyhow::Result<()>;
+    /// Delete the record, then the artifacts it owns in this catalogue. Returns the record.
+    fn delete_image(&self, id: &str) -> anyhow::Result<ImageRecord>;
+}
+
+impl ImageCatalog for Store {
+    fn location(&self) -> String {
+        self.root().display().to_string()
+    }
+    fn list_images(&self) -> anyhow::Result<Vec<ImageRecord>> {
+        Ok(self.list::<ImageRecord>()?)
+    }
+    fn get_image(&self, id: &str) -> anyhow::Result<ImageRecord> {
+        Ok(self.get::<ImageRecord>(id)?)
+    }
+    fn insert_image(&self, record: &ImageRecord) -> anyhow::Result<()> {
+        Ok(self.insert(record)?)
+    }
+    fn delete_image(&self, id: &str) -> anyhow::Result<ImageRecord> {
+        Ok(Store::delete_image(self, id)?)
+    }
+}
+
+/// Register the record of an image `publish_s3` uploaded, in any catalogue (the local store
+/// or an S3 store). If the record cannot be written the objects are deleted: no image stays
+/// half-made.
+pub fn register_published(
+    catalog: &dyn ImageCatalog,
+    client: &Client,
+    published: &S3ImageArtifacts,
+    name: &str,
+    arch: Arch,
+) -> anyhow::Result<ImageRecord> {
+    let record = published.image_record(name, arch);
+    if let Err(e) = catalog.insert_image(&record) {
+        // The insert error is the one to report; objects a failed cleanup leaves have no
+        // record and no catalogue lists them.
+        let _ = published.discard(client);
+        return Err(e);
+    }
+    Ok(record)
+}
+
+/// A catalogue and artifact store in a bucket.
+#[derive(Clone, Debug)]
+pub struct S3Store {
+    client: Client,
+    root: S3Url,
+}
+
+impl S3Store {
+    /// Open `s3://BUCKET[/PREFIX]` (no request is made).
+    pub fn open(config: &S3Config, root: &S3Url) -> anyhow::Result<S3Store> {
+        Ok(S3Store {
+            client: Client::new(config, &root.bucket)?,
+            root: root.clone(),
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn root(&self) -> &S3Url {
+        &self.root
+    }
+
+    fn records_prefix(&self) -> String {
+        self.root.join("records/images/")
+    }
+
+    fn record_key(&self, id: Uuid) -> String {
+        format!("{}{id}.json", self.records_prefix())
+    }
+
+    /// `s3://bucket/prefix/<id>`: where this store keeps an image's artifacts.
+    pub fn image_location(&self, id: Uuid) -> S3Url {
+        self.root.with_key(self.root.join(&id.to_string()))
+    }
+
+    fn read_record(&self, key: &str) -> anyhow::Result<Option<ImageRecord>> {
+        let bytes = match self.client.get_bytes(key) {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let record = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: corrupt image record", self.client.target(key)))?;
+        Ok(Some(record))
+    }
+
+    /// Upload an image's artifacts (the IMS layout under this store) and register its record.
+    /// Nothing is registered unless every object is there and checked; if the record cannot be
+    /// written, the objects are deleted again.
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish_image(
+        &self,
+        image_id: Uuid,
+        name: &str,
+        arch: Arch,
+        files: &[ArtifactFile<'_>],
+        job_id: Option<Uuid>,
+        resume: &Resume,
+        ctx: &Context,
+    ) -> anyhow::Result<(ImageRecord, S3ImageArtifacts)> {
+        let meta = ImageMeta {
+            name: Some(name.to_string()),
+            job_id,
+        };
+        let published = publish_s3(
+            &self.client,
+            &self.root,
+            image_id,
+            files,
+            &meta,
+            resume,
+            ctx,
+        )?;
+        let record = register_published(self, &self.client, &published, name, arch)?;
+        Ok((record, published))
+    }
+
+    /// `images publish ID s3://…`: copy an image of the local store here, under the same id,
+    /// name and arch. The local md5s are re-used (the server checks each part's Content-MD5).
+    pub fn publish_from_local(
+        &self,
+        store: &Store,
+        id: &str,
+        resume: &Resume,
+        ctx: &Context,
+    ) -> anyhow::Result<(ImageRecord, S3ImageArtifacts)> {
+        let local: ImageRecord = store.get(id)?;
+        let link = local
+            .link
+            .as_ref()
+            .ok_or_else(|| anyhow!("image {}: the record has no artifacts to publish", local.id))?;
+        if link.link_type != LINK_TYPE_FILE {
+            bail!(
+                "image {}: its artifacts are at {} ({:?}), not in the local store",
+                local.id,
+                link.path,
+                link.link_type
+            );
+        }
+        let manifest = Manifest::read(Path::new(&link.path))?;
+        let mut files = Vec::new();
+        for kind in ArtifactKind::ALL {
+            if let Some(a) = manifest.artifact(kind) {
+                if a.link.link_type != LINK_TYPE_FILE {
+                    bail!(
+                        "image {}: {kind} is not a local file ({})",
+                        local.id,
+                        a.link.path
+                    );
+                }
+                files.push((kind, a.link.path.clone(), a.md5.clone()));
+            }
+        }
+        let files: Vec<ArtifactFile<'_>> = files
+            .iter()
+            .map(|(kind, path, md5)| ArtifactFile {
+                kind: *kind,
+                path: Path::new(path),
+                md5: Some(md5.clone()),
+            })
+            .collect();
+        self.publish_image(local.id, &local.name, local.arch, &files, None, resume, ctx)
+    }
+}
+
+impl ImageCatalog for S3Store {
+    fn location(&self) -> String {
+        self.root.to_string()
+    }
+
+    fn list_images(&self) -> anyhow::Result<Vec<ImageRecord>> {
+        let prefix = self.records_prefix();
+        let keys: Vec<String> = self
+            .client
+            .list_objects(&prefix)?
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| {
+                k.strip_prefix(&prefix)
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .is_some_and(|id| Uuid::parse_str(id).is_ok())
+            })
+            .collect();
+        let records: anyhow::Result<Vec<Option<ImageRecord>>> =
+            keys.par_iter().map(|k| self.read_record(k)).collect();
+        // A record deleted between the listing and the read is simply gone.
+        let mut records: Vec<ImageRecord> = records?.into_iter().flatten().collect();
+        records.sort_by_key(|r| (r.created, r.id));
+        Ok(records)
+    }
+
+    fn get_image(&self, id: &str) -> anyhow::Result<ImageRecord> {
+        let id = Store::parse_id(RecordKind::Image, id)?;
+        self.read_record(&self.record_key(id))?
+            .ok_or_else(|| anyhow!("no image with id {id} in {}", self.root))
+    }
+
+    fn insert_image(&self, record: &ImageRecord) -> anyhow::Result<()> {
+        let key = self.record_key(record.id);
+        let exists = || anyhow!("image {} already exists in {}", record.id, self.root);
+        if self.client.head_object(&key)?.is_some() {
+            return Err(exists());
+        }
+        let mut bytes = serde_json::to_vec_pretty(record)
+            .with_context(|| format!("cannot serialize image {}", record.id))?;
+        bytes.push(b'\n');
+        let json = Some("application/json");
+        match self.client.put_bytes(&key, &bytes, &[], json, true) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_precondition_failed() => Err(exists()),
+            // The server does not implement conditional writes: the HEAD above is the guard.
+            Err(e) if e.status() == Some(501) => {
+                self.client.put_bytes(&key, &bytes, &[], json, false)?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn delete_image(&self, id: &str) -> anyhow::Result<ImageRecord> {
+        let record = self.get_image(id)?;
+        self.client.delete_object(&self.record_key(record.id))?;
+        // Only artifacts this store laid out are deleted: a record may point elsewhere.
+        let location = self.image_location(record.id);
+        let owned = record
+            .link
+            .as_ref()
+            .is_some_and(|l| l.path == format!("{location}/{MANIFEST_FILE}"));
+        if owned {
+            let prefix = format!("{}/", location.key);
+            let mut keys: Vec<String> = self
+                .client
+                .list_objects(&prefix)?
+                .into_iter()
+                .map(|o| o.key)
+                .collect();
+            // The manifest first: a half-deleted image never looks complete.
+            keys.sort_by_key(|k| !k.ends_with(MANIFEST_FILE));
+            for key in keys {
+                self.client.delete_object(&key)?;
+            }
+        }
+        Ok(record)
+    }
+}
