@@ -138,6 +138,10 @@ pub struct EnvironmentArgs {
     /// else the store's configured one).
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
+    /// Publish the artifacts to S3 (s3://BUCKET[/prefix]) instead of the local store; the image
+    /// record (in the local store) links to the manifest there.
+    #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
+    pub publish: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

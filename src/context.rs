@@ -17,6 +17,8 @@ pub struct Context {
     pub verbose: u8,
     /// Progress bars are drawn only on a terminal and when not `--quiet`.
     pub progress: bool,
+    /// How to reach S3 when a command publishes or imports there (`--s3-endpoint`, AWS_*).
+    pub s3: crate::s3::S3Options,
 }
 
 impl Context {
@@ -26,6 +28,7 @@ impl Context {
             store,
             verbose,
             progress,
+            s3: Default::default(),
         }
     }
 

@@ -40,9 +40,13 @@ pub struct CreateSpec {
     pub mode: Option<RootMode>,
     pub network: Network,
     pub ca_cert: Option<PathBuf>,
+    /// `s3://BUCKET[/prefix]` to publish to; the local store otherwise.
+    pub publish: Option<String>,
 }
 
 const NETWORK_FIELD: &str = "network";
+/// Where the job publishes: an `s3://` URL (absent: the local store).
+const PUBLISH_FIELD: &str = "publish";
 /// Set when the user named the boot files; otherwise the image's kernel is detected.
 const BOOT_NAMES_GIVEN: &str = "boot_file_names_given";
 
@@ -199,6 +203,10 @@ pub fn create(ctx: &Context, store: &Store, spec: &CreateSpec) -> Result<JobReco
         connection_info: Default::default(),
         extra: Default::default(),
     }];
+    if let Some(dest) = &spec.publish {
+        crate::s3::S3Url::parse(dest)?;
+        job.extra.insert(PUBLISH_FIELD.into(), dest.clone().into());
+    }
     store.insert(&job)?;
     ctx.info(format!(
         "job {} created for image {} ({:?} mode)",
@@ -401,8 +409,22 @@ fn package(
     pack_root(ctx, store, job, &root_view, &rootfs, pack.clone(), &cfg)?;
     held.release()?;
     let image_id = Uuid::new_v4();
-    let published = artifacts::publish_local(store, image_id, &rootfs, &kernel, &initrd)?;
-    let image = published.register(store, &job.image_root_archive_name, job.arch)?;
+    let (ims_image_artifacts, image) = match job.extra.get(PUBLISH_FIELD).and_then(|v| v.as_str()) {
+        Some(dest) => publish_to_s3(
+            ctx,
+            store,
+            job,
+            image_id,
+            dest,
+            [&rootfs, &kernel, &initrd],
+            &cfg.layout,
+        )?,
+        None => {
+            let published = artifacts::publish_local(store, image_id, &rootfs, &kernel, &initrd)?;
+            let image = published.register(store, &job.image_root_archive_name, job.arch)?;
+            (published.ims_image_artifacts(), image)
+        }
+    };
     let job = store.update::<JobRecord>(job.id, |j| {
         j.status = JobStatus::Success;
         j.resultant_image_id = Some(image.id);
@@ -417,7 +439,61 @@ fn package(
     if !job.enable_debug {
         remove_work_dir(store, &job)?;
     }
-    Ok(CustomizeResult::success(&published, image, job))
+    Ok(CustomizeResult {
+        ims_image_artifacts,
+        ims_image_record: image,
+        ims_job_record: job,
+        result: "success".into(),
+    })
+}
+
+/// Upload rootfs, kernel, initrd and manifest.json to `dest` and register the image locally with
+/// its link to the manifest there. Nothing is registered unless every object is in place.
+fn publish_to_s3(
+    ctx: &Context,
+    store: &Store,
+    job: &JobRecord,
+    image_id: Uuid,
+    dest: &str,
+    [rootfs, kernel, initrd]: [&Path; 3],
+    layout: &WorkLayout,
+) -> Result<(Vec<crate::artifacts::ManifestArtifact>, ImageRecord)> {
+    use crate::artifacts::ArtifactKind;
+    use crate::s3::{ArtifactFile, Client, ImageMeta, Resume, S3Config, S3Url, publish_s3};
+    let dest = S3Url::parse(dest)?;
+    let config = S3Config::resolve(&ctx.s3)?;
+    let client = Client::new(&config, &dest.bucket)?;
+    let files = [
+        ArtifactFile {
+            kind: ArtifactKind::Rootfs,
+            path: rootfs,
+            md5: None,
+        },
+        ArtifactFile {
+            kind: ArtifactKind::Kernel,
+            path: kernel,
+            md5: None,
+        },
+        ArtifactFile {
+            kind: ArtifactKind::Initrd,
+            path: initrd,
+            md5: None,
+        },
+    ];
+    let meta = ImageMeta {
+        name: Some(job.image_root_archive_name.clone()),
+        job_id: Some(job.id),
+    };
+    let resume = Resume::on(Some(layout.work().join("s3-uploads")));
+    let published = publish_s3(&client, &dest, image_id, &files, &meta, &resume, ctx)?;
+    let image = crate::store::s3_backend::register_published(
+        store,
+        &client,
+        &published,
+        &job.image_root_archive_name,
+        job.arch,
+    )?;
+    Ok((published.ims_image_artifacts(), image))
 }
 
 /// Pack the held image root, taking every certainly-unchanged entry from the base image: its

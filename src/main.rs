@@ -29,11 +29,19 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let steps = imsctl::cli::customize_steps(&matches);
-    let ctx = Context::new(
+    let mut ctx = Context::new(
         cli.global.store.clone(),
         cli.global.verbose,
         cli.global.quiet,
     );
+    ctx.s3 = imsctl::s3::S3Options {
+        endpoint: cli.global.s3.endpoint.clone(),
+        region: None,
+        ca_bundle: cli.global.s3.ca_bundle.clone(),
+        addressing_style: cli.global.s3.addressing_style,
+        part_size: cli.global.s3.part_size,
+        concurrency: cli.global.s3.concurrency,
+    };
     let result = match cli.command {
         Command::Convert(args) => commands::squashfs::convert(&ctx, &args),
         Command::Pack(args) => commands::squashfs::pack(&ctx, &args),

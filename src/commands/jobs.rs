@@ -38,6 +38,7 @@ fn spec_from(
             NetworkArg::None => Network::None,
         },
         ca_cert: env.ca_cert.clone(),
+        publish: env.publish.clone(),
     }
 }
 

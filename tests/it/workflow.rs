@@ -1121,3 +1121,135 @@ fn rootless_customize_keeps_owners_and_capabilities() {
         "ping's capability kept:\n{attrs}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Publishing to S3 (moto_server on loopback).
+
+/// A moto_server on a free loopback port, killed on drop.
+struct Moto {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Moto {
+    fn start() -> Option<Moto> {
+        if !have("moto_server") {
+            eprintln!("moto_server not installed: skipped");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Moto { child, url });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn customize_publishes_to_s3_with_the_ims_layout() {
+    let Some(moto) = Moto::start() else { return };
+    let store = Store::new();
+    let aws = |args: &[&str]| {
+        let mut c = Command::new("aws");
+        c.args(["--endpoint-url", &moto.url]).args(args);
+        c.env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-east-1");
+        c
+    };
+    if !have("aws") {
+        eprintln!("aws cli not installed: skipped");
+        return;
+    }
+    run(&mut aws(&["s3", "mb", "s3://boot-images"]));
+    let out = run(store
+        .cmd()
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_ENDPOINT_URL", &moto.url)
+        .args([
+            "customize",
+            &tiny(),
+            "--name",
+            "to-s3",
+            "--run",
+            "echo s3 > /etc/motd",
+            "--publish",
+            "s3://boot-images",
+        ]));
+    let result = parse_json(&out);
+    assert_eq!(result["result"], "success");
+    let id = result["ims_image_record"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(result["ims_image_record"]["link"]["type"], "s3");
+    assert_eq!(
+        result["ims_image_record"]["link"]["path"],
+        format!("s3://boot-images/{id}/manifest.json")
+    );
+    let listing = run(&mut aws(&[
+        "s3",
+        "ls",
+        "--recursive",
+        &format!("s3://boot-images/{id}/"),
+    ]));
+    for object in ["rootfs", "kernel", "initrd", "manifest.json"] {
+        assert!(
+            listing.contains(&format!("{id}/{object}")),
+            "{object} uploaded: {listing}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    run(&mut aws(&[
+        "s3",
+        "cp",
+        &format!("s3://boot-images/{id}/rootfs"),
+        rootfs.to_str().unwrap(),
+    ]));
+    let md5 = md5sum(&rootfs);
+    let rootfs_entry = result["ims_image_artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"] == "application/vnd.cray.image.rootfs.squashfs")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        rootfs_entry["md5"],
+        md5.as_str(),
+        "the md5 in the result is the object's"
+    );
+    assert_eq!(unsquashfs_cat(&rootfs, "etc/motd"), b"s3\n");
+    let head = run(&mut aws(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "boot-images",
+        "--key",
+        &format!("{id}/rootfs"),
+    ]));
+    assert!(head.contains(&md5), "md5sum user metadata is set: {head}");
+}
