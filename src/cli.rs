@@ -138,6 +138,10 @@ pub struct EnvironmentArgs {
     /// else the store's configured one).
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
+    /// Also add the CA certificate to the image's trust store and run its update tool inside
+    /// the sandbox (update-ca-certificates on Debian/SUSE, update-ca-trust on RHEL).
+    #[arg(long)]
+    pub ca_trust: bool,
     /// Publish the artifacts to S3 (s3://BUCKET[/prefix]) instead of the local store; the image
     /// record (in the local store) links to the manifest there.
     #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]

@@ -40,9 +40,22 @@ pub struct CreateSpec {
     pub mode: Option<RootMode>,
     pub network: Network,
     pub ca_cert: Option<PathBuf>,
+    /// Also put the CA certificate in the image's trust store (`--ca-trust`).
+    pub ca_trust: bool,
     /// `s3://BUCKET[/prefix]` to publish to; the local store otherwise.
     pub publish: Option<String>,
 }
+
+/// Adds the injected CA certificate to the image's trust store with the image's own tool.
+const CA_TRUST_SCRIPT: &str = r#"ca=/etc/cray/ca/certificate_authority.crt
+if command -v update-ca-certificates >/dev/null 2>&1; then
+    if [ -d /etc/pki/trust/anchors ]; then dir=/etc/pki/trust/anchors; else dir=/usr/local/share/ca-certificates; fi
+    mkdir -p "$dir" && cp "$ca" "$dir/cray-site-ca.crt" && exec update-ca-certificates
+elif command -v update-ca-trust >/dev/null 2>&1; then
+    mkdir -p /etc/pki/ca-trust/source/anchors && cp "$ca" /etc/pki/ca-trust/source/anchors/cray-site-ca.crt && exec update-ca-trust extract
+fi
+echo "--ca-trust: the image has no CA trust tool (update-ca-certificates or update-ca-trust)" >&2
+exit 127"#;
 
 const NETWORK_FIELD: &str = "network";
 /// Where the job publishes: an `s3://` URL (absent: the local store).
@@ -214,10 +227,17 @@ pub fn create(ctx: &Context, store: &Store, spec: &CreateSpec) -> Result<JobReco
         image.id,
         job.mode.unwrap_or(RootMode::Extract)
     ));
-    prepare(ctx, store, job.id, spec.ca_cert.as_deref()).map_err(|e| fail_job(store, job.id, &e))
+    prepare(ctx, store, job.id, spec.ca_cert.as_deref(), spec.ca_trust)
+        .map_err(|e| fail_job(store, job.id, &e))
 }
 
-fn prepare(ctx: &Context, store: &Store, id: Uuid, ca_cert: Option<&Path>) -> Result<JobRecord> {
+fn prepare(
+    ctx: &Context,
+    store: &Store,
+    id: Uuid,
+    ca_cert: Option<&Path>,
+    ca_trust: bool,
+) -> Result<JobRecord> {
     let job = set_status(store, id, JobStatus::FetchingImage)?;
     let cfg = sandbox_config(store, &job);
     root::prepare_work_dir(&cfg.layout, &cfg.source)?;
@@ -255,11 +275,38 @@ fn prepare(ctx: &Context, store: &Store, id: Uuid, ca_cert: Option<&Path>) -> Re
             ca.display(),
             placed.display()
         ));
+        if ca_trust {
+            add_ca_to_trust_store(&cfg)?;
+        }
+    } else if ca_trust {
+        bail!(
+            "--ca-trust needs a CA certificate: give --ca-cert, set IMSCTL_CA_CERT or ca_cert in the store's config.toml"
+        );
     }
     Ok(store.update::<JobRecord>(id, |j| {
         j.status = JobStatus::WaitingOnUser;
         Ok(())
     })?)
+}
+
+/// Run the image's own trust-store tool on the injected certificate, inside the image root.
+fn add_ca_to_trust_store(cfg: &SandboxConfig) -> Result<()> {
+    let mut jailed = cfg.clone();
+    jailed.jailed = true;
+    let stderr = std::os::fd::AsFd::as_fd(&std::io::stderr())
+        .try_clone_to_owned()
+        .context("failed to duplicate stderr")?;
+    let stdio = sandbox::Stdio::Streams {
+        stdin: None,
+        stdout: Some(stderr),
+        stderr: None,
+    };
+    let argv = ["/bin/sh".to_string(), "-c".into(), CA_TRUST_SCRIPT.into()];
+    let status = sandbox::run_with(&jailed, &argv, stdio)?;
+    if !status.success() {
+        bail!("adding the CA certificate to the image's trust store failed ({status})");
+    }
+    Ok(())
 }
 
 /// A job that can take a session: waiting for the user.

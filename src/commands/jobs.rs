@@ -38,6 +38,7 @@ fn spec_from(
             NetworkArg::None => Network::None,
         },
         ca_cert: env.ca_cert.clone(),
+        ca_trust: env.ca_trust,
         publish: env.publish.clone(),
     }
 }

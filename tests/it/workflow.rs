@@ -1253,3 +1253,70 @@ fn customize_publishes_to_s3_with_the_ims_layout() {
     ]));
     assert!(head.contains(&md5), "md5sum user metadata is set: {head}");
 }
+
+#[test]
+fn ca_trust_runs_the_images_own_trust_tool() {
+    let store = Store::new();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir(&root).unwrap();
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-xJf")
+        .arg(tiny_image()));
+    fs::create_dir_all(root.join("usr/sbin")).unwrap();
+    fs::create_dir_all(root.join("etc/ssl/certs")).unwrap();
+    let tool = root.join("usr/sbin/update-ca-certificates");
+    fs::write(&tool, "#!/bin/sh\ncat /usr/local/share/ca-certificates/*.crt > /etc/ssl/certs/ca-certificates.crt\n").unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut fs::metadata(&tool).unwrap().permissions(),
+        0o755,
+    );
+    run(Command::new("chmod").arg("755").arg(&tool));
+    let pem = store.scratch(
+        "site.pem",
+        "-----BEGIN CERTIFICATE-----\nMIIBtrust\n-----END CERTIFICATE-----\n",
+    );
+    let with_tool = store.import(&root);
+    let out = store.customize(
+        &with_tool,
+        &[
+            "--name",
+            "trusted",
+            "--ca-cert",
+            pem.to_str().unwrap(),
+            "--ca-trust",
+        ],
+    );
+    let image = out["ims_image_record"]["id"].as_str().unwrap().to_string();
+    let bundle = unsquashfs_cat(&store.rootfs(&image), "etc/ssl/certs/ca-certificates.crt");
+    assert_eq!(
+        bundle,
+        fs::read(&pem).unwrap(),
+        "the image's tool saw the certificate"
+    );
+
+    // An image without any trust tool: a clear error, nothing published.
+    let plain = store.import(tiny_image());
+    let failed = run_failing(store.cmd().args([
+        "customize",
+        &plain,
+        "--name",
+        "x",
+        "--ca-cert",
+        pem.to_str().unwrap(),
+        "--ca-trust",
+    ]));
+    assert!(
+        stderr_of(&failed).contains("no CA trust tool"),
+        "{}",
+        stderr_of(&failed)
+    );
+    assert!(
+        !store
+            .image_ids()
+            .iter()
+            .any(|id| *id != with_tool && *id != plain && *id != image)
+    );
+}
