@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Repack after a small change, side by side with the IMS way, on the real corpus of
-# scripts/make-corpus.sh. The change rewrites ~1% of the files (every 70th file under /usr/share).
+# scripts/make-corpus.sh. The change rewrites ~1% of the files (every 25th file under /usr/share).
 #
 #   ours:  imsctl jobs create (mount mode) → jobs exec CHANGE → jobs complete (the repack, which
 #          copies unchanged files' compressed blocks from the base) ; and the same with --full-repack
@@ -18,14 +18,14 @@ bin=$PWD/target/release/imsctl
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/imsctl-bench-repack.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 store=$work/store
-change='find /usr/share -type f | sort | awk "NR % 70 == 0" | while read -r f; do echo "# changed" >> "$f"; done'
+change='find /usr/share -type f | sort | awk "NR % 25 == 0" | while read -r f; do echo "# changed" >> "$f"; done'
 
 secs() { local s=$(date +%s.%N); "$@" >/dev/null 2>"$work/err" || { cat "$work/err"; exit 1; }; echo "$(date +%s.%N) - $s" | bc; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 "$bin" --store "$store" -q images import "$corpus/rootfs" --name base --format json > "$work/base.json"
 base=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$work/base.json")
-changed=$(cd "$corpus/rootfs" && find usr/share -type f | sort | awk 'NR % 70 == 0' | wc -l)
+changed=$(cd "$corpus/rootfs" && find usr/share -type f | sort | awk 'NR % 25 == 0' | wc -l)
 echo "corpus: $(du -sh "$corpus/rootfs" | cut -f1), $(find "$corpus/rootfs" | wc -l) entries; change rewrites $changed files; runs=$runs (medians)"
 
 ours() { # ours EXTRA_COMPLETE_FLAGS → prints the complete (repack+publish) time

@@ -584,8 +584,8 @@ fn pack_root(
     }
     let summary = writer.finish()?;
     ctx.info(format!(
-        "packed {} inodes into {} bytes; {} entries unchanged from the base, {} files ({} bytes) reused without recompressing",
-        summary.inodes, summary.bytes_used, stats.unchanged_entries, stats.reused_files, stats.reused_bytes
+        "packed {} inodes into {} bytes; {} entries unchanged from the base, {} files ({} bytes) and {} fragment blocks reused without recompressing",
+        summary.inodes, summary.bytes_used, stats.unchanged_entries, stats.reused_files, stats.reused_bytes, stats.reused_fragments
     ));
     Ok(())
 }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::sandbox::IdMapping;
 use crate::squashfs::reader::{Image, Inode, InodeKind};
-use crate::squashfs::writer::Writer;
+use crate::squashfs::writer::{RawTail, Writer};
 use crate::squashfs::{EntrySink, Meta, Special};
 
 /// What an extracted entry looked like right after extraction.
@@ -130,6 +130,7 @@ pub struct RepackStats {
     pub unchanged_entries: u64,
     pub reused_files: u64,
     pub reused_bytes: u64,
+    pub reused_fragments: u64,
     pub restored_skipped: u64,
 }
 
@@ -142,6 +143,10 @@ pub struct BaseAwareSink<'a> {
     provenance: Provenance,
     /// Same compressor and block size as the base: compressed blocks can be copied.
     reuse_blocks: bool,
+    /// Base fragment blocks whose every file is unchanged: copied whole, once.
+    reusable_fragments: std::collections::HashSet<u32>,
+    /// Base fragment index → index of its copy in the new image.
+    copied_fragments: HashMap<u32, u32>,
     ids: IdMapping,
     pub stats: RepackStats,
 }
@@ -160,6 +165,11 @@ impl<'a> BaseAwareSink<'a> {
             by_path.insert(path.to_vec(), inode.clone());
             Ok(())
         })?;
+        let reusable_fragments = if reuse_blocks {
+            reusable_fragments(&by_path, root_view, &provenance)
+        } else {
+            Default::default()
+        };
         Ok(BaseAwareSink {
             writer,
             base,
@@ -167,6 +177,8 @@ impl<'a> BaseAwareSink<'a> {
             root_view: root_view.to_path_buf(),
             provenance,
             reuse_blocks,
+            reusable_fragments,
+            copied_fragments: HashMap::new(),
             ids,
             stats: RepackStats::default(),
         })
@@ -229,13 +241,68 @@ impl<'a> BaseAwareSink<'a> {
             };
             blocks.push((bytes, loc.raw_size));
         }
-        let tail = self.base.read_tail(info)?;
+        let tail = match info.fragment {
+            Some(f) if self.reusable_fragments.contains(&f.index) => {
+                let fragment = self.copied_fragment(f.index)?;
+                Some(RawTail::Reused {
+                    fragment,
+                    offset: f.offset,
+                })
+            }
+            Some(_) => self.base.read_tail(info)?.map(RawTail::Bytes),
+            None => None,
+        };
         self.writer
             .add_file_raw(path, inode.meta.clone(), info.size, blocks, tail)?;
         self.stats.reused_files += 1;
         self.stats.reused_bytes += info.size;
         Ok(())
     }
+}
+
+impl BaseAwareSink<'_> {
+    /// The new image's copy of base fragment block `index`, copied verbatim on first use.
+    fn copied_fragment(&mut self, index: u32) -> Result<u32> {
+        if let Some(&copy) = self.copied_fragments.get(&index) {
+            return Ok(copy);
+        }
+        let entry = self.base.fragment(index)?;
+        let loc = crate::squashfs::reader::BlockLoc {
+            offset: entry.start,
+            disk_size: entry.disk_size,
+            compressed: entry.compressed,
+            size: self.base.block_size(),
+            raw_size: entry.raw_size,
+        };
+        let bytes = self.base.read_raw_block(&loc)?;
+        let copy = self.writer.add_raw_fragment(bytes, entry.raw_size)?;
+        self.copied_fragments.insert(index, copy);
+        self.stats.reused_fragments += 1;
+        Ok(copy)
+    }
+}
+
+/// Fragment blocks of the base all of whose files are unchanged: those can be copied whole.
+/// A block shared with any changed or removed file is repacked from its live tails instead.
+fn reusable_fragments(
+    by_path: &HashMap<Vec<u8>, Inode>,
+    root_view: &Path,
+    provenance: &Provenance,
+) -> std::collections::HashSet<u32> {
+    let mut all = std::collections::HashSet::new();
+    let mut dirty = std::collections::HashSet::new();
+    for (path, inode) in by_path {
+        if let InodeKind::File(info) = &inode.kind
+            && let Some(f) = info.fragment
+        {
+            all.insert(f.index);
+            if !provenance.unchanged(root_view, path) {
+                dirty.insert(f.index);
+            }
+        }
+    }
+    all.retain(|f| !dirty.contains(f));
+    all
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

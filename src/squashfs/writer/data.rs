@@ -94,13 +94,32 @@ enum Op {
         run: u32,
         candidate: Option<u32>,
     },
-    Fragment(Pending),
+    /// A fragment block with its id (ids are handed out before blocks are written, so blocks
+    /// may reach the file out of id order; the table is laid out by id).
+    Fragment {
+        id: u32,
+        block: FragBlock,
+    },
+}
+
+enum FragBlock {
+    Pending(Pending),
+    /// Stored bytes copied verbatim from another image, with their size word.
+    Raw(Vec<u8>, u32),
+}
+
+/// The last piece of a file whose blocks are copied from another image.
+pub enum RawTail {
+    /// Uncompressed bytes, packed into a new fragment.
+    Bytes(Vec<u8>),
+    /// Already in a fragment block copied with [`DataWriter::add_raw_fragment`].
+    Reused { fragment: u32, offset: u32 },
 }
 
 /// Fragment blocks the writer thread has put on disk, shared so the caller thread can read a
 /// tail back when it must compare against it.
 struct Written {
-    fragments: Mutex<Vec<FragEntry>>,
+    fragments: Mutex<Vec<Option<FragEntry>>>,
     cond: Condvar,
 }
 
@@ -119,7 +138,9 @@ pub(crate) struct DataWriter {
     run_index: HashMap<(u128, u64), u32>,
     tail_index: HashMap<(u128, u32), FragRef>,
     frag_buf: Vec<u8>,
-    frag_count: u32,
+    /// Id of the open fragment block, given when its first tail goes in.
+    open_frag: Option<u32>,
+    next_frag: u32,
     frag_cache: VecDeque<(u32, Arc<Vec<u8>>)>,
     pub bytes_in: Arc<AtomicU64>,
     pub duplicate_tails: u64,
@@ -179,7 +200,8 @@ impl DataWriter {
             run_index: HashMap::new(),
             tail_index: HashMap::new(),
             frag_buf: Vec::new(),
-            frag_count: 0,
+            open_frag: None,
+            next_frag: 0,
             frag_cache: VecDeque::new(),
             bytes_in: Arc::new(AtomicU64::new(0)),
             duplicate_tails: 0,
@@ -308,7 +330,7 @@ impl DataWriter {
         &mut self,
         size: u64,
         blocks: Vec<(Vec<u8>, u32)>,
-        tail: Option<Vec<u8>>,
+        tail: Option<RawTail>,
     ) -> Result<FileData> {
         let mut file = FileData {
             size,
@@ -341,10 +363,27 @@ impl DataWriter {
             self.send(Op::RunEnd { run: id, candidate })?;
             file.run = Some(id);
         }
-        if let Some(tail) = tail {
-            file.fragment = Some(self.add_tail(tail)?);
-        }
+        file.fragment = match tail {
+            Some(RawTail::Bytes(tail)) => Some(self.add_tail(tail)?),
+            Some(RawTail::Reused { fragment, offset }) => Some(FragRef {
+                index: fragment,
+                offset,
+            }),
+            None => None,
+        };
         Ok(file)
+    }
+
+    /// Copy a whole fragment block (stored bytes and size word) from another image; returns
+    /// its index in this one, for [`RawTail::Reused`].
+    pub fn add_raw_fragment(&mut self, bytes: Vec<u8>, word: u32) -> Result<u32> {
+        let id = self.next_frag;
+        self.next_frag += 1;
+        self.send(Op::Fragment {
+            id,
+            block: FragBlock::Raw(bytes, word),
+        })?;
+        Ok(id)
     }
 
     /// Put a tail into the open fragment block, unless an identical tail is already stored.
@@ -359,8 +398,17 @@ impl DataWriter {
         if self.frag_buf.len() + tail.len() > self.block_size {
             self.flush_fragment()?;
         }
+        let index = match self.open_frag {
+            Some(id) => id,
+            None => {
+                let id = self.next_frag;
+                self.next_frag += 1;
+                self.open_frag = Some(id);
+                id
+            }
+        };
         let at = FragRef {
-            index: self.frag_count,
+            index,
             offset: self.frag_buf.len() as u32,
         };
         self.frag_buf.extend_from_slice(&tail);
@@ -372,12 +420,17 @@ impl DataWriter {
         if self.frag_buf.is_empty() {
             return Ok(());
         }
+        let Some(id) = self.open_frag.take() else {
+            return Ok(());
+        };
         let block = std::mem::take(&mut self.frag_buf);
         let shared = Arc::new(block.clone());
-        self.remember_fragment(self.frag_count, shared);
+        self.remember_fragment(id, shared);
         let pending = self.compress_async(block);
-        self.send(Op::Fragment(pending))?;
-        self.frag_count += 1;
+        self.send(Op::Fragment {
+            id,
+            block: FragBlock::Pending(pending),
+        })?;
         Ok(())
     }
 
@@ -392,7 +445,7 @@ impl DataWriter {
     /// the image once the writer thread has put its block on disk.
     fn tail_bytes(&mut self, at: FragRef, len: usize) -> Result<Vec<u8>> {
         let range = at.offset as usize..at.offset as usize + len;
-        if at.index == self.frag_count {
+        if Some(at.index) == self.open_frag {
             return Ok(self.frag_buf.get(range).unwrap_or_default().to_vec());
         }
         if let Some((_, block)) = self.frag_cache.iter().find(|(i, _)| *i == at.index) {
@@ -412,7 +465,7 @@ impl DataWriter {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(e) = done.get(index as usize) {
+            if let Some(Some(e)) = done.get(index as usize) {
                 return Ok(*e);
             }
             if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
@@ -515,20 +568,37 @@ fn write_in_order(
                     out.dedup(run as usize, c as usize)?;
                 }
             }
-            Op::Fragment(pending) => {
-                let block = pending
-                    .recv()
-                    .map_err(|_| io::Error::other("compression thread vanished"))??;
+            Op::Fragment { id, block } => {
                 let start = out.pos;
-                let size = out.put(&block)?;
+                let size = match block {
+                    FragBlock::Pending(pending) => {
+                        let block = pending
+                            .recv()
+                            .map_err(|_| io::Error::other("compression thread vanished"))??;
+                        out.put(&block)?
+                    }
+                    FragBlock::Raw(bytes, word) => {
+                        out.write(&bytes)?;
+                        word
+                    }
+                };
                 let mut done = written.fragments.lock().unwrap_or_else(|p| p.into_inner());
-                done.push(FragEntry { start, size });
+                if done.len() <= id as usize {
+                    done.resize(id as usize + 1, None);
+                }
+                done[id as usize] = Some(FragEntry { start, size });
                 written.cond.notify_all();
             }
         }
     }
-    let fragments =
-        std::mem::take(&mut *written.fragments.lock().unwrap_or_else(|p| p.into_inner()));
+    let by_id = std::mem::take(&mut *written.fragments.lock().unwrap_or_else(|p| p.into_inner()));
+    let fragments = by_id
+        .into_iter()
+        .enumerate()
+        .map(|(id, e)| {
+            e.ok_or_else(|| io::Error::other(format!("internal: fragment {id} was never written")))
+        })
+        .collect::<io::Result<Vec<_>>>()?;
     Ok(DataLayout {
         runs: out.runs,
         fragments,

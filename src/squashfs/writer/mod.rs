@@ -20,6 +20,7 @@ use super::format::{
     Superblock, flags,
 };
 use super::{Algorithm, Compressor, EntrySink, Error, Meta, Result, Special};
+pub use data::RawTail;
 use data::{DataConfig, DataWriter};
 use tree::{Kind, Tree};
 
@@ -162,11 +163,17 @@ impl Writer {
         meta: Meta,
         size: u64,
         blocks: Vec<(Vec<u8>, u32)>,
-        tail: Option<Vec<u8>>,
+        tail: Option<RawTail>,
     ) -> Result<()> {
         tree::components(path)?;
         let file = self.data.add_file_raw(size, blocks, tail)?;
         self.tree.add_leaf(path, meta, Kind::File(file))
+    }
+
+    /// Copy a whole fragment block (its stored bytes and size word) from another image with the
+    /// same compressor and block size; returns its index here, for [`RawTail::Reused`].
+    pub fn add_raw_fragment(&mut self, bytes: Vec<u8>, word: u32) -> Result<u32> {
+        self.data.add_raw_fragment(bytes, word)
     }
 
     /// Write the metadata tables and superblock; the image is complete when this returns.
