@@ -32,6 +32,14 @@ impl Context {
         }
     }
 
+    /// What a step could not carry over (e.g. xattrs SquashFS cannot store): always shown,
+    /// since nothing may be lost silently.
+    pub fn warn_all(&self, warnings: &[String]) {
+        for w in warnings {
+            eprintln!("imsctl: warning: {w}");
+        }
+    }
+
     /// A step log line on stderr, shown with `-v`.
     pub fn info(&self, msg: impl AsRef<str>) {
         if self.verbose > 0 {

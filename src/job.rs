@@ -579,9 +579,7 @@ fn pack_root(
     let report = archive::dir_into(root_view, &mut sink, &DirOptions::default())?;
     sink.restore_skipped()?;
     let stats = sink.stats.clone();
-    for w in &report.warnings {
-        eprintln!("imsctl: warning: {w}");
-    }
+    ctx.warn_all(&report.warnings);
     let summary = writer.finish()?;
     ctx.info(format!(
         "packed {} inodes into {} bytes; {} entries unchanged from the base, {} files ({} bytes) and {} fragment blocks reused without recompressing",

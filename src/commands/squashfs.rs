@@ -74,7 +74,7 @@ pub fn build_image(
                 let bar = ctx.bytes_bar("packing", None);
                 let _ticker = CounterTicker::start(bar, writer.progress());
                 let report = archive::dir_into(input, &mut writer, &DirOptions::default())?;
-                report_warnings(ctx, &report.warnings);
+                ctx.warn_all(&report.warnings);
             }
             InputKind::Archive => {
                 let _ticker =
@@ -82,7 +82,7 @@ pub fn build_image(
                 let mut stream = archive::open_compressed(input)?;
                 let report = archive::tar_into(&mut stream, &mut writer, &TarOptions::default())
                     .with_context(|| format!("failed to convert {}", input.display()))?;
-                report_warnings(ctx, &report.warnings);
+                ctx.warn_all(&report.warnings);
             }
             InputKind::SquashFs => {
                 let image = Image::open(input)?;
@@ -128,13 +128,6 @@ fn default_pack_options() -> PackOptions {
     }
 }
 
-fn report_warnings(ctx: &Context, warnings: &[String]) {
-    for w in warnings {
-        eprintln!("imsctl: warning: {w}");
-    }
-    let _ = ctx;
-}
-
 fn print_summary(ctx: &Context, output: &Path, s: &Summary, secs: f64) {
     if ctx.verbose > 0 || ctx.progress {
         eprintln!(
@@ -176,7 +169,7 @@ pub fn pack(ctx: &Context, args: &PackArgs) -> Result<()> {
             ..DirOptions::default()
         };
         let report = archive::dir_into(&args.dir, &mut writer, &dir_opts)?;
-        report_warnings(ctx, &report.warnings);
+        ctx.warn_all(&report.warnings);
         Ok(writer.finish()?)
     })?;
     print_summary(ctx, &args.output, &summary, started.elapsed().as_secs_f64());
