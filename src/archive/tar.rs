@@ -246,7 +246,7 @@ impl ReadAhead {
                         .try_recv()
                         .unwrap_or_else(|_| Vec::with_capacity(READ_AHEAD_CHUNK));
                     buf.resize(READ_AHEAD_CHUNK, 0);
-                    let message = match fill(&mut *source, &mut buf) {
+                    let message = match crate::squashfs::entry::read_full(&mut *source, &mut buf) {
                         Ok(filled) => {
                             buf.truncate(filled);
                             Ok(buf)
@@ -271,20 +271,6 @@ impl ReadAhead {
             finished: false,
         })
     }
-}
-
-/// Reads until `buf` is full or the source ends; returns how much was read.
-fn fill(source: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match source.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 impl Read for ReadAhead {

@@ -50,3 +50,18 @@ pub trait EntrySink {
     /// Make `path` another name of the non-directory entry already added at `target`.
     fn add_hardlink(&mut self, path: &[u8], target: &[u8]) -> super::Result<()>;
 }
+
+/// Read until `buf` is full or the source ends; returns how much was read. Sources cut their
+/// input into blocks with this, since one `read` may return less than asked.
+pub fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

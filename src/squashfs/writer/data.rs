@@ -270,7 +270,7 @@ impl DataWriter {
         let mut tail = None;
         loop {
             let mut buf = vec![0u8; block_size];
-            let n = read_full(data, &mut buf)
+            let n = super::super::entry::read_full(data, &mut buf)
                 .map_err(|e| Error::io("read", String::from_utf8_lossy(entry).into_owned(), e))?;
             buf.truncate(n);
             file.size += n as u64;
@@ -511,19 +511,6 @@ impl DataWriter {
             )),
         }
     }
-}
-
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// The writer thread: takes ops in order, waits for each block's compression, writes it.
