@@ -6,7 +6,6 @@
 //! as IMS drives it through several pods. A failure always leaves the record in `error` with the
 //! reason, and never a registered half-made image.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +17,7 @@ use uuid::Uuid;
 use crate::archive::{self, DirOptions};
 use crate::artifacts::{self, CustomizeResult};
 use crate::context::{Context, CounterTicker};
-use crate::repack::{BaseAwareSink, ExtractIndex, Provenance};
+use crate::repack::{BaseAwareSink, BaseIndex, ExtractIndex, Provenance, base_index};
 use crate::root::{self, ImageSource, LowerVia, Signal, WorkLayout};
 use crate::sandbox::{self, Network, SandboxConfig};
 use crate::squashfs::reader::Image;
@@ -291,22 +290,54 @@ fn prepare(
 
 /// Run the image's own trust-store tool on the injected certificate, inside the image root.
 fn add_ca_to_trust_store(cfg: &SandboxConfig) -> Result<()> {
+    let argv = ["/bin/sh".to_string(), "-c".into(), CA_TRUST_SCRIPT.into()];
+    run_step_in(
+        &inside_image(cfg),
+        &argv,
+        None,
+        "adding the CA certificate to the image's trust store",
+    )
+}
+
+/// The job's sandbox with the command started inside the image root, whatever the shell's jail
+/// setting: scripts, playbook-free steps and image tools all expect `/` to be the image.
+pub fn inside_image(cfg: &SandboxConfig) -> SandboxConfig {
     let mut jailed = cfg.clone();
     jailed.jailed = true;
+    jailed
+}
+
+/// Run one unattended step in a sandbox: its output goes to stderr (stdout carries only the JSON
+/// result, for scripts), `stdin` is optional, and a failure names `what` and how it ended.
+pub fn run_step_in(
+    cfg: &SandboxConfig,
+    argv: &[String],
+    stdin: Option<std::os::fd::OwnedFd>,
+    what: &str,
+) -> Result<()> {
     let stderr = std::os::fd::AsFd::as_fd(&std::io::stderr())
         .try_clone_to_owned()
         .context("failed to duplicate stderr")?;
     let stdio = sandbox::Stdio::Streams {
-        stdin: None,
+        stdin,
         stdout: Some(stderr),
         stderr: None,
     };
-    let argv = ["/bin/sh".to_string(), "-c".into(), CA_TRUST_SCRIPT.into()];
-    let status = sandbox::run_with(&jailed, &argv, stdio)?;
+    let status = sandbox::run_with(cfg, argv, stdio)?;
     if !status.success() {
-        bail!("adding the CA certificate to the image's trust store failed ({status})");
+        bail!("{what} {}", describe_status(status));
     }
     Ok(())
+}
+
+/// "exited with status 3", "was killed by signal 9".
+pub fn describe_status(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        _ => "ended abnormally".into(),
+    }
 }
 
 /// A job that can take a session: waiting for the user.
@@ -417,7 +448,9 @@ fn package(
     let cfg = sandbox_config(store, job);
     // The image's own resolv.conf back in place, and no signal file in the image.
     sandbox::settle(&cfg)?;
-    let report = change_report(store, job, &cfg).ok();
+    let base = Image::open(&base_rootfs(store, job.artifact_id))?;
+    let base_paths = base_index(&base)?;
+    let report = change_report(&base_paths, &cfg);
     let held = sandbox::hold_root(&cfg)?;
     let root_view = held.path();
     let names_given = job
@@ -453,7 +486,15 @@ fn package(
         .with_context(|| format!("failed to copy the kernel {}", boot.kernel.display()))?;
     fs::copy(&boot.initrd, &initrd)
         .with_context(|| format!("failed to copy the initrd {}", boot.initrd.display()))?;
-    pack_root(ctx, store, job, &root_view, &rootfs, pack.clone(), &cfg)?;
+    pack_root(
+        ctx,
+        &base,
+        base_paths,
+        &root_view,
+        &rootfs,
+        pack.clone(),
+        &cfg,
+    )?;
     held.release()?;
     let image_id = Uuid::new_v4();
     let (ims_image_artifacts, image) = match job.extra.get(PUBLISH_FIELD).and_then(|v| v.as_str()) {
@@ -548,14 +589,13 @@ fn publish_to_s3(
 /// compressed blocks when the compressor and block size match (see `repack`).
 fn pack_root(
     ctx: &Context,
-    store: &Store,
-    job: &JobRecord,
+    base: &Image,
+    base_paths: BaseIndex,
     root_view: &Path,
     out: &Path,
     opts: WriterOptions,
     cfg: &SandboxConfig,
 ) -> Result<()> {
-    let base = Image::open(&base_rootfs(store, job.artifact_id))?;
     let provenance = if cfg.source.is_overlay() {
         Provenance::Overlay {
             upper: cfg.layout.upper(),
@@ -570,7 +610,8 @@ fn pack_root(
     let _ticker = CounterTicker::start(ctx.bytes_bar("packing", None), writer.progress());
     let mut sink = BaseAwareSink::new(
         &mut writer,
-        &base,
+        base,
+        base_paths,
         root_view,
         provenance,
         reuse,
@@ -593,32 +634,28 @@ fn extract_index_path(layout: &WorkLayout) -> PathBuf {
     layout.work().join("extract.index")
 }
 
-/// Files the customization added, changed and removed: in mount mode read off the overlay's
-/// upper directory (whiteouts are removals) against the base image's paths.
-fn change_report(store: &Store, job: &JobRecord, cfg: &SandboxConfig) -> Result<ChangeReport> {
+/// Files the customization added, changed and removed: read off the overlay's upper directory
+/// (whiteouts are removals) against the base image's paths. Extract mode has no upper directory
+/// to read, so no report.
+fn change_report(base_paths: &BaseIndex, cfg: &SandboxConfig) -> Option<ChangeReport> {
     if !cfg.source.is_overlay() {
-        bail!("change reports need mount mode");
+        return None;
     }
-    let base = Image::open(&base_rootfs(store, job.artifact_id))?;
-    let mut in_base = BTreeMap::new();
-    base.walk(&mut |path, inode| {
-        let target = match &inode.kind {
-            crate::squashfs::reader::InodeKind::Symlink(t) => Some(t.clone()),
-            _ => None,
-        };
-        in_base.insert(path.to_vec(), target);
-        Ok(())
-    })?;
     let mut report = ChangeReport::default();
     let upper = cfg.layout.upper();
-    walk_upper(&upper, &upper, &in_base, &mut report)?;
-    Ok(report)
+    match walk_upper(&upper, &upper, base_paths, &mut report) {
+        Ok(()) => Some(report),
+        Err(e) => {
+            eprintln!("imsctl: warning: no change report: {e:#}");
+            None
+        }
+    }
 }
 
 fn walk_upper(
     top: &Path,
     dir: &Path,
-    in_base: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    in_base: &BaseIndex,
     report: &mut ChangeReport,
 ) -> Result<()> {
     use std::os::unix::fs::FileTypeExt;
@@ -647,7 +684,11 @@ fn walk_upper(
                 report.added.push(shown);
             }
             walk_upper(top, &path, in_base, report)?;
-        } else if let Some(base_target) = in_base.get(&key) {
+        } else if let Some(base_inode) = in_base.get(&key) {
+            let base_target = match &base_inode.kind {
+                crate::squashfs::reader::InodeKind::Symlink(t) => Some(t.clone()),
+                _ => None,
+            };
             // A symlink put back as it was (resolv.conf after the session) is no change.
             let same_link = ft.is_symlink()
                 && base_target.as_deref()

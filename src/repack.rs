@@ -124,6 +124,19 @@ impl Provenance {
     }
 }
 
+/// Every inode of a base image by path (the root is the empty path).
+pub type BaseIndex = HashMap<Vec<u8>, Inode>;
+
+/// Walk `base` once into a [`BaseIndex`]; packing and the change report both look paths up in it.
+pub fn base_index(base: &Image) -> Result<BaseIndex> {
+    let mut by_path = HashMap::new();
+    base.walk(&mut |path, inode| {
+        by_path.insert(path.to_vec(), inode.clone());
+        Ok(())
+    })?;
+    Ok(by_path)
+}
+
 /// Counts for the closing report.
 #[derive(Clone, Debug, Default)]
 pub struct RepackStats {
@@ -152,19 +165,16 @@ pub struct BaseAwareSink<'a> {
 }
 
 impl<'a> BaseAwareSink<'a> {
+    /// `by_path` is [`base_index`] of `base`.
     pub fn new(
         writer: &'a mut Writer,
         base: &'a Image,
+        by_path: BaseIndex,
         root_view: &Path,
         provenance: Provenance,
         reuse_blocks: bool,
         ids: IdMapping,
     ) -> Result<Self> {
-        let mut by_path = HashMap::new();
-        base.walk(&mut |path, inode| {
-            by_path.insert(path.to_vec(), inode.clone());
-            Ok(())
-        })?;
         let reusable_fragments = if reuse_blocks {
             reusable_fragments(&by_path, root_view, &provenance)
         } else {

@@ -1,7 +1,6 @@
 //! `imsctl jobs …` (as `cray ims jobs`) and the one-shot `imsctl customize`.
 
 use std::io::Write;
-use std::os::fd::AsFd;
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
@@ -11,7 +10,7 @@ use crate::commands::squashfs::{import_source, writer_options};
 use crate::context::Context;
 use crate::job::{self, AfterSession, CreateSpec};
 use crate::output::{python_json, render_list, render_one};
-use crate::sandbox::{self, Network, Stdio};
+use crate::sandbox::{self, Network};
 use crate::store::{ImageRecord, JobRecord, RootMode, Store};
 
 fn spec_from(
@@ -55,22 +54,13 @@ fn report_session(out: &mut dyn Write, after: AfterSession) -> Result<()> {
             if !status.success() {
                 bail!(
                     "the command {}; the job keeps waiting_on_user",
-                    describe_status(status)
+                    job::describe_status(status)
                 );
             }
             Ok(())
         }
         AfterSession::Completed(result) => write_out(out, &(result.to_json()? + "\n")),
         AfterSession::Failed => bail!("the job ended in error: the failed file was touched"),
-    }
-}
-
-fn describe_status(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exited with status {c}"),
-        (None, Some(s)) => format!("was killed by signal {s}"),
-        _ => "ended abnormally".into(),
     }
 }
 
@@ -140,51 +130,21 @@ fn source_image(ctx: &Context, store: &Store, src: &str) -> Result<ImageRecord> 
         .with_context(|| format!("'{src}' is neither a file nor an image id"))
 }
 
-/// Run one step in the job's sandbox; a failing step fails the job.
+/// Run one step in the job's sandbox, inside the image root; a failing step fails the job.
 fn run_step(store: &Store, job: &JobRecord, step: &Step) -> Result<()> {
-    let cfg = job::sandbox_config(store, job);
-    let mut jailed = cfg.clone();
-    // Scripts and commands run inside the image root, whatever the shell's jail setting.
-    jailed.jailed = true;
-    // A step's output goes to stderr: stdout carries only the JSON result, for scripts.
-    let to_stderr = || -> Result<std::os::fd::OwnedFd> {
-        std::io::stderr()
-            .as_fd()
-            .try_clone_to_owned()
-            .context("failed to duplicate stderr")
-    };
-    let (status, what) = match step {
+    let cfg = job::inside_image(&job::sandbox_config(store, job));
+    match step {
         Step::Run(cmd) => {
-            let stdio = Stdio::Streams {
-                stdin: None,
-                stdout: Some(to_stderr()?),
-                stderr: None,
-            };
             let argv = ["/bin/sh".into(), "-c".into(), cmd.clone()];
-            (
-                sandbox::run_with(&jailed, &argv, stdio)?,
-                format!("--run '{cmd}'"),
-            )
+            job::run_step_in(&cfg, &argv, None, &format!("--run '{cmd}'"))
         }
         Step::Script(path) => {
-            let argv = script_argv(path)?;
             let file = std::fs::File::open(path)
                 .with_context(|| format!("failed to open the script {}", path.display()))?;
-            let stdio = Stdio::Streams {
-                stdin: Some(file.into()),
-                stdout: Some(to_stderr()?),
-                stderr: None,
-            };
-            (
-                sandbox::run_with(&jailed, &argv, stdio)?,
-                format!("--script {}", path.display()),
-            )
+            let what = format!("--script {}", path.display());
+            job::run_step_in(&cfg, &script_argv(path)?, Some(file.into()), &what)
         }
-    };
-    if !status.success() {
-        bail!("{what} {}", describe_status(status));
     }
-    Ok(())
 }
 
 /// How to run a script handed over on stdin: its #! interpreter, reading /proc/self/fd/0.
@@ -234,27 +194,12 @@ fn run_ansible(store: &Store, job: &JobRecord, playbook: &Path) -> Result<()> {
         dir.to_string_lossy().into_owned(),
         playbook.to_string_lossy().into_owned(),
     ];
-    let stderr = std::io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .context("failed to duplicate stderr")?;
-    let status = sandbox::run_with(
+    job::run_step_in(
         &cfg,
         &argv,
-        Stdio::Streams {
-            stdin: None,
-            stdout: Some(stderr),
-            stderr: None,
-        },
-    )?;
-    if !status.success() {
-        bail!(
-            "ansible-playbook {} {}",
-            playbook.display(),
-            describe_status(status)
-        );
-    }
-    Ok(())
+        None,
+        &format!("ansible-playbook {}", playbook.display()),
+    )
 }
 
 /// Rebuild the initrd inside the image for the kernel that will be published.
@@ -268,28 +213,18 @@ fn regenerate_initrd(store: &Store, job: &JobRecord) -> Result<()> {
             .kernel_version
             .context("cannot tell the kernel version to build the initrd for")?
     };
-    let mut jailed = cfg;
-    jailed.jailed = true;
     let script = "if command -v dracut >/dev/null 2>&1; then exec dracut --force --kver \"$1\"; \
                   elif command -v update-initramfs >/dev/null 2>&1; then exec update-initramfs -u -k \"$1\"; \
                   else echo 'neither dracut nor update-initramfs is in the image' >&2; exit 127; fi";
-    let status = sandbox::run(
-        &jailed,
-        &[
-            "/bin/sh".into(),
-            "-c".into(),
-            script.into(),
-            "sh".into(),
-            version.clone(),
-        ],
-    )?;
-    if !status.success() {
-        bail!(
-            "regenerating the initrd for kernel {version} {}",
-            describe_status(status)
-        );
-    }
-    Ok(())
+    let argv = [
+        "/bin/sh".into(),
+        "-c".into(),
+        script.into(),
+        "sh".into(),
+        version.clone(),
+    ];
+    let what = format!("regenerating the initrd for kernel {version}");
+    job::run_step_in(&job::inside_image(&cfg), &argv, None, &what)
 }
 
 pub fn customize(

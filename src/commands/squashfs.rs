@@ -59,12 +59,14 @@ pub fn input_kind(path: &Path) -> Result<InputKind> {
     })
 }
 
-/// Build a SquashFS image at `output` from any supported input, atomically.
+/// Build a SquashFS image at `output` from any supported input, atomically. `dir_opts` applies
+/// when the input is a directory.
 pub fn build_image(
     ctx: &Context,
     input: &Path,
     output: &Path,
     opts: WriterOptions,
+    dir_opts: &DirOptions,
 ) -> Result<Summary> {
     let kind = input_kind(input)?;
     super::write_atomically(output, |tmp| {
@@ -73,7 +75,7 @@ pub fn build_image(
             InputKind::Directory => {
                 let bar = ctx.bytes_bar("packing", None);
                 let _ticker = CounterTicker::start(bar, writer.progress());
-                let report = archive::dir_into(input, &mut writer, &DirOptions::default())?;
+                let report = archive::dir_into(input, &mut writer, dir_opts)?;
                 ctx.warn_all(&report.warnings);
             }
             InputKind::Archive => {
@@ -107,7 +109,8 @@ pub fn import_source(ctx: &Context, src: &str, dest: &Path) -> Result<()> {
             .with_context(|| format!("failed to copy {} to {}", src.display(), dest.display()))?;
         return Ok(());
     }
-    build_image(ctx, src, dest, writer_options(&default_pack_options())?)?;
+    let opts = writer_options(&default_pack_options())?;
+    build_image(ctx, src, dest, opts, &DirOptions::default())?;
     Ok(())
 }
 
@@ -150,7 +153,8 @@ pub fn convert(ctx: &Context, args: &ConvertArgs) -> Result<()> {
         );
     }
     let started = std::time::Instant::now();
-    let summary = build_image(ctx, &args.input, &args.output, writer_options(&args.pack)?)?;
+    let opts = writer_options(&args.pack)?;
+    let summary = build_image(ctx, &args.input, &args.output, opts, &DirOptions::default())?;
     print_summary(ctx, &args.output, &summary, started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -160,18 +164,12 @@ pub fn pack(ctx: &Context, args: &PackArgs) -> Result<()> {
         bail!("{} is not a directory", args.dir.display());
     }
     let started = std::time::Instant::now();
+    let dir_opts = DirOptions {
+        one_file_system: args.one_file_system,
+        ..DirOptions::default()
+    };
     let opts = writer_options(&args.pack)?;
-    let summary = super::write_atomically(&args.output, |tmp| {
-        let mut writer = Writer::create(tmp, opts)?;
-        let _ticker = CounterTicker::start(ctx.bytes_bar("packing", None), writer.progress());
-        let dir_opts = DirOptions {
-            one_file_system: args.one_file_system,
-            ..DirOptions::default()
-        };
-        let report = archive::dir_into(&args.dir, &mut writer, &dir_opts)?;
-        ctx.warn_all(&report.warnings);
-        Ok(writer.finish()?)
-    })?;
+    let summary = build_image(ctx, &args.dir, &args.output, opts, &dir_opts)?;
     print_summary(ctx, &args.output, &summary, started.elapsed().as_secs_f64());
     Ok(())
 }
