@@ -8,6 +8,7 @@ pub mod artifacts;
 pub mod cli;
 pub mod commands;
 pub mod context;
+pub mod fsutil;
 pub mod job;
 pub mod output;
 pub mod repack;

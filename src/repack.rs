@@ -78,7 +78,7 @@ impl ExtractIndex {
 
     pub fn save(&self, file: &Path) -> Result<()> {
         let bytes = serde_json::to_vec(self).context("failed to encode the extraction index")?;
-        crate::commands::write_atomically(file, |tmp| {
+        crate::fsutil::write_atomically(file, |tmp| {
             fs::write(tmp, &bytes).with_context(|| format!("failed to write {}", tmp.display()))
         })
     }

@@ -69,7 +69,7 @@ pub fn build_image(
     dir_opts: &DirOptions,
 ) -> Result<Summary> {
     let kind = input_kind(input)?;
-    super::write_atomically(output, |tmp| {
+    crate::fsutil::write_atomically(output, |tmp| {
         let mut writer = Writer::create(tmp, opts)?;
         match kind {
             InputKind::Directory => {
