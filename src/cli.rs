@@ -88,6 +88,13 @@ pub enum Command {
     /// One shot for scripts and CI: import SRC (a file) or take an image id, run the steps in the
     /// order given, pack, publish, and print the result as ims_python_helper does.
     Customize(CustomizeArgs),
+    /// Serve SFTP on stdin/stdout; the job's SSH server runs it inside the sandbox per channel.
+    #[command(hide = true)]
+    InternalSftpServer {
+        /// Where relative paths and "~" point ("/" if this directory is missing).
+        #[arg(long, default_value = "/root", value_name = "DIR")]
+        home: PathBuf,
+    },
 }
 
 /// `true`/`false` in any of the spellings `cray ims` users type (`True`, `False`, `1`, `0`).

@@ -16,4 +16,5 @@ pub mod root;
 pub mod s3;
 pub mod sandbox;
 pub mod squashfs;
+pub mod ssh;
 pub mod store;

@@ -69,6 +69,9 @@ fn main() -> ExitCode {
         Command::PublicKeys(cmd) => with_store(&ctx, |store, out| {
             commands::public_keys::run(store, &cmd, out)
         }),
+        Command::InternalSftpServer { home } => {
+            imsctl::ssh::sftp::serve_stdio(&home).map_err(|e| anyhow::anyhow!("sftp server: {e}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
