@@ -4,4 +4,5 @@
 mod common;
 mod engine;
 mod repack;
+mod sftp;
 mod workflow;
