@@ -95,6 +95,41 @@ pub enum Command {
         #[arg(long, default_value = "/root", value_name = "DIR")]
         home: PathBuf,
     },
+    /// A job's SSH server (started detached by `jobs create --public-key-id`).
+    #[command(hide = true)]
+    InternalSshServer(SshServerArgs),
+    /// Run a session inside the sandbox held by a job's SSH server.
+    #[command(hide = true)]
+    InternalEnter(EnterArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SshServerArgs {
+    /// Job id.
+    pub id: String,
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub pack: PackOptions,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["login_shell", "command", "sftp"])))]
+pub struct EnterArgs {
+    /// pid 1 of the holding session.
+    #[arg(long)]
+    pub pid: i32,
+    /// Start inside the image root.
+    #[arg(long)]
+    pub jail: bool,
+    #[arg(long)]
+    pub login_shell: bool,
+    /// Run `$SHELL -c COMMAND`.
+    #[arg(long)]
+    pub command: Option<String>,
+    /// Serve SFTP on stdin/stdout.
+    #[arg(long)]
+    pub sftp: bool,
 }
 
 /// `true`/`false` in any of the spellings `cray ims` users type (`True`, `False`, `1`, `0`).
@@ -190,11 +225,18 @@ pub struct JobCreateArgs {
     /// Jailed: the shell starts inside the image root (signal files /tmp/complete, /tmp/failed).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
     pub ssh_containers_jail: bool,
-    /// Public key record for SSH access.
+    /// Public key record for SSH access: starts the job's SSH server, which accepts this key
+    /// only (`ssh -p PORT root@HOST`, scp, sftp, Ansible; see ssh_containers in the record).
     #[arg(long)]
     pub public_key_id: Option<String>,
+    /// Where the SSH server listens; port 0 picks a free one.
+    #[arg(long, default_value = crate::ssh::daemon::DEFAULT_LISTEN, value_name = "ADDR:PORT")]
+    pub ssh_listen: String,
     #[command(flatten)]
     pub env: EnvironmentArgs,
+    /// How the image is packed when the complete file ends an SSH session.
+    #[command(flatten)]
+    pub pack: PackOptions,
     #[command(flatten)]
     pub format: FormatArg,
 }
@@ -412,6 +454,41 @@ pub struct PackOptions {
     /// from the base image (needed to change compressor, level or block size; also for comparison).
     #[arg(long)]
     pub full_repack: bool,
+}
+
+impl PackOptions {
+    /// The same options as command-line flags, for a process that parses them again (a job's SSH
+    /// server packs with what `jobs create` was given).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--comp".to_string(),
+            self.comp.clone(),
+            "--block-size".into(),
+            self.block_size.to_string(),
+            "--threads".into(),
+            self.threads.to_string(),
+        ];
+        let valued = [("--level", self.level), ("--mkfs-time", self.mkfs_time)];
+        for (flag, value) in valued {
+            if let Some(v) = value {
+                args.extend([flag.to_string(), v.to_string()]);
+            }
+        }
+        let switches = [
+            ("--no-fragments", self.no_fragments),
+            ("--tail-ends", self.tail_ends),
+            ("--no-xattrs", self.no_xattrs),
+            ("--no-exports", self.no_exports),
+            ("--full-repack", self.full_repack),
+        ];
+        args.extend(
+            switches
+                .iter()
+                .filter(|(_, on)| *on)
+                .map(|(f, _)| f.to_string()),
+        );
+        args
+    }
 }
 
 #[derive(Args, Debug)]

@@ -134,6 +134,12 @@ fn set_status(store: &Store, id: Uuid, status: JobStatus) -> Result<JobRecord> {
     })?)
 }
 
+/// End a job in error because of `err` (its environment removed unless debugging), and return
+/// the error to report.
+pub fn fail_with(store: &Store, id: Uuid, err: anyhow::Error) -> anyhow::Error {
+    fail_job(store, id, &err)
+}
+
 /// Record a failure on the job and clear its environment unless debugging was asked for.
 fn fail_job(store: &Store, id: Uuid, err: &anyhow::Error) -> anyhow::Error {
     let message = format!("{err:#}");
@@ -371,6 +377,13 @@ pub enum AfterSession {
 /// Open the interactive shell (again and again, as with IMS ssh); a signal file ends the job.
 pub fn shell(ctx: &Context, store: &Store, id: &str, pack: &WriterOptions) -> Result<AfterSession> {
     let job = waiting_job(store, id)?;
+    if crate::ssh::daemon::running_server(&job).is_some() {
+        bail!(
+            "job {} is served over SSH ({}): use ssh, or `imsctl jobs exec`",
+            job.id,
+            ssh_address(&job)
+        );
+    }
     let cfg = sandbox_config(store, &job);
     let status = sandbox::shell(&cfg)?;
     after_session(ctx, store, &job, &cfg, status, pack)
@@ -385,9 +398,23 @@ pub fn exec(
     pack: &WriterOptions,
 ) -> Result<AfterSession> {
     let job = waiting_job(store, id)?;
+    if let Some(pid1) = crate::ssh::daemon::running_sandbox(&job) {
+        // The SSH server holds the sandbox: join it; the server acts on the signal files.
+        let status = crate::ssh::daemon::exec_in(pid1, jailed(&job), argv)?;
+        return Ok(AfterSession::StillWaiting(status));
+    }
     let cfg = sandbox_config(store, &job);
     let status = sandbox::run(&cfg, argv)?;
     after_session(ctx, store, &job, &cfg, status, pack)
+}
+
+/// "127.0.0.1:40022", from the record's connection_info.
+fn ssh_address(job: &JobRecord) -> String {
+    job.ssh_containers
+        .first()
+        .and_then(|c| c.connection_info.get("customer_access"))
+        .map(|info| format!("{}:{}", info["host"].as_str().unwrap_or("?"), info["port"]))
+        .unwrap_or_else(|| "address unknown".into())
 }
 
 fn after_session(
@@ -420,6 +447,7 @@ fn after_session(
 /// End a job without publishing: it goes to `error`.
 pub fn fail(store: &Store, id: &str, why: &str) -> Result<JobRecord> {
     let job = waiting_job(store, id)?;
+    crate::ssh::daemon::stop(store, &job)?;
     let _ = fail_job(store, job.id, &anyhow!("{why}"));
     Ok(store.get_by_id(job.id)?)
 }
@@ -432,6 +460,8 @@ pub fn complete(
     pack: &WriterOptions,
 ) -> Result<CustomizeResult> {
     let job = waiting_job(store, id)?;
+    // As in IMS: completing closes the SSH sessions first.
+    crate::ssh::daemon::stop(store, &job)?;
     let job = set_status(store, job.id, JobStatus::PackagingArtifacts)?;
     match package(ctx, store, &job, pack) {
         Ok(result) => Ok(result),
@@ -710,6 +740,7 @@ fn walk_upper(
 /// sessions' namespaces) and its record.
 pub fn delete(store: &Store, id: &str) -> Result<JobRecord> {
     let job: JobRecord = store.get(id)?;
+    crate::ssh::daemon::stop(store, &job)?;
     remove_work_dir(store, &job)?;
     Ok(store.remove::<JobRecord>(job.id)?)
 }

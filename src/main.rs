@@ -28,6 +28,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if let Command::InternalEnter(args) = &cli.command {
+        // First, while this process is single-threaded: it joins namespaces.
+        return report(commands::ssh::enter(args));
+    }
     let steps = imsctl::cli::customize_steps(&matches);
     let mut ctx = Context::new(
         cli.global.store.clone(),
@@ -69,10 +73,18 @@ fn main() -> ExitCode {
         Command::PublicKeys(cmd) => with_store(&ctx, |store, out| {
             commands::public_keys::run(store, &cmd, out)
         }),
+        Command::InternalSshServer(args) => {
+            with_store(&ctx, |store, _| commands::ssh::serve(&ctx, store, &args))
+        }
+        Command::InternalEnter(_) => Ok(()), // handled above
         Command::InternalSftpServer { home } => {
             imsctl::ssh::sftp::serve_stdio(&home).map_err(|e| anyhow::anyhow!("sftp server: {e}"))
         }
     };
+    report(result)
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -74,7 +74,21 @@ pub fn run(ctx: &Context, store: &Store, cmd: &JobsCommand, out: &mut dyn Write)
                 a.ssh_containers_jail,
                 a.public_key_id.clone(),
             );
-            let job = job::create(ctx, store, &spec)?;
+            if a.public_key_id.is_some() {
+                // Checked before the (long) preparation of the environment.
+                a.ssh_listen
+                    .parse::<std::net::SocketAddr>()
+                    .with_context(|| {
+                        format!("--ssh-listen '{}' is not ADDRESS:PORT", a.ssh_listen)
+                    })?;
+                writer_options(&a.pack)?;
+            }
+            let mut job = job::create(ctx, store, &spec)?;
+            if a.public_key_id.is_some() {
+                let forward = crate::commands::ssh::server_args(ctx, &a.pack);
+                job = crate::ssh::daemon::start(store, &job, &a.ssh_listen, &forward)
+                    .map_err(|e| job::fail_with(store, job.id, e))?;
+            }
             write_out(out, &render_one(&job, a.format.format)?)
         }
         JobsCommand::Shell(a) => report_session(

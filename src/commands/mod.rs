@@ -5,3 +5,4 @@ pub mod jobs;
 pub mod public_keys;
 pub mod s3;
 pub mod squashfs;
+pub mod ssh;

@@ -5,6 +5,7 @@
 //! `Network::None`; user when not root) and executes them there. Nothing is mounted in the host's
 //! namespace, so a session that dies in any way leaves nothing behind (see [`crate::root`]).
 
+pub mod enter;
 pub mod error;
 pub mod exec;
 pub mod idmap;
@@ -181,6 +182,11 @@ impl HeldRoot {
         std::path::PathBuf::from(format!("/proc/{}/root", self.pid1))
     }
 
+    /// pid 1 of the holding session, as this process sees it (what [`enter`] joins).
+    pub fn pid1(&self) -> i32 {
+        self.pid1.as_raw()
+    }
+
     /// End the session cleanly and report how it went.
     pub fn release(mut self) -> Result<()> {
         let Some(running) = self.running.take() else {
@@ -205,6 +211,23 @@ pub fn hold_root(cfg: &SandboxConfig) -> Result<HeldRoot> {
     let lock = begin(cfg)?;
     let steps = plan_image_only(cfg);
     let running = process::spawn(cfg, &steps, Command::Hold, Stdio::Inherit)?;
+    let (running, pid1) = running.wait_ready()?;
+    Ok(HeldRoot {
+        running: Some(running),
+        pid1,
+        _lock: lock,
+    })
+}
+
+/// Hold the job's whole sandbox — kernel filesystems, working resolv.conf, the non-jailed view
+/// with the image at /mnt/image/image-root — for sessions that [`enter`] it (an SSH server's).
+/// Its [`HeldRoot::path`] is the non-jailed view.
+pub fn hold_session(cfg: &SandboxConfig) -> Result<HeldRoot> {
+    let lock = begin(cfg)?;
+    let mut view = cfg.clone();
+    view.jailed = false; // jailed sessions chroot further into the image root when they enter
+    let steps = plan(&view);
+    let running = process::spawn(&view, &steps, Command::Hold, Stdio::Inherit)?;
     let (running, pid1) = running.wait_ready()?;
     Ok(HeldRoot {
         running: Some(running),

@@ -378,6 +378,12 @@ fn host_view_steps(cfg: &SandboxConfig) -> Vec<MountStep> {
         "mode=1777",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     ));
+    // root's home is writable, as in the IMS pod: Ansible keeps its remote temp files there.
+    steps.push(tmpfs(
+        under("/root"),
+        "mode=700",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    ));
     steps
 }
 

@@ -42,7 +42,7 @@ const TAG_PID: u8 = b'P';
 const TAG_READY: u8 = b'R';
 /// Keep each message within PIPE_BUF (4096) so concurrent writers cannot interleave.
 const MAX_MESSAGE: usize = 3800;
-const PATH_INSIDE: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(super) const PATH_INSIDE: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Signals pid 1 forwards to the command. SIGINT and SIGQUIT are not among them: the terminal
 /// delivers those to the command's process group directly.
 const FORWARDED: [Signal; 5] = [
@@ -415,7 +415,7 @@ fn close_other_fds(keep: &mut [RawFd]) {
 }
 
 /// PR_SET_PDEATHSIG, then make sure the parent did not die before it took effect.
-fn die_with_parent(parent_alive: impl Fn() -> bool) -> Result<()> {
+pub(super) fn die_with_parent(parent_alive: impl Fn() -> bool) -> Result<()> {
     // SAFETY: prctl with integer arguments.
     if unsafe {
         libc::prctl(
@@ -681,7 +681,7 @@ fn resolve_program(name: &str) -> Option<std::path::PathBuf> {
         })
 }
 
-fn reset_signals() {
+pub(super) fn reset_signals() {
     for sig in Signal::iterator() {
         if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
             // SAFETY: restoring default dispositions.
@@ -762,7 +762,7 @@ struct CapData {
 }
 const CAP_VERSION_3: u32 = 0x2008_0522;
 
-fn drop_capabilities(network: Network) -> Result<()> {
+pub(super) fn drop_capabilities(network: Network) -> Result<()> {
     let proc_caps = Path::new("/proc/self/status");
     let mut header = CapHeader {
         version: CAP_VERSION_3,

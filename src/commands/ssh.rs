@@ -1,0 +1,73 @@
+//! The hidden commands behind a job's SSH access: the server process and the session entry.
+
+use anyhow::Result;
+
+use crate::cli::{EnterArgs, PackOptions, SshServerArgs};
+use crate::commands::squashfs::writer_options;
+use crate::context::Context;
+use crate::sandbox::enter::{self, SessionCommand, Target};
+use crate::store::Store;
+
+/// `internal-ssh-server`: serve until the job's complete/failed file or SIGTERM.
+pub fn serve(ctx: &Context, store: &Store, args: &SshServerArgs) -> Result<()> {
+    let pack = writer_options(&args.pack)?;
+    crate::ssh::daemon::serve(ctx, store, &args.id, args.listen, &pack)
+}
+
+/// `internal-enter`: join the held sandbox and run the session; exits as the session does.
+/// Must run before this process starts any thread.
+pub fn enter(args: &EnterArgs) -> Result<()> {
+    let target = Target {
+        pid1: args.pid,
+        jailed: args.jail,
+    };
+    let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+    let never = if args.sftp {
+        enter::enter(target, || {
+            let home = std::path::Path::new("/root");
+            crate::ssh::sftp::serve_stdio(home)
+                .map(|()| 0)
+                .map_err(|e| crate::sandbox::Error::io("serve SFTP in", home, e))
+        })?
+    } else {
+        let command = match &args.command {
+            Some(c) => SessionCommand::ShellCommand(c.clone()),
+            None => SessionCommand::LoginShell,
+        };
+        enter::enter(target, || enter::exec_session(&command, &env))?
+    };
+    match never {}
+}
+
+/// The options a job's SSH server is started with, all placed after its subcommand (the global
+/// ones are accepted there too): S3 and verbosity as this process has them, and the pack
+/// options for the complete file. The store is added by [`crate::ssh::daemon::start`].
+pub fn server_args(ctx: &Context, pack: &PackOptions) -> Vec<String> {
+    let mut args = Vec::new();
+    let s3 = &ctx.s3;
+    if let Some(e) = &s3.endpoint {
+        args.extend(["--s3-endpoint".to_string(), e.clone()]);
+    }
+    if let Some(c) = &s3.ca_bundle {
+        args.extend(["--ca-bundle".to_string(), c.display().to_string()]);
+    }
+    let style = match s3.addressing_style {
+        crate::s3::AddressingStyle::Auto => "auto",
+        crate::s3::AddressingStyle::Path => "path",
+        crate::s3::AddressingStyle::Virtual => "virtual",
+    };
+    args.extend(["--s3-addressing-style".to_string(), style.to_string()]);
+    if let Some(p) = s3.part_size {
+        args.extend(["--part-size".to_string(), p.to_string()]);
+    }
+    if let Some(c) = s3.concurrency {
+        args.extend(["--concurrency".to_string(), c.to_string()]);
+    }
+    args.extend(std::iter::repeat_n(
+        "-v".to_string(),
+        usize::from(ctx.verbose),
+    ));
+    args.push("--quiet".into());
+    args.extend(pack.to_args());
+    args
+}

@@ -1,0 +1,416 @@
+//! A job's SSH server process — imsctl's equivalent of the IMS job pod's SSH container.
+//!
+//! `jobs create --public-key-id` starts it detached (`imsctl internal-ssh-server JOB`) and
+//! returns once it listens. The server holds the job's sandbox open (one holding session; every
+//! SSH session enters it) and serves until:
+//! - the user touches the complete file: it closes every session and packs and publishes the
+//!   job, as the IMS pod does (its log: `<work>/ssh/server.log`);
+//! - the user touches the failed file: it closes the sessions and ends the job in error;
+//! - `jobs complete|fail|delete` stop it (SIGTERM): it closes the sessions and exits, and that
+//!   command goes on in the foreground.
+//!
+//! The record's `ssh_containers[0]` tells where it listens (`connection_info`), its status
+//! (pending → ready → closed | error), its pid, the sandbox's pid 1 and the host key's fingerprint.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use uuid::Uuid;
+
+use super::keys;
+use super::server::{Server, Spawner};
+use crate::context::Context;
+use crate::job;
+use crate::root::{self, Signal};
+use crate::sandbox;
+use crate::squashfs::writer::WriterOptions;
+use crate::store::{JobRecord, JobStatus, PublicKeyRecord, Store};
+
+/// Where a job's server listens unless told otherwise: loopback, a free port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:0";
+const SERVER_PID: &str = "server_pid";
+const SANDBOX_PID: &str = "sandbox_pid";
+const HOST_KEY: &str = "host_key_fingerprint";
+const READY_LINE: &str = "ready";
+/// How often the server looks for a signal file.
+const SIGNAL_POLL: Duration = Duration::from_millis(200);
+/// How long `jobs complete|fail|delete` wait for a server to close its sessions and exit.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+fn ssh_dir(store: &Store, job: &JobRecord) -> PathBuf {
+    job.work_dir
+        .clone()
+        .unwrap_or_else(|| store.work_dir(job.id))
+        .join("ssh")
+}
+
+/// The server's log: what it did after `jobs create` returned (sessions, packaging).
+pub fn log_path(store: &Store, job: &JobRecord) -> PathBuf {
+    ssh_dir(store, job).join("server.log")
+}
+
+/// Start the job's server and wait until it listens. `forward` are the global options the
+/// server needs again (store, S3) and the pack options for the complete file.
+pub fn start(
+    store: &Store,
+    job: &JobRecord,
+    listen: &str,
+    forward: &[String],
+) -> Result<JobRecord> {
+    let listen: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--ssh-listen '{listen}' is not ADDRESS:PORT"))?;
+    let dir = ssh_dir(store, job);
+    std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    let log_file = log_path(store, job);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_file)
+        .with_context(|| format!("failed to open {}", log_file.display()))?;
+    let exe = std::env::current_exe().context("failed to find this executable (/proc/self/exe)")?;
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg("--store")
+        .arg(store.root())
+        .arg("internal-ssh-server")
+        .arg(job.id.to_string())
+        .arg("--listen")
+        .arg(listen.to_string())
+        .args(forward)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log);
+    // SAFETY: setsid only; the server must not get the terminal's signals (Ctrl-C in the shell
+    // that ran `jobs create`) nor die with that shell.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("failed to start the SSH server ({})", exe.display()))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    if line.trim() != READY_LINE {
+        let _ = child.kill();
+        let _ = child.wait();
+        let why = last_error_line(&log_file).unwrap_or_else(|| "no reason given".into());
+        bail!(
+            "the SSH server of job {} did not start: {why} (log: {})",
+            job.id,
+            log_file.display()
+        );
+    }
+    // The server is its own session leader; nobody waits for it but the kernel's reaper
+    // (init) once this process exits.
+    std::mem::forget(child);
+    Ok(store.get_by_id(job.id)?)
+}
+
+fn last_error_line(log: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim_start_matches("imsctl: error: ").to_string())
+}
+
+/// The pid of the job's live server, if one runs.
+pub fn running_server(job: &JobRecord) -> Option<i32> {
+    let c = job.ssh_containers.first()?;
+    if c.status != "ready" {
+        return None;
+    }
+    let pid = c.extra.get(SERVER_PID)?.as_i64()? as i32;
+    is_our_server(pid, job.id).then_some(pid)
+}
+
+/// The sandbox's pid 1 of the job's live server (to enter it), if one runs.
+pub fn running_sandbox(job: &JobRecord) -> Option<i32> {
+    running_server(job)?;
+    let pid = job
+        .ssh_containers
+        .first()?
+        .extra
+        .get(SANDBOX_PID)?
+        .as_i64()?;
+    Some(pid as i32)
+}
+
+/// A pid recorded earlier may be reused: check it is this job's server.
+fn is_our_server(pid: i32, id: Uuid) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.contains(&&b"internal-ssh-server"[..]) && args.contains(&id.to_string().as_bytes())
+}
+
+/// Run `argv` in the sandbox the job's server holds (`jobs exec` while it serves), with this
+/// process's standard streams.
+pub fn exec_in(pid1: i32, jailed: bool, argv: &[String]) -> Result<std::process::ExitStatus> {
+    let exe = std::env::current_exe().context("failed to find this executable (/proc/self/exe)")?;
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg("internal-enter").arg("--pid").arg(pid1.to_string());
+    if jailed {
+        cmd.arg("--jail");
+    }
+    cmd.arg("--command").arg(shell_quote(argv));
+    cmd.env_clear().envs(session_env_from_host());
+    cmd.status()
+        .with_context(|| format!("failed to run {} internal-enter", exe.display()))
+}
+
+/// The environment `jobs exec` passes in: what a login would set, plus TERM and the locale.
+fn session_env_from_host() -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [("HOME", "/root"), ("USER", "root"), ("LOGNAME", "root")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.extend(
+        std::env::vars().filter(|(k, _)| k == "TERM" || k == "LANG" || k.starts_with("LC_")),
+    );
+    env
+}
+
+/// Words quoted for `sh -c`, so each arrives as one argument whatever it contains.
+pub fn shell_quote(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Stop the job's server if one runs (it closes the sessions and releases the sandbox) and wait
+/// until it is gone. Returns whether one was running.
+pub fn stop(store: &Store, job: &JobRecord) -> Result<bool> {
+    let Some(pid) = running_server(job) else {
+        return Ok(false);
+    };
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let started = Instant::now();
+    while is_our_server(pid.as_raw(), job.id) {
+        if started.elapsed() > STOP_GRACE {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            std::thread::sleep(Duration::from_millis(200));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if is_our_server(pid.as_raw(), job.id) {
+        bail!(
+            "the SSH server of job {} (pid {pid}) does not stop; see {}",
+            job.id,
+            log_path(store, job).display()
+        );
+    }
+    mark(store, job.id, "closed", |_| {})?;
+    Ok(true)
+}
+
+fn mark(
+    store: &Store,
+    id: Uuid,
+    status: &str,
+    more: impl FnOnce(&mut crate::store::SshContainer),
+) -> Result<JobRecord> {
+    Ok(store.update::<JobRecord>(id, |j| {
+        if let Some(c) = j.ssh_containers.first_mut() {
+            c.status = status.into();
+            more(c);
+        }
+        Ok(())
+    })?)
+}
+
+/// What ended the serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Signal(Signal),
+    Stopped,
+}
+
+/// The server process itself (`internal-ssh-server`). Prints the ready line on stdout once it
+/// listens, then keeps only its log.
+pub fn serve(
+    ctx: &Context,
+    store: &Store,
+    id: &str,
+    listen: SocketAddr,
+    pack: &WriterOptions,
+) -> Result<()> {
+    let job: JobRecord = store.get(id)?;
+    if job.status != JobStatus::WaitingOnUser {
+        bail!("job {} is not waiting_on_user", job.id);
+    }
+    let key_id = job
+        .public_key_id
+        .ok_or_else(|| anyhow!("job {} has no public key (--public-key-id)", job.id))?;
+    let key_record: PublicKeyRecord = store.get_by_id(key_id)?;
+    let accepted = keys::parse_authorized_key(&key_record.public_key)
+        .with_context(|| format!("public key {key_id}"))?;
+    let host_key = keys::load_or_create_host_key(&ssh_dir(store, &job).join("host_ed25519_key"))?;
+    let cfg = job::sandbox_config(store, &job);
+    // Before any thread exists: the sandbox forks.
+    let held = sandbox::hold_session(&cfg)?;
+    let listener =
+        TcpListener::bind(listen).with_context(|| format!("failed to listen on {listen}"))?;
+    let local = listener
+        .local_addr()
+        .with_context(|| format!("failed to read the address bound for {listen}"))?;
+    let fingerprint = keys::fingerprint(host_key.public_key());
+    let pid1 = held.pid1();
+    mark(store, job.id, "ready", |c| {
+        c.connection_info = connection_info(local);
+        c.extra.insert(SERVER_PID.into(), std::process::id().into());
+        c.extra.insert(SANDBOX_PID.into(), pid1.into());
+        c.extra.insert(HOST_KEY.into(), fingerprint.clone().into());
+    })?;
+    eprintln!(
+        "imsctl ssh: job {} listening on {local} (host key {fingerprint}), sandbox pid {pid1}",
+        job.id
+    );
+    announce_ready()?;
+    let spawner = Spawner {
+        // Always this very binary, even if the file was replaced since the server started.
+        exe: PathBuf::from("/proc/self/exe"),
+        pid1,
+        jailed: cfg.jailed,
+    };
+    let server = Server {
+        accepted: Arc::new(accepted),
+        spawner: Arc::new(spawner),
+        local,
+    };
+    let ending = run_until_signal(listener, host_key, server, &cfg);
+    let released = held.release();
+    mark(store, job.id, "closed", |_| {})?;
+    let ending = ending?;
+    released?;
+    eprintln!("imsctl ssh: job {}: sessions closed ({ending:?})", job.id);
+    match ending {
+        Ending::Signal(Signal::Complete) => {
+            let result = job::complete(ctx, store, &job.id.to_string(), pack)?;
+            eprintln!(
+                "imsctl ssh: job {} published image {}",
+                job.id, result.ims_image_record.id
+            );
+            Ok(())
+        }
+        Ending::Signal(Signal::Failed) => {
+            job::fail(
+                store,
+                &job.id.to_string(),
+                "the user signalled failure (failed file)",
+            )?;
+            Ok(())
+        }
+        Ending::Stopped => Ok(()),
+    }
+}
+
+/// IMS shows where to reach the job for users outside and inside the cluster; here both are
+/// the address the server listens on.
+fn connection_info(local: SocketAddr) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let entry = serde_json::json!({ "host": local.ip().to_string(), "port": local.port() });
+    [
+        ("cluster.local".to_string(), entry.clone()),
+        ("customer_access".to_string(), entry),
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// Tell `jobs create` the server listens, then point stdout at the log (stderr).
+fn announce_ready() -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{READY_LINE}")
+        .and_then(|()| out.flush())
+        .context("failed to report readiness")?;
+    // SAFETY: dup2 of our own stderr onto stdout; closes the pipe to `jobs create`.
+    if unsafe { libc::dup2(std::io::stderr().as_raw_fd(), 1) } < 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("failed to redirect stdout to the log");
+    }
+    Ok(())
+}
+
+/// Serve until a signal file appears or SIGTERM/SIGINT/SIGHUP arrives; then disconnect everyone.
+fn run_until_signal(
+    listener: TcpListener,
+    host_key: russh::keys::PrivateKey,
+    mut server: Server,
+    cfg: &sandbox::SandboxConfig,
+) -> Result<Ending> {
+    use russh::server::Server as _;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the SSH server's event loop")?;
+    let ending = runtime.block_on(async {
+        listener
+            .set_nonblocking(true)
+            .context("failed to make the listening socket non-blocking")?;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .context("failed to register the listening socket")?;
+        let config = Arc::new(russh::server::Config {
+            keys: vec![host_key],
+            inactivity_timeout: None,
+            auth_rejection_time: Duration::from_millis(300),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            keepalive_interval: Some(Duration::from_secs(30)),
+            nodelay: true,
+            ..Default::default()
+        });
+        let running = server.run_on_socket(config, &listener);
+        let stopper = running.handle();
+        let mut term = signal_stream(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = signal_stream(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut hup = signal_stream(tokio::signal::unix::SignalKind::hangup())?;
+        let watch = watch_signal_files(cfg);
+        tokio::pin!(running);
+        tokio::pin!(watch);
+        let ending = tokio::select! {
+            signal = &mut watch => Ending::Signal(signal),
+            _ = term.recv() => Ending::Stopped,
+            _ = int.recv() => Ending::Stopped,
+            _ = hup.recv() => Ending::Stopped,
+            served = &mut running => {
+                served.context("the SSH server failed")?;
+                Ending::Stopped
+            }
+        };
+        stopper.shutdown(match ending {
+            Ending::Signal(Signal::Complete) => "the job is complete: packing the image".into(),
+            Ending::Signal(Signal::Failed) => "the job failed (failed file)".into(),
+            Ending::Stopped => "the job's SSH server is stopping".into(),
+        });
+        // Let the disconnect messages go out before the sessions' processes are killed.
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
+        Ok::<_, anyhow::Error>(ending)
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    ending
+}
+
+fn signal_stream(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(kind).context("failed to install a signal handler")
+}
+
+async fn watch_signal_files(cfg: &sandbox::SandboxConfig) -> Signal {
+    let mut tick = tokio::time::interval(SIGNAL_POLL);
+    loop {
+        tick.tick().await;
+        if let Some(signal) = root::signal_raised(&cfg.layout, &cfg.source) {
+            return signal;
+        }
+    }
+}

@@ -1,0 +1,639 @@
+//! The SSH protocol side of a job's server (russh): public-key authentication against the one
+//! key of the job, and session channels (shell, exec, sftp) whose processes run inside the job's
+//! sandbox through `imsctl internal-enter` (see [`crate::sandbox::enter`]).
+//!
+//! Each session channel is one task: it collects the pty and environment requests, starts the
+//! process on the first shell/exec/subsystem request, then pumps bytes both ways and ends with
+//! the exit status, EOF and close, in that order, as sshd does.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use nix::pty::Winsize;
+use russh::keys::PublicKey;
+use russh::server::{Auth, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelMsg, Sig};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::keys;
+
+/// How session processes are started: which sandbox, and as which view.
+#[derive(Debug, Clone)]
+pub struct Spawner {
+    /// This executable, run as `internal-enter`.
+    pub exe: PathBuf,
+    /// pid 1 of the holding session.
+    pub pid1: i32,
+    pub jailed: bool,
+}
+
+/// What a channel asked to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Start {
+    Shell,
+    Exec(String),
+    Sftp,
+}
+
+/// Requests that precede the start.
+#[derive(Debug, Default)]
+struct Setup {
+    pty: Option<(String, Winsize)>,
+    env: Vec<(String, String)>,
+}
+
+/// One client connection.
+pub struct Connection {
+    accepted: Arc<PublicKey>,
+    spawner: Arc<Spawner>,
+    peer: Option<SocketAddr>,
+    local: SocketAddr,
+}
+
+/// Makes a [`Connection`] per client.
+#[derive(Clone)]
+pub struct Server {
+    pub accepted: Arc<PublicKey>,
+    pub spawner: Arc<Spawner>,
+    pub local: SocketAddr,
+}
+
+impl russh::server::Server for Server {
+    type Handler = Connection;
+
+    fn new_client(&mut self, peer: Option<SocketAddr>) -> Connection {
+        if let Some(peer) = peer {
+            eprintln!("imsctl ssh: connection from {peer}");
+        }
+        Connection {
+            accepted: self.accepted.clone(),
+            spawner: self.spawner.clone(),
+            peer,
+            local: self.local,
+        }
+    }
+
+    fn handle_session_error(&mut self, error: russh::Error) {
+        eprintln!("imsctl ssh: session ended with an error: {error}");
+    }
+}
+
+impl Connection {
+    fn judge(&self, user: &str, key: &PublicKey) -> Auth {
+        if keys::same_key(key, &self.accepted) {
+            Auth::Accept
+        } else {
+            eprintln!(
+                "imsctl ssh: refused key {} for user {user} from {:?}",
+                keys::fingerprint(key),
+                self.peer
+            );
+            Auth::reject()
+        }
+    }
+}
+
+impl russh::server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Only a probe: refused keys are logged once their owner signs (auth_publickey).
+        Ok(if keys::same_key(offer.public_key, &self.accepted) {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.judge(user, key.public_key))
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply.accept().await;
+        let handle = session.handle();
+        let spawner = self.spawner.clone();
+        let connection = connection_env(self.peer, self.local);
+        tokio::spawn(run_channel(channel, handle, spawner, connection));
+        Ok(())
+    }
+
+    // Replies go out here, in request order, where russh knows whether the client wants one;
+    // the channel's task sees the same requests and acts on them.
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _cols: u32,
+        _rows: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if accepted_env(name) {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name == "sftp" {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+}
+
+/// Client-sent variables passed in, as sshd's default AcceptEnv (LANG, LC_*) plus TERM and TZ.
+fn accepted_env(name: &str) -> bool {
+    name == "LANG" || name.starts_with("LC_") || name == "TZ"
+}
+
+/// SSH_CLIENT and SSH_CONNECTION, as sshd sets them.
+fn connection_env(peer: Option<SocketAddr>, local: SocketAddr) -> Vec<(String, String)> {
+    let Some(peer) = peer else {
+        return Vec::new();
+    };
+    vec![
+        (
+            "SSH_CLIENT".into(),
+            format!("{} {} {}", peer.ip(), peer.port(), local.port()),
+        ),
+        (
+            "SSH_CONNECTION".into(),
+            format!(
+                "{} {} {} {}",
+                peer.ip(),
+                peer.port(),
+                local.ip(),
+                local.port()
+            ),
+        ),
+    ]
+}
+
+/// A channel's whole life: requests, the process, the pumping, the end.
+async fn run_channel(
+    channel: Channel<Msg>,
+    handle: Handle,
+    spawner: Arc<Spawner>,
+    connection: Vec<(String, String)>,
+) {
+    let id = channel.id();
+    let (mut rx, tx) = channel.split();
+    let mut setup = Setup::default();
+    let start = loop {
+        match rx.wait().await {
+            None | Some(ChannelMsg::Close) => return,
+            Some(ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+                ..
+            }) => setup.pty = Some((term, winsize(col_width, row_height, pix_width, pix_height))),
+            Some(ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            }) if accepted_env(&variable_name) => setup.env.push((variable_name, variable_value)),
+            Some(ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+            }) => {
+                if let Some((_, size)) = &mut setup.pty {
+                    *size = winsize(col_width, row_height, pix_width, pix_height);
+                }
+            }
+            Some(ChannelMsg::RequestShell { .. }) => break Start::Shell,
+            Some(ChannelMsg::Exec { command, .. }) => {
+                break Start::Exec(String::from_utf8_lossy(&command).into_owned());
+            }
+            Some(ChannelMsg::RequestSubsystem { name, .. }) if name == "sftp" => break Start::Sftp,
+            Some(_) => {}
+        }
+    };
+    let mut env = session_env(&setup, &connection);
+    let pty = if start == Start::Sftp {
+        None // the SFTP protocol needs a clean 8-bit channel
+    } else {
+        setup.pty.take()
+    };
+    if let Some((term, _)) = &pty {
+        env.push(("TERM".into(), term.clone()));
+    }
+    let outcome = match pty {
+        Some((_, size)) => run_pty_session(&spawner, &start, env, size, &mut rx, &tx).await,
+        None => run_pipe_session(&spawner, &start, env, &mut rx, &tx).await,
+    };
+    finish_channel(id, &handle, &tx, outcome).await;
+}
+
+fn winsize(cols: u32, rows: u32, xpixel: u32, ypixel: u32) -> Winsize {
+    let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+    Winsize {
+        ws_row: clamp(rows),
+        ws_col: clamp(cols),
+        ws_xpixel: clamp(xpixel),
+        ws_ypixel: clamp(ypixel),
+    }
+}
+
+/// The session's environment: a clean one, as a login gives (nothing of the server's own,
+/// e.g. S3 credentials, leaks in).
+fn session_env(setup: &Setup, connection: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("HOME", "/root"),
+        ("USER", "root"),
+        ("LOGNAME", "root"),
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.extend(connection.iter().cloned());
+    env.extend(setup.env.iter().cloned());
+    env
+}
+
+/// How a session's process ended, for the client.
+enum Outcome {
+    Exited(u32),
+    Signalled(Sig),
+    /// The process could not be started: the message goes to the client's stderr.
+    NotStarted(String),
+    /// The client went away first; the process was killed.
+    ClientGone,
+}
+
+fn command_for(spawner: &Spawner, start: &Start) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(&spawner.exe);
+    cmd.arg("internal-enter")
+        .arg("--pid")
+        .arg(spawner.pid1.to_string());
+    if spawner.jailed {
+        cmd.arg("--jail");
+    }
+    match start {
+        Start::Shell => {
+            cmd.arg("--login-shell");
+        }
+        Start::Exec(command) => {
+            cmd.arg("--command").arg(command);
+        }
+        Start::Sftp => {
+            cmd.arg("--sftp");
+        }
+    }
+    cmd.env_clear().kill_on_drop(true);
+    cmd
+}
+
+async fn run_pipe_session(
+    spawner: &Spawner,
+    start: &Start,
+    env: Vec<(String, String)>,
+    rx: &mut russh::ChannelReadHalf,
+    tx: &russh::ChannelWriteHalf<Msg>,
+) -> Outcome {
+    let mut cmd = command_for(spawner, start);
+    cmd.envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Outcome::NotStarted(spawn_error(spawner, &e)),
+    };
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Outcome::NotStarted("imsctl: session streams are missing\n".into());
+    };
+    let mut stdin = child.stdin.take();
+    let out = tokio::spawn(copy_out(stdout, tx.make_writer()));
+    let err = tokio::spawn(copy_out(stderr, tx.make_writer_ext(Some(1))));
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            msg = rx.wait() => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    if let Some(input) = stdin.as_mut()
+                        && input.write_all(&data).await.is_err()
+                    {
+                        stdin = None; // the process stopped reading: drop what comes
+                    }
+                }
+                Some(ChannelMsg::Eof) => stdin = None,
+                Some(ChannelMsg::Signal { signal }) => forward_signal(child.id(), &signal),
+                None | Some(ChannelMsg::Close) => {
+                    let _ = child.kill().await;
+                    return Outcome::ClientGone;
+                }
+                Some(_) => {}
+            }
+        }
+    };
+    drop(stdin);
+    // All output before the exit status, as sshd does.
+    let _ = out.await;
+    let _ = err.await;
+    outcome_of(status)
+}
+
+async fn copy_out(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.flush().await;
+}
+
+async fn run_pty_session(
+    spawner: &Spawner,
+    start: &Start,
+    env: Vec<(String, String)>,
+    size: Winsize,
+    rx: &mut russh::ChannelReadHalf,
+    tx: &russh::ChannelWriteHalf<Msg>,
+) -> Outcome {
+    let pty = match nix::pty::openpty(Some(&size), None) {
+        Ok(p) => p,
+        Err(e) => return Outcome::NotStarted(format!("imsctl: failed to open a pty: {e}\n")),
+    };
+    let stdio = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
+    let (Ok(i), Ok(o), Ok(e)) = (stdio(&pty.slave), stdio(&pty.slave), stdio(&pty.slave)) else {
+        return Outcome::NotStarted("imsctl: failed to duplicate the pty\n".into());
+    };
+    let mut cmd = command_for(spawner, start);
+    cmd.envs(env).stdin(i).stdout(o).stderr(e);
+    let spawned = cmd.spawn();
+    // Ours and the command's copies of the slave closed: only the session holds it now.
+    drop(cmd);
+    drop(pty.slave);
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => return Outcome::NotStarted(spawn_error(spawner, &e)),
+    };
+    let master = match nonblocking(pty.master) {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            let _ = child.kill().await;
+            return Outcome::NotStarted(format!("imsctl: failed to watch the pty: {e}\n"));
+        }
+    };
+    let (exited, exit_seen) = tokio::sync::oneshot::channel();
+    let out = tokio::spawn(copy_from_pty(master.clone(), tx.make_writer(), exit_seen));
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            msg = rx.wait() => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    if write_to_pty(&master, &data).await.is_err() {
+                        break child.wait().await;
+                    }
+                }
+                Some(ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height }) => {
+                    set_window_size(&master, winsize(col_width, row_height, pix_width, pix_height));
+                }
+                Some(ChannelMsg::Signal { signal }) => forward_signal(child.id(), &signal),
+                None | Some(ChannelMsg::Close) => {
+                    let _ = child.kill().await;
+                    return Outcome::ClientGone;
+                }
+                Some(_) => {}
+            }
+        }
+    };
+    let _ = exited.send(());
+    let _ = out.await;
+    outcome_of(status)
+}
+
+fn nonblocking(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    // SAFETY: an OwnedFd keeps its descriptor open and the same for the AsyncFd's whole life.
+    unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+/// Copy the session's terminal output until every slave descriptor is closed (EIO) or, once the
+/// session's process exited, until nothing more is buffered: as with sshd, a background process
+/// still holding the terminal does not keep the channel open.
+async fn copy_from_pty(
+    master: Arc<AsyncFd<OwnedFd>>,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    mut exited: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut draining = false;
+    loop {
+        let read = if draining {
+            // Non-blocking descriptor: EAGAIN once the buffer is empty.
+            nix::unistd::read(master.get_ref(), &mut buf).map_err(std::io::Error::from)
+        } else {
+            tokio::select! {
+                ready = master.readable() => {
+                    let Ok(mut guard) = ready else { break };
+                    match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), &mut buf).map_err(Into::into)) {
+                        Ok(read) => read,
+                        Err(_would_block) => continue,
+                    }
+                }
+                _ = &mut exited => {
+                    draining = true;
+                    continue;
+                }
+            }
+        };
+        match read {
+            Ok(0) | Err(_) => break, // EIO: every slave closed; EAGAIN while draining: all sent
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.flush().await;
+}
+
+async fn write_to_pty(master: &AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        let mut guard = master.writable().await?;
+        match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(Into::into)) {
+            Ok(Ok(n)) => data = &data[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => continue,
+        }
+    }
+    Ok(())
+}
+
+fn set_window_size(master: &AsyncFd<OwnedFd>, size: Winsize) {
+    // SAFETY: TIOCSWINSZ with a valid winsize on a pty master we own.
+    unsafe {
+        libc::ioctl(
+            master.get_ref().as_fd().as_raw_fd(),
+            libc::TIOCSWINSZ,
+            &size,
+        )
+    };
+}
+
+/// The client's signal request goes to `internal-enter`, which passes it to the process.
+fn forward_signal(pid: Option<u32>, signal: &Sig) {
+    let sig = match signal {
+        Sig::INT => nix::sys::signal::Signal::SIGINT,
+        Sig::TERM => nix::sys::signal::Signal::SIGTERM,
+        Sig::HUP => nix::sys::signal::Signal::SIGHUP,
+        Sig::QUIT => nix::sys::signal::Signal::SIGQUIT,
+        Sig::KILL => nix::sys::signal::Signal::SIGKILL,
+        _ => return,
+    };
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+fn spawn_error(spawner: &Spawner, e: &std::io::Error) -> String {
+    format!(
+        "imsctl: failed to start the session with {}: {e}\n",
+        spawner.exe.display()
+    )
+}
+
+fn outcome_of(status: std::io::Result<std::process::ExitStatus>) -> Outcome {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => Outcome::Exited(code as u32),
+            (None, Some(sig)) => Outcome::Signalled(sig_of(sig)),
+            _ => Outcome::Exited(255),
+        },
+        Err(e) => Outcome::NotStarted(format!("imsctl: failed to wait for the session: {e}\n")),
+    }
+}
+
+fn sig_of(raw: i32) -> Sig {
+    match raw {
+        libc::SIGABRT => Sig::ABRT,
+        libc::SIGALRM => Sig::ALRM,
+        libc::SIGFPE => Sig::FPE,
+        libc::SIGHUP => Sig::HUP,
+        libc::SIGILL => Sig::ILL,
+        libc::SIGINT => Sig::INT,
+        libc::SIGKILL => Sig::KILL,
+        libc::SIGPIPE => Sig::PIPE,
+        libc::SIGQUIT => Sig::QUIT,
+        libc::SIGSEGV => Sig::SEGV,
+        libc::SIGTERM => Sig::TERM,
+        libc::SIGUSR1 => Sig::USR1,
+        other => Sig::Custom(format!("SIG{other}")),
+    }
+}
+
+async fn finish_channel(
+    id: ChannelId,
+    handle: &Handle,
+    tx: &russh::ChannelWriteHalf<Msg>,
+    outcome: Outcome,
+) {
+    match outcome {
+        Outcome::ClientGone => return,
+        Outcome::Exited(code) => {
+            let _ = tx.exit_status(code).await;
+        }
+        Outcome::Signalled(sig) => {
+            let _ = handle
+                .exit_signal_request(id, sig, false, String::new(), String::new())
+                .await;
+        }
+        Outcome::NotStarted(message) => {
+            eprint!("{message}");
+            let _ = tx.extended_data_bytes(1, message.into_bytes()).await;
+            let _ = tx.exit_status(127).await;
+        }
+    }
+    let _ = tx.eof().await;
+    let _ = tx.close().await;
+}
