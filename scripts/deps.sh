@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install the system tools the tests and the demo use (as root, on Debian), only those missing:
 # the reference SquashFS tools to cross-check against, busybox for the test image, attr tools,
-# and the S3 servers of the S3 tests.
+# the OpenSSH client and Ansible for the SSH tests (python3: the interpreter Ansible runs on the
+# job's side, the host's in the non-jailed view), and the S3 servers of the S3 tests.
 set -euo pipefail
-pkgs=(squashfs-tools squashfs-tools-ng squashfuse fuse3 busybox-static attr tmux xz-utils zstd file)
+pkgs=(squashfs-tools squashfs-tools-ng squashfuse fuse3 busybox-static attr tmux xz-utils zstd file
+      openssh-client python3)
 need=()
 for pkg in "${pkgs[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
@@ -23,6 +25,9 @@ fi
 # CPU (10 min wall on a busy 2-core machine), once per machine: cache ~/.cargo/bin in CI.
 if ! command -v moto_server >/dev/null 2>&1; then
     python3 -m pip install --quiet 'moto[server]'
+fi
+if ! command -v ansible-playbook >/dev/null 2>&1; then
+    python3 -m pip install --quiet ansible-core
 fi
 if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
     cargo install --quiet s3s-fs@0.14.1 --features binary --locked

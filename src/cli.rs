@@ -130,6 +130,37 @@ pub struct EnterArgs {
     /// Serve SFTP on stdin/stdout.
     #[arg(long)]
     pub sftp: bool,
+    /// Run the session on a terminal of the sandbox, of this size (ROWSxCOLS[xXPIXxYPIX]).
+    #[arg(long, value_parser = parse_winsize, conflicts_with = "sftp")]
+    pub pty: Option<WindowSize>,
+    /// Descriptor on which window sizes arrive (with --pty).
+    #[arg(long, requires = "pty")]
+    pub control_fd: Option<i32>,
+}
+
+/// A terminal window size.
+#[derive(Clone, Copy, Debug)]
+pub struct WindowSize(pub nix::pty::Winsize);
+
+/// "ROWSxCOLS" or "ROWSxCOLSxXPIXxYPIX".
+pub fn parse_winsize(s: &str) -> Result<WindowSize, String> {
+    let parts: Vec<u16> = s
+        .split('x')
+        .map(|p| {
+            p.parse::<u16>()
+                .map_err(|_| format!("'{s}' is not ROWSxCOLS"))
+        })
+        .collect::<Result<_, _>>()?;
+    let at = |i: usize| parts.get(i).copied().unwrap_or(0);
+    if parts.len() != 2 && parts.len() != 4 {
+        return Err(format!("'{s}' is not ROWSxCOLS"));
+    }
+    Ok(WindowSize(nix::pty::Winsize {
+        ws_row: at(0),
+        ws_col: at(1),
+        ws_xpixel: at(2),
+        ws_ypixel: at(3),
+    }))
 }
 
 /// `true`/`false` in any of the spellings `cray ims` users type (`True`, `False`, `1`, `0`).

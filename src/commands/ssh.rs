@@ -5,7 +5,7 @@ use anyhow::Result;
 use crate::cli::{EnterArgs, PackOptions, SshServerArgs};
 use crate::commands::squashfs::writer_options;
 use crate::context::Context;
-use crate::sandbox::enter::{self, SessionCommand, Target};
+use crate::sandbox::enter::{self, SessionCommand, Target, Terminal};
 use crate::store::Store;
 
 /// `internal-ssh-server`: serve until the job's complete/failed file or SIGTERM.
@@ -23,7 +23,7 @@ pub fn enter(args: &EnterArgs) -> Result<()> {
     };
     let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
     let never = if args.sftp {
-        enter::enter(target, || {
+        enter::enter(target, None, || {
             let home = std::path::Path::new("/root");
             crate::ssh::sftp::serve_stdio(home)
                 .map(|()| 0)
@@ -34,7 +34,17 @@ pub fn enter(args: &EnterArgs) -> Result<()> {
             Some(c) => SessionCommand::ShellCommand(c.clone()),
             None => SessionCommand::LoginShell,
         };
-        enter::enter(target, || enter::exec_session(&command, &env))?
+        let terminal = match args.pty {
+            Some(size) => Some(Terminal {
+                size: size.0,
+                control: args.control_fd.map(|fd| {
+                    // SAFETY: the SSH server passes this descriptor open, for us alone.
+                    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
+                }),
+            }),
+            None => None,
+        };
+        enter::enter(target, terminal, || enter::exec_session(&command, &env))?
     };
     match never {}
 }

@@ -17,11 +17,12 @@
 //! Joining a user namespace needs a single-threaded caller: this runs first thing in `main`.
 
 use std::ffi::CString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use nix::pty::Winsize;
 use nix::sched::{CloneFlags, setns};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::unistd::{ForkResult, Pid, fork};
@@ -40,6 +41,38 @@ pub struct Target {
     pub jailed: bool,
 }
 
+/// A terminal for the session, allocated inside the sandbox (its own devpts), so that `tty`,
+/// `ps` and `stty` inside see a terminal of theirs. This process relays between its standard
+/// streams and the terminal; window sizes arrive on `control` as 8-byte records
+/// (rows, cols, x pixels, y pixels; u16 little-endian).
+#[derive(Debug)]
+pub struct Terminal {
+    pub size: Winsize,
+    pub control: Option<OwnedFd>,
+}
+
+/// Encode a window size for [`Terminal::control`].
+pub fn encode_winsize(size: &Winsize) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    for (i, v) in [size.ws_row, size.ws_col, size.ws_xpixel, size.ws_ypixel]
+        .into_iter()
+        .enumerate()
+    {
+        out[i * 2..i * 2 + 2].copy_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+fn decode_winsize(b: &[u8; 8]) -> Winsize {
+    let at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    Winsize {
+        ws_row: at(0),
+        ws_col: at(2),
+        ws_xpixel: at(4),
+        ws_ypixel: at(6),
+    }
+}
+
 /// Namespaces joined, in this order: the user namespace first (it grants the rights to join the
 /// others), the pid namespace last (it only applies to children).
 const NAMESPACES: [(&str, CloneFlags); 6] = [
@@ -56,15 +89,23 @@ const NAMESPACES: [(&str, CloneFlags); 6] = [
 /// or does not return (exec). Errors before the child exists are returned.
 pub fn enter(
     target: Target,
+    terminal: Option<Terminal>,
     body: impl FnOnce() -> Result<i32>,
 ) -> Result<std::convert::Infallible> {
     let joined = join(target.pid1)?;
+    let pty = terminal
+        .map(|t| open_terminal(&t.size).map(|p| (p, t.control)))
+        .transpose()?;
     // SAFETY: this process is single-threaded (see the module comment).
     match unsafe { fork() }
         .map_err(|e| Error::sys("fork into the sandbox of", proc_path(target.pid1, ""), e))?
     {
         ForkResult::Child => {
-            let code = match inside(target, &joined).and_then(|()| body()) {
+            let slave = pty.map(|((master, name), _)| {
+                drop(master);
+                name
+            });
+            let code = match inside(target, &joined, slave.as_deref()).and_then(|()| body()) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("imsctl: {e}");
@@ -74,7 +115,130 @@ pub fn enter(
             // SAFETY: leave the child without running the parent's destructors.
             unsafe { libc::_exit(code) }
         }
-        ForkResult::Parent { child } => mirror(child),
+        ForkResult::Parent { child } => match pty {
+            Some(((master, _), control)) => relay(child, master, control),
+            None => mirror(child),
+        },
+    }
+}
+
+/// A new pty from the sandbox's /dev/ptmx: the master and the slave's path inside.
+fn open_terminal(size: &Winsize) -> Result<(OwnedFd, PathBuf)> {
+    use nix::fcntl::OFlag;
+    let ptmx = Path::new("/dev/ptmx");
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| Error::sys("open", ptmx, e))?;
+    nix::pty::grantpt(&master).map_err(|e| Error::sys("grant pty of", ptmx, e))?;
+    nix::pty::unlockpt(&master).map_err(|e| Error::sys("unlock pty of", ptmx, e))?;
+    let name = nix::pty::ptsname_r(&master).map_err(|e| Error::sys("name pty of", ptmx, e))?;
+    let master: OwnedFd = master.into();
+    set_window_size(&master, size);
+    Ok((master, PathBuf::from(name)))
+}
+
+fn set_window_size(master: &OwnedFd, size: &Winsize) {
+    // SAFETY: TIOCSWINSZ with a valid winsize on a pty master we own.
+    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, size) };
+}
+
+/// The terminal's side of a session: standard input to the terminal, the terminal to standard
+/// output, window sizes from `control`; ends as the child ends, once its output is drained.
+fn relay(child: Pid, master: OwnedFd, control: Option<OwnedFd>) -> ! {
+    let mut stdin_open = true;
+    let mut control = control;
+    let mut master_open = true;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let mut raw = 0;
+        // SAFETY: waitpid with a valid pointer to an int.
+        if unsafe { libc::waitpid(child.as_raw(), &mut raw, libc::WNOHANG) } == child.as_raw() {
+            drain(&master, &mut buf);
+            exit_like(raw);
+        }
+        let mut fds = vec![libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: if master_open { libc::POLLIN } else { 0 },
+            revents: 0,
+        }];
+        if stdin_open {
+            fds.push(pollfd(0));
+        }
+        if let Some(c) = &control {
+            fds.push(pollfd(c.as_raw_fd()));
+        }
+        // SAFETY: poll on valid pollfds; a short timeout so the child's exit is noticed.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        if n <= 0 {
+            continue;
+        }
+        for pfd in &fds {
+            if pfd.revents == 0 {
+                continue;
+            }
+            if pfd.fd == master.as_raw_fd() {
+                master_open = copy_once(pfd.fd, 1, &mut buf);
+            } else if pfd.fd == 0 {
+                stdin_open = copy_once(0, master.as_raw_fd(), &mut buf);
+            } else if control.as_ref().is_some_and(|c| c.as_raw_fd() == pfd.fd) {
+                let mut record = [0u8; 8];
+                let got = control.as_ref().map(|c| nix::unistd::read(c, &mut record));
+                match got {
+                    Some(Ok(8)) => set_window_size(&master, &decode_winsize(&record)),
+                    _ => control = None,
+                }
+            }
+        }
+    }
+}
+
+fn pollfd(fd: i32) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// Move what one read gives from `from` to `to`; false once `from` is at its end (or the pty
+/// reports EIO: every slave closed) or `to` is gone.
+fn copy_once(from: i32, to: i32, buf: &mut [u8]) -> bool {
+    // SAFETY: borrowing a descriptor this process keeps open for the call.
+    let from = unsafe { std::os::fd::BorrowedFd::borrow_raw(from) };
+    match nix::unistd::read(from, buf) {
+        Ok(0) => false,
+        Ok(n) => write_all(to, &buf[..n]),
+        Err(Errno::EINTR) | Err(Errno::EAGAIN) => true,
+        Err(_) => false,
+    }
+}
+
+fn write_all(fd: i32, mut data: &[u8]) -> bool {
+    // SAFETY: borrowing a descriptor this process keeps open for the call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    while !data.is_empty() {
+        match nix::unistd::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(Errno::EINTR) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// What the terminal still holds once the child is gone (a background process may keep the
+/// terminal open; as with sshd, it does not keep the session).
+fn drain(master: &OwnedFd, buf: &mut [u8]) {
+    let flags = nix::fcntl::fcntl(master, nix::fcntl::FcntlArg::F_GETFL)
+        .map(nix::fcntl::OFlag::from_bits_retain)
+        .unwrap_or(nix::fcntl::OFlag::empty());
+    let _ = nix::fcntl::fcntl(
+        master,
+        nix::fcntl::FcntlArg::F_SETFL(flags | nix::fcntl::OFlag::O_NONBLOCK),
+    );
+    while let Ok(n @ 1..) = nix::unistd::read(master, buf) {
+        if !write_all(1, &buf[..n]) {
+            break;
+        }
     }
 }
 
@@ -135,7 +299,7 @@ fn join(pid1: i32) -> Result<Joined> {
 }
 
 /// The child's setup inside the pid namespace, before `body`.
-fn inside(target: Target, joined: &Joined) -> Result<()> {
+fn inside(target: Target, joined: &Joined, terminal: Option<&Path>) -> Result<()> {
     // The parent is outside this pid namespace: getppid() is 0 while it lives, 1 once it died.
     process::die_with_parent(|| nix::unistd::getppid().as_raw() == 0)?;
     if target.jailed {
@@ -145,15 +309,8 @@ fn inside(target: Target, joined: &Joined) -> Result<()> {
     }
     process::reset_signals();
     nix::unistd::setsid().map_err(|e| Error::sys("start a session in", "/proc/self", e))?;
-    if nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
-        // SAFETY: TIOCSCTTY on our own standard input, a terminal.
-        if unsafe { libc::ioctl(0, libc::TIOCSCTTY as _, 0) } != 0 {
-            return Err(Error::sys(
-                "make controlling terminal",
-                "/dev/stdin",
-                Errno::last(),
-            ));
-        }
+    if let Some(path) = terminal {
+        attach_terminal(path)?;
     }
     if !joined.own_user_ns {
         // Real root: give up what pid 1's commands give up (see process::DROPPED_CAPS).
@@ -161,6 +318,30 @@ fn inside(target: Target, joined: &Joined) -> Result<()> {
     }
     let home = Path::new("/root");
     let _ = nix::unistd::chdir(if home.is_dir() { home } else { Path::new("/") });
+    Ok(())
+}
+
+/// Open the session's terminal (its first open makes it the controlling terminal of this new
+/// session) and make it the standard streams.
+fn attach_terminal(path: &Path) -> Result<()> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let slave = nix::fcntl::open(path, OFlag::O_RDWR, Mode::empty())
+        .map_err(|e| Error::sys("open terminal", path, e))?;
+    // SAFETY: TIOCSCTTY on the terminal just opened, in a session that has none.
+    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY as _, 0) } != 0 {
+        return Err(Error::sys("make controlling terminal", path, Errno::last()));
+    }
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors.
+        if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
+            return Err(Error::sys(
+                "attach standard streams to",
+                path,
+                Errno::last(),
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 //! the exit status, EOF and close, in that order, as sshd does.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -16,10 +16,10 @@ use nix::pty::Winsize;
 use russh::keys::PublicKey;
 use russh::server::{Auth, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelMsg, Sig};
-use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::keys;
+use crate::sandbox::enter::encode_winsize;
 
 /// How session processes are started: which sandbox, and as which view.
 #[derive(Debug, Clone)]
@@ -289,10 +289,8 @@ async fn run_channel(
     if let Some((term, _)) = &pty {
         env.push(("TERM".into(), term.clone()));
     }
-    let outcome = match pty {
-        Some((_, size)) => run_pty_session(&spawner, &start, env, size, &mut rx, &tx).await,
-        None => run_pipe_session(&spawner, &start, env, &mut rx, &tx).await,
-    };
+    let size = pty.map(|(_, size)| size);
+    let outcome = run_session(&spawner, &start, env, size, &mut rx, &tx).await;
     finish_channel(id, &handle, &tx, outcome).await;
 }
 
@@ -359,10 +357,13 @@ fn command_for(spawner: &Spawner, start: &Start) -> tokio::process::Command {
     cmd
 }
 
-async fn run_pipe_session(
+/// Run the session's process and pump its streams. With a terminal, `internal-enter` opens it
+/// inside the sandbox and relays it over the same pipes; window sizes go down a control pipe.
+async fn run_session(
     spawner: &Spawner,
     start: &Start,
     env: Vec<(String, String)>,
+    pty: Option<Winsize>,
     rx: &mut russh::ChannelReadHalf,
     tx: &russh::ChannelWriteHalf<Msg>,
 ) -> Outcome {
@@ -371,7 +372,19 @@ async fn run_pipe_session(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = match cmd.spawn() {
+    let control = match pty.map(|size| with_terminal(&mut cmd, &size)).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::NotStarted(format!("imsctl: failed to set up the terminal: {e}\n"));
+        }
+    };
+    let spawned = cmd.spawn();
+    // The session has its own copy of the control pipe's read end now.
+    let mut control = control.map(|(read, write)| {
+        drop(read);
+        std::fs::File::from(write)
+    });
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return Outcome::NotStarted(spawn_error(spawner, &e)),
     };
@@ -393,6 +406,15 @@ async fn run_pipe_session(
                     }
                 }
                 Some(ChannelMsg::Eof) => stdin = None,
+                Some(ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height }) => {
+                    if let Some(pipe) = control.as_mut() {
+                        let size = winsize(col_width, row_height, pix_width, pix_height);
+                        // 8 bytes into an empty-most-of-the-time pipe: never blocks for long.
+                        if std::io::Write::write_all(pipe, &encode_winsize(&size)).is_err() {
+                            control = None;
+                        }
+                    }
+                }
                 Some(ChannelMsg::Signal { signal }) => forward_signal(child.id(), &signal),
                 None | Some(ChannelMsg::Close) => {
                     let _ = child.kill().await;
@@ -427,137 +449,37 @@ async fn copy_out(
     let _ = to.flush().await;
 }
 
-async fn run_pty_session(
-    spawner: &Spawner,
-    start: &Start,
-    env: Vec<(String, String)>,
-    size: Winsize,
-    rx: &mut russh::ChannelReadHalf,
-    tx: &russh::ChannelWriteHalf<Msg>,
-) -> Outcome {
-    let pty = match nix::pty::openpty(Some(&size), None) {
-        Ok(p) => p,
-        Err(e) => return Outcome::NotStarted(format!("imsctl: failed to open a pty: {e}\n")),
-    };
-    let stdio = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
-    let (Ok(i), Ok(o), Ok(e)) = (stdio(&pty.slave), stdio(&pty.slave), stdio(&pty.slave)) else {
-        return Outcome::NotStarted("imsctl: failed to duplicate the pty\n".into());
-    };
-    let mut cmd = command_for(spawner, start);
-    cmd.envs(env).stdin(i).stdout(o).stderr(e);
-    let spawned = cmd.spawn();
-    // Ours and the command's copies of the slave closed: only the session holds it now.
-    drop(cmd);
-    drop(pty.slave);
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => return Outcome::NotStarted(spawn_error(spawner, &e)),
-    };
-    let master = match nonblocking(pty.master) {
-        Ok(m) => Arc::new(m),
-        Err(e) => {
-            let _ = child.kill().await;
-            return Outcome::NotStarted(format!("imsctl: failed to watch the pty: {e}\n"));
-        }
-    };
-    let (exited, exit_seen) = tokio::sync::oneshot::channel();
-    let out = tokio::spawn(copy_from_pty(master.clone(), tx.make_writer(), exit_seen));
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status,
-            msg = rx.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    if write_to_pty(&master, &data).await.is_err() {
-                        break child.wait().await;
-                    }
-                }
-                Some(ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height }) => {
-                    set_window_size(&master, winsize(col_width, row_height, pix_width, pix_height));
-                }
-                Some(ChannelMsg::Signal { signal }) => forward_signal(child.id(), &signal),
-                None | Some(ChannelMsg::Close) => {
-                    let _ = child.kill().await;
-                    return Outcome::ClientGone;
-                }
-                Some(_) => {}
-            }
-        }
-    };
-    let _ = exited.send(());
-    let _ = out.await;
-    outcome_of(status)
-}
-
-fn nonblocking(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
-    let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
-    let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
-    // SAFETY: an OwnedFd keeps its descriptor open and the same for the AsyncFd's whole life.
-    unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
-}
-
-/// Copy the session's terminal output until every slave descriptor is closed (EIO) or, once the
-/// session's process exited, until nothing more is buffered: as with sshd, a background process
-/// still holding the terminal does not keep the channel open.
-async fn copy_from_pty(
-    master: Arc<AsyncFd<OwnedFd>>,
-    mut to: impl tokio::io::AsyncWrite + Unpin,
-    mut exited: tokio::sync::oneshot::Receiver<()>,
-) {
-    let mut buf = vec![0u8; 32 * 1024];
-    let mut draining = false;
-    loop {
-        let read = if draining {
-            // Non-blocking descriptor: EAGAIN once the buffer is empty.
-            nix::unistd::read(master.get_ref(), &mut buf).map_err(std::io::Error::from)
-        } else {
-            tokio::select! {
-                ready = master.readable() => {
-                    let Ok(mut guard) = ready else { break };
-                    match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), &mut buf).map_err(Into::into)) {
-                        Ok(read) => read,
-                        Err(_would_block) => continue,
-                    }
-                }
-                _ = &mut exited => {
-                    draining = true;
-                    continue;
-                }
-            }
-        };
-        match read {
-            Ok(0) | Err(_) => break, // EIO: every slave closed; EAGAIN while draining: all sent
-            Ok(n) => {
-                if to.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = to.flush().await;
-}
-
-async fn write_to_pty(master: &AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Result<()> {
-    while !data.is_empty() {
-        let mut guard = master.writable().await?;
-        match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(Into::into)) {
-            Ok(Ok(n)) => data = &data[n..],
-            Ok(Err(e)) => return Err(e),
-            Err(_would_block) => continue,
-        }
-    }
-    Ok(())
-}
-
-fn set_window_size(master: &AsyncFd<OwnedFd>, size: Winsize) {
-    // SAFETY: TIOCSWINSZ with a valid winsize on a pty master we own.
+/// Ask `internal-enter` for a terminal of `size`, and hand it the read end of a control pipe
+/// as descriptor 3. Returns both ends: the read end must stay open until the spawn.
+fn with_terminal(
+    cmd: &mut tokio::process::Command,
+    size: &Winsize,
+) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    cmd.arg("--pty")
+        .arg(format!(
+            "{}x{}x{}x{}",
+            size.ws_row, size.ws_col, size.ws_xpixel, size.ws_ypixel
+        ))
+        .arg("--control-fd")
+        .arg("3");
+    let raw = read.as_raw_fd();
+    // SAFETY: dup2/fcntl only, between fork and exec; `read` stays open until after the spawn
+    // (the caller drops it), so the number refers to it.
     unsafe {
-        libc::ioctl(
-            master.get_ref().as_fd().as_raw_fd(),
-            libc::TIOCSWINSZ,
-            &size,
-        )
-    };
+        cmd.pre_exec(move || {
+            if raw == 3 {
+                // Already in place: only its close-on-exec flag must go.
+                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok((read, write))
 }
 
 /// The client's signal request goes to `internal-enter`, which passes it to the process.

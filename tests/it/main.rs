@@ -5,4 +5,5 @@ mod common;
 mod engine;
 mod repack;
 mod sftp;
+mod ssh;
 mod workflow;

@@ -25,45 +25,45 @@ const IMAGE_RESOLV_TARGET: &str = "../run/systemd/resolve/stub-resolv.conf";
 const PING_CAPABILITY: &str = "security.capability=0x0100000200200000000000000000000000000000";
 
 /// A temp store of its own for one test, and a scratch dir beside it for inputs.
-struct Store {
-    dir: tempfile::TempDir,
+pub(crate) struct Store {
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Store {
-    fn new() -> Store {
+    pub(crate) fn new() -> Store {
         let dir = tempfile::tempdir().expect("tempdir");
         Store { dir }
     }
 
-    fn root(&self) -> PathBuf {
+    pub(crate) fn root(&self) -> PathBuf {
         self.dir.path().join("store")
     }
 
     /// A file beside the store (inputs such as scripts and certificates).
-    fn scratch(&self, name: &str, contents: &str) -> PathBuf {
+    pub(crate) fn scratch(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         fs::write(&path, contents).expect("write scratch file");
         path
     }
 
-    fn cmd(&self) -> Command {
+    pub(crate) fn cmd(&self) -> Command {
         let mut c = imsctl();
         c.arg("--store").arg(self.root()).arg("--quiet");
         c
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
         let out = run(self.cmd().args(args));
         parse_json(&out)
     }
 
     /// `imsctl customize SRC ARGS…`, which must succeed; its JSON result.
-    fn customize(&self, src: &str, args: &[&str]) -> Value {
+    pub(crate) fn customize(&self, src: &str, args: &[&str]) -> Value {
         let out = run(self.cmd().arg("customize").arg(src).args(args));
         parse_json(&out)
     }
 
-    fn import(&self, src: &Path) -> String {
+    pub(crate) fn import(&self, src: &Path) -> String {
         let rec = self.json(&[
             "images",
             "import",
@@ -76,7 +76,7 @@ impl Store {
         str_field(&rec, "id")
     }
 
-    fn image_ids(&self) -> BTreeSet<String> {
+    pub(crate) fn image_ids(&self) -> BTreeSet<String> {
         let list = self.json(&["images", "list", "--format", "json"]);
         list.as_array()
             .expect("images list is an array")
@@ -85,37 +85,37 @@ impl Store {
             .collect()
     }
 
-    fn jobs(&self) -> Vec<Value> {
+    pub(crate) fn jobs(&self) -> Vec<Value> {
         let list = self.json(&["jobs", "list", "--format", "json"]);
         list.as_array().expect("jobs list is an array").clone()
     }
 
-    fn job(&self, id: &str) -> Value {
+    pub(crate) fn job(&self, id: &str) -> Value {
         self.json(&["jobs", "describe", id, "--format", "json"])
     }
 
     /// The one job of this store (for `customize`, which does not print the id on failure).
-    fn only_job(&self) -> Value {
+    pub(crate) fn only_job(&self) -> Value {
         let jobs = self.jobs();
         assert_eq!(jobs.len(), 1, "one job in the store: {jobs:?}");
         jobs[0].clone()
     }
 
     /// Names of the entries under `<store>/artifacts`.
-    fn artifact_dirs(&self) -> BTreeSet<String> {
+    pub(crate) fn artifact_dirs(&self) -> BTreeSet<String> {
         names_in(&self.root().join("artifacts"))
     }
 
-    fn rootfs(&self, image_id: &str) -> PathBuf {
+    pub(crate) fn rootfs(&self, image_id: &str) -> PathBuf {
         self.root().join("artifacts").join(image_id).join("rootfs")
     }
 
-    fn work_dir(&self, job_id: &str) -> PathBuf {
+    pub(crate) fn work_dir(&self, job_id: &str) -> PathBuf {
         self.root().join("work").join(job_id)
     }
 
     /// `jobs create` on an image; the new job's id.
-    fn create_job(&self, image_id: &str, extra: &[&str]) -> String {
+    pub(crate) fn create_job(&self, image_id: &str, extra: &[&str]) -> String {
         let mut args = vec![
             "jobs",
             "create",
@@ -132,23 +132,23 @@ impl Store {
         str_field(&job, "id")
     }
 
-    fn exec(&self, job_id: &str, argv: &[&str]) -> String {
+    pub(crate) fn exec(&self, job_id: &str, argv: &[&str]) -> String {
         run(self.cmd().args(["jobs", "exec", job_id, "--"]).args(argv))
     }
 }
 
-fn parse_json(text: &str) -> Value {
+pub(crate) fn parse_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
 }
 
-fn str_field(v: &Value, key: &str) -> String {
+pub(crate) fn str_field(v: &Value, key: &str) -> String {
     v[key]
         .as_str()
         .unwrap_or_else(|| panic!("no string field {key} in {v:#}"))
         .to_string()
 }
 
-fn names_in(dir: &Path) -> BTreeSet<String> {
+pub(crate) fn names_in(dir: &Path) -> BTreeSet<String> {
     match fs::read_dir(dir) {
         Ok(entries) => entries
             .map(|e| {
@@ -247,7 +247,7 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 }
 
 /// Wait (bounded) until `check` holds; false on timeout.
-fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     loop {
         if check() {
@@ -722,12 +722,12 @@ fn jobs_fail_publishes_nothing_and_delete_removes_every_trace() {
 // 5. The interactive shell, typed into through tmux.
 
 /// A tmux server of its own (own socket), killed on drop.
-struct Tmux {
+pub(crate) struct Tmux {
     socket: PathBuf,
 }
 
 impl Tmux {
-    fn start(dir: &Path, command: &str) -> Tmux {
+    pub(crate) fn start(dir: &Path, command: &str) -> Tmux {
         let tmux = Tmux {
             socket: dir.join("tmux.sock"),
         };
@@ -741,18 +741,18 @@ impl Tmux {
         tmux
     }
 
-    fn cmd(&self) -> Command {
+    pub(crate) fn cmd(&self) -> Command {
         let mut c = Command::new("tmux");
         c.arg("-S").arg(&self.socket);
         c
     }
 
-    fn type_line(&self, line: &str) {
+    pub(crate) fn type_line(&self, line: &str) {
         run(self.cmd().args(["send-keys", "-t", "t", "-l", line]));
         run(self.cmd().args(["send-keys", "-t", "t", "Enter"]));
     }
 
-    fn screen(&self) -> String {
+    pub(crate) fn screen(&self) -> String {
         run(self
             .cmd()
             .args(["capture-pane", "-p", "-t", "t", "-S", "-200"]))

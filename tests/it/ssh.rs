@@ -1,0 +1,449 @@
+//! SSH access to a job (IMS options 1 and 2) with the real OpenSSH client and real Ansible:
+//! ssh in, run commands, scp/sftp files, an interactive shell through tmux, the seed's Ansible
+//! commands and sample playbook; a foreign key is refused; the complete file packs the job and
+//! the server is gone afterwards. Results are checked in the packed image with unsquashfs.
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::*;
+use crate::workflow::{Store, Tmux, str_field, wait_for};
+
+/// A store with the tiny image, a key pair registered as a public-key record, and the OpenSSH
+/// client's files (known_hosts) kept in the store's temp dir.
+struct SshSetup {
+    store: Store,
+    image: String,
+    key: PathBuf,
+    key_id: String,
+}
+
+impl SshSetup {
+    /// None (with a note) when the OpenSSH client is missing; CI installs it.
+    fn new(test: &str) -> Option<SshSetup> {
+        if !have("ssh") || !have("ssh-keygen") {
+            eprintln!("{test}: skipped, ssh/ssh-keygen (openssh-client) not installed");
+            return None;
+        }
+        let store = Store::new();
+        let image = store.import(tiny_image());
+        let key = keypair(store.dir.path(), "id_ed25519");
+        let pub_path = key.with_extension("pub");
+        let rec = store.json(&[
+            "public-keys",
+            "create",
+            "--name",
+            "test key",
+            "--public-key",
+            pub_path.to_str().expect("utf-8"),
+            "--format",
+            "json",
+        ]);
+        let key_id = str_field(&rec, "id");
+        fs::create_dir_all(store.dir.path().join("home/.ssh")).expect("mkdir home");
+        Some(SshSetup {
+            store,
+            image,
+            key,
+            key_id,
+        })
+    }
+
+    /// `jobs create --public-key-id`: the job record, with its server listening.
+    fn create_job(&self, extra: &[&str]) -> Value {
+        let mut args = vec![
+            "jobs",
+            "create",
+            "--artifact-id",
+            &self.image,
+            "--image-root-archive-name",
+            "over-ssh",
+            "--public-key-id",
+            &self.key_id,
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        self.store.json(&args)
+    }
+
+    fn home(&self) -> PathBuf {
+        self.store.dir.path().join("home")
+    }
+
+    /// An OpenSSH client command as the seed types it (`-p PORT`, `-i KEY`,
+    /// StrictHostKeyChecking=no), with HOME in the temp dir so known_hosts lands there.
+    fn client(&self, tool: &str, port: u16, key: &Path) -> Command {
+        let mut c = Command::new(tool);
+        c.env("HOME", self.home())
+            .arg(if tool == "ssh" { "-p" } else { "-P" })
+            .arg(port.to_string())
+            .arg("-i")
+            .arg(key)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                &format!(
+                    "UserKnownHostsFile={}",
+                    self.home().join(".ssh/known_hosts").display()
+                ),
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "LogLevel=ERROR",
+            ]);
+        c
+    }
+
+    fn ssh(&self, port: u16, command: &str) -> Output {
+        self.client("ssh", port, &self.key)
+            .arg("root@127.0.0.1")
+            .arg(command)
+            .output()
+            .expect("run ssh")
+    }
+}
+
+fn keypair(dir: &Path, name: &str) -> PathBuf {
+    let key = dir.join(name);
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key));
+    key
+}
+
+/// Host and port from the record, as the procedure tells users to read them.
+fn connection(job: &Value) -> (String, u16) {
+    let info = &job["ssh_containers"][0]["connection_info"]["customer_access"];
+    let host = info["host"].as_str().expect("host").to_string();
+    let port = info["port"].as_u64().expect("port") as u16;
+    assert_eq!(
+        job["ssh_containers"][0]["connection_info"]["cluster.local"], *info,
+        "both connection entries point at the server"
+    );
+    (host, port)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Wait until the job leaves waiting_on_user / packaging_artifacts; its final record.
+fn wait_until_done(store: &Store, id: &str) -> Value {
+    let mut last = Value::Null;
+    let done = wait_for(Duration::from_secs(90), || {
+        last = store.job(id);
+        last["status"] == "success" || last["status"] == "error"
+    });
+    assert!(done, "job {id} did not finish: {last:#}");
+    last
+}
+
+fn listening(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+fn pid_alive(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn ssh_runs_commands_copies_files_refuses_other_keys_and_the_complete_file_packs() {
+    let Some(s) = SshSetup::new("ssh_runs_commands") else {
+        return;
+    };
+    let job = s.create_job(&[]);
+    assert_eq!(job["status"], "waiting_on_user", "{job:#}");
+    assert_eq!(job["ssh_containers"][0]["status"], "ready", "{job:#}");
+    assert_eq!(job["ssh_containers"][0]["jail"], false);
+    let (host, port) = connection(&job);
+    assert_eq!(host, "127.0.0.1");
+    assert!(port > 0);
+    let id = str_field(&job, "id");
+    let server_pid = job["ssh_containers"][0]["server_pid"]
+        .as_i64()
+        .expect("pid");
+
+    // Option 1: a command, its streams apart, its exit status passed back. Not jailed: the
+    // image is at /mnt/image/image-root.
+    let out = s.ssh(
+        port,
+        "echo out; echo err >&2; id -u; hostname; head -1 /mnt/image/image-root/etc/os-release; exit 3",
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "out\n0\nimsctl-over-ssh\nNAME=\"tiny\"\n"
+    );
+    assert_eq!(text(&out.stderr), "err\n");
+
+    // scp in (the SFTP protocol, as OpenSSH 9 does by default), sftp for the rest.
+    let blob = s.store.dir.path().join("blob");
+    let content: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(&blob, &content).expect("write blob");
+    run(s
+        .client("scp", port, &s.key)
+        .arg(&blob)
+        .arg("root@127.0.0.1:/mnt/image/image-root/root/blob"));
+    let batch = s.store.scratch(
+        "batch",
+        "mkdir /mnt/image/image-root/root/from-sftp\nchmod 750 /mnt/image/image-root/root/from-sftp\nls -l /mnt/image/image-root/root\n",
+    );
+    let listing = run(s
+        .client("sftp", port, &s.key)
+        .arg("-b")
+        .arg(&batch)
+        .arg("root@127.0.0.1"));
+    assert!(
+        listing.contains("1500000"),
+        "sftp ls -l shows the copy: {listing}"
+    );
+
+    // Another key is refused, and nothing runs.
+    let other = keypair(s.store.dir.path(), "other_key");
+    let refused = s
+        .client("ssh", port, &other)
+        .arg("root@127.0.0.1")
+        .arg("touch /mnt/image/image-root/should-not-exist")
+        .output()
+        .expect("ssh");
+    assert_eq!(refused.status.code(), Some(255));
+    assert!(
+        text(&refused.stderr).contains("Permission denied"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    // The complete file closes the sessions, packs and publishes; the server goes away.
+    let out = s.ssh(port, "touch /mnt/image/complete");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let done = wait_until_done(&s.store, &id);
+    assert_eq!(done["status"], "success", "{done:#}");
+    assert_eq!(done["ssh_containers"][0]["status"], "complete");
+    let image = str_field(&done, "resultant_image_id");
+    let rootfs = s.store.rootfs(&image);
+    assert_eq!(unsquashfs_cat(&rootfs, "root/blob"), content);
+    let listing = unsquashfs_lln(&rootfs);
+    assert!(
+        listing.contains("drwxr-x--- 0/0") && listing.contains("squashfs-root/root/from-sftp"),
+        "{listing}"
+    );
+    assert!(!listing.contains("should-not-exist"));
+    assert!(!listing.contains("complete"), "no signal file in the image");
+    assert!(
+        wait_for(Duration::from_secs(10), || !listening(port)
+            && !pid_alive(server_pid)),
+        "the server is gone after the job ended"
+    );
+}
+
+#[test]
+fn ansible_option_two_and_the_sample_playbook_run_as_the_seed_writes_them() {
+    let Some(s) = SshSetup::new("ansible_option_two") else {
+        return;
+    };
+    if !have("ansible") || !have("ansible-playbook") {
+        eprintln!("ansible_option_two: skipped, ansible-core not installed");
+        return;
+    }
+    let job = s.create_job(&[]);
+    let (host, port) = connection(&job);
+    let id = str_field(&job, "id");
+    let ansible = |program: &str| {
+        let mut c = Command::new(program);
+        c.env("HOME", s.home())
+            .env("ANSIBLE_LOCAL_TEMP", s.home().join(".ansible/tmp"))
+            .current_dir(s.store.dir.path());
+        c
+    };
+
+    // `ansible all -i $IMS_SSH_HOST, -m ping --ssh-extra-args "-p … -i … -o …" -u root`
+    let ping = run(ansible("ansible")
+        .args([
+            "all",
+            "-i",
+            &format!("{host},"),
+            "-m",
+            "ping",
+            "--ssh-extra-args",
+        ])
+        .arg(format!(
+            " -p {port} -i {} -o StrictHostKeyChecking=no",
+            s.key.display()
+        ))
+        .args(["-u", "root"]));
+    assert!(
+        ping.contains("SUCCESS") && ping.contains("\"ping\": \"pong\""),
+        "{ping}"
+    );
+
+    // The inventory and the sample playbook, paths kept. The image has no dracut, so the
+    // chroot task runs a tool the image has, the same way.
+    let dir = s.store.dir.path();
+    fs::write(
+        dir.join("inventory.ini"),
+        format!(
+            "myimage-customize ansible_user=root ansible_host={host} ansible_port={port} \
+             ansible_ssh_private_key_file={} ansible_ssh_common_args='-o StrictHostKeyChecking=no'\n",
+            s.key.display()
+        ),
+    )
+    .expect("inventory");
+    fs::write(dir.join("nothing_file"), "").expect("nothing_file");
+    fs::write(
+        dir.join("sample_playbook.yml"),
+        r#"---
+- hosts: all
+  remote_user: root
+  tasks:
+    - name: Look at the image root
+      command: "ls -l /mnt/image/image-root"
+    - name: chroot and run a tool of the image (the seed runs dracut)
+      command: "chroot /mnt/image/image-root /bin/sh -c 'echo configured > /etc/by-ansible'"
+    - name: example copying file with owner and permissions
+      copy:
+        src: sample_playbook.yml
+        dest: /mnt/image/image-root/tmp
+    - name: Exit the build container
+      copy:
+        src: nothing_file
+        dest: /mnt/image/complete
+"#,
+    )
+    .expect("playbook");
+    let played =
+        run(ansible("ansible-playbook").args(["-i", "./inventory.ini", "sample_playbook.yml"]));
+    assert!(
+        played.contains("failed=0") && played.contains("ok=5"),
+        "{played}"
+    );
+
+    let done = wait_until_done(&s.store, &id);
+    assert_eq!(done["status"], "success", "{done:#}");
+    let rootfs = s.store.rootfs(&str_field(&done, "resultant_image_id"));
+    assert_eq!(unsquashfs_cat(&rootfs, "etc/by-ansible"), b"configured\n");
+    assert_eq!(
+        unsquashfs_cat(&rootfs, "tmp/sample_playbook.yml"),
+        fs::read(dir.join("sample_playbook.yml")).expect("read playbook")
+    );
+    assert!(!listening(port), "the server is gone after the job ended");
+}
+
+#[test]
+fn jailed_interactive_shell_has_a_terminal_of_its_own_and_tmp_complete_ends_it() {
+    let Some(s) = SshSetup::new("jailed_interactive_shell") else {
+        return;
+    };
+    if !have("tmux") {
+        eprintln!("jailed_interactive_shell: skipped, tmux missing");
+        return;
+    }
+    let job = s.create_job(&["--ssh-containers-jail", "true"]);
+    assert_eq!(job["ssh_containers"][0]["jail"], true);
+    let (_, port) = connection(&job);
+    let id = str_field(&job, "id");
+    let command = format!(
+        "HOME={} ssh -p {port} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR root@127.0.0.1",
+        s.home().display(),
+        s.key.display()
+    );
+    let tmux = Tmux::start(s.store.dir.path(), &command);
+    // Jailed: / is the image; the terminal is the sandbox's own, of the pane's size.
+    tmux.type_line("tty; stty size; test -d /mnt/image || echo jailed-$((40+2))");
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let screen = tmux.screen();
+            screen.contains("/dev/pts/0\n50 160\njailed-42")
+        }),
+        "a terminal inside the sandbox:\n{}",
+        tmux.screen()
+    );
+    run(tmux
+        .cmd()
+        .args(["resize-window", "-t", "t", "-x", "120", "-y", "40"]));
+    tmux.type_line("stty size; echo $((6*7))-resized");
+    assert!(
+        wait_for(Duration::from_secs(20), || tmux
+            .screen()
+            .contains("40 120\n42-resized")),
+        "the window change reaches the terminal:\n{}",
+        tmux.screen()
+    );
+    tmux.type_line("echo typed > /root/typed; touch /tmp/complete");
+    let done = wait_until_done(&s.store, &id);
+    assert_eq!(done["status"], "success", "{done:#}");
+    let rootfs = s.store.rootfs(&str_field(&done, "resultant_image_id"));
+    assert_eq!(unsquashfs_cat(&rootfs, "root/typed"), b"typed\n");
+    assert!(
+        !unsquashfs_lln(&rootfs).contains("tmp/complete"),
+        "the jailed signal file is not packed"
+    );
+}
+
+#[test]
+fn jobs_commands_while_the_server_runs() {
+    let Some(s) = SshSetup::new("jobs_commands_while_serving") else {
+        return;
+    };
+    let job = s.create_job(&[]);
+    let (_, port) = connection(&job);
+    let id = str_field(&job, "id");
+    // exec joins the sandbox the server holds: what it writes, ssh sees.
+    s.store.exec(
+        &id,
+        &["sh", "-c", "echo via-exec > /mnt/image/image-root/root/x"],
+    );
+    let seen = s.ssh(port, "cat /mnt/image/image-root/root/x");
+    assert_eq!(text(&seen.stdout), "via-exec\n");
+    // The interactive shell is the server's now.
+    let refused = run_failing(s.store.cmd().args(["jobs", "shell", &id]));
+    let msg = text(&refused.stderr);
+    assert!(
+        msg.contains("served over SSH") && msg.contains(&format!("127.0.0.1:{port}")),
+        "{msg}"
+    );
+    // `jobs complete` stops the server, then packs in the foreground.
+    let result = s.store.json(&["jobs", "complete", &id]);
+    let image = str_field(&result["ims_image_record"], "id");
+    assert_eq!(
+        unsquashfs_cat(&s.store.rootfs(&image), "root/x"),
+        b"via-exec\n"
+    );
+    assert!(!listening(port));
+
+    // `jobs delete` of a serving job stops its server too.
+    let job = s.create_job(&["--ssh-listen", "127.0.0.1:0"]);
+    let (_, port) = connection(&job);
+    let id = str_field(&job, "id");
+    assert!(listening(port));
+    run(s.store.cmd().args(["jobs", "delete", &id]));
+    assert!(!listening(port));
+    assert!(!s.store.work_dir(&id).exists());
+}
+
+#[test]
+fn a_bad_listen_address_fails_before_any_work() {
+    let Some(s) = SshSetup::new("bad_listen_address") else {
+        return;
+    };
+    let out = run_failing(s.store.cmd().args([
+        "jobs",
+        "create",
+        "--artifact-id",
+        &s.image,
+        "--image-root-archive-name",
+        "x",
+        "--public-key-id",
+        &s.key_id,
+        "--ssh-listen",
+        "localhost",
+    ]));
+    assert!(text(&out.stderr).contains("--ssh-listen 'localhost' is not ADDRESS:PORT"));
+    assert!(s.store.jobs().is_empty(), "no job record was left");
+}
