@@ -34,16 +34,13 @@ pub fn enter(args: &EnterArgs) -> Result<()> {
             Some(c) => SessionCommand::ShellCommand(c.clone()),
             None => SessionCommand::LoginShell,
         };
-        let terminal = match args.pty {
-            Some(size) => Some(Terminal {
-                size: size.0,
-                control: args.control_fd.map(|fd| {
-                    // SAFETY: the SSH server passes this descriptor open, for us alone.
-                    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
-                }),
+        let terminal = args.pty.map(|size| Terminal {
+            size: size.0,
+            control: args.control_fd.map(|fd| {
+                // SAFETY: the SSH server passes this descriptor open, for us alone.
+                unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
             }),
-            None => None,
-        };
+        });
         enter::enter(target, terminal, || enter::exec_session(&command, &env))?
     };
     match never {}
