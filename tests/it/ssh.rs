@@ -447,3 +447,106 @@ fn a_bad_listen_address_fails_before_any_work() {
     assert!(text(&out.stderr).contains("--ssh-listen 'localhost' is not ADDRESS:PORT"));
     assert!(s.store.jobs().is_empty(), "no job record was left");
 }
+
+#[test]
+fn rootless_job_serves_ssh_and_files_written_over_it_belong_to_root_in_the_image() {
+    let Some(s) = SshSetup::new("rootless_ssh") else {
+        return;
+    };
+    if !is_root() || !have("setpriv") {
+        eprintln!(
+            "rootless_ssh: needs root and setpriv to switch to an unprivileged user: skipped"
+        );
+        return;
+    }
+    // A store of nobody's, and imsctl run as nobody (the server is then nobody's too).
+    let top = s.store.dir.path();
+    let store = top.join("rootless-store");
+    let home = top.join("rootless-home");
+    fs::create_dir_all(&store).expect("mkdir");
+    fs::create_dir_all(&home).expect("mkdir");
+    let txz = top.join("tiny.txz");
+    fs::copy(tiny_image(), &txz).expect("copy image");
+    let pub_key = top.join("key.pub");
+    fs::copy(s.key.with_extension("pub"), &pub_key).expect("copy key");
+    run(Command::new("chmod").arg("755").arg(top));
+    run(Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&store)
+        .arg(&home));
+    let nobody = |args: &[&str]| -> Value {
+        let out = run(Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg("env")
+            .arg(format!("HOME={}", home.display()))
+            .arg(env!("CARGO_BIN_EXE_imsctl"))
+            .arg("--store")
+            .arg(&store)
+            .arg("--quiet")
+            .args(args)
+            .args(["--format", "json"]));
+        serde_json::from_str(&out).expect("json")
+    };
+    let image = str_field(
+        &nobody(&[
+            "images",
+            "import",
+            txz.to_str().expect("utf-8"),
+            "--name",
+            "b",
+        ]),
+        "id",
+    );
+    let key = str_field(
+        &nobody(&[
+            "public-keys",
+            "create",
+            "--name",
+            "k",
+            "--public-key",
+            pub_key.to_str().expect("utf-8"),
+        ]),
+        "id",
+    );
+    let job = nobody(&[
+        "jobs",
+        "create",
+        "--artifact-id",
+        &image,
+        "--image-root-archive-name",
+        "rootless",
+        "--public-key-id",
+        &key,
+    ]);
+    let (_, port) = connection(&job);
+    let out = s.ssh(
+        port,
+        "id -u > /mnt/image/image-root/root/uid; touch /mnt/image/complete",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = str_field(&job, "id");
+    let mut done = Value::Null;
+    assert!(
+        wait_for(Duration::from_secs(90), || {
+            done = nobody(&["jobs", "describe", &id]);
+            done["status"] == "success" || done["status"] == "error"
+        }),
+        "{done:#}"
+    );
+    assert_eq!(done["status"], "success", "{done:#}");
+    let rootfs = store
+        .join("artifacts")
+        .join(str_field(&done, "resultant_image_id"))
+        .join("rootfs");
+    assert_eq!(unsquashfs_cat(&rootfs, "root/uid"), b"0\n");
+    let listing = unsquashfs_lln(&rootfs);
+    assert!(listing.contains("-rw-r--r-- 0/0"), "{listing}");
+    let line = listing
+        .lines()
+        .find(|l| l.ends_with("squashfs-root/root/uid"))
+        .expect("root/uid listed");
+    assert!(
+        line.starts_with("-rw-r--r-- 0/0 "),
+        "root owns what root wrote over ssh: {line}"
+    );
+}
