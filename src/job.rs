@@ -572,9 +572,10 @@ impl S3Destination {
     }
 }
 
-/// Publish to S3 while packing: `pack` builds the rootfs and reports how far the file is final,
-/// and its parts go up as they become final (part 1, with the superblock, once the image is
-/// complete). Then kernel, initrd and manifest.json. Nothing is left in the bucket unless every
+/// Pack with `pack`, then publish rootfs, kernel, initrd and manifest.json to S3. With
+/// `stream_uploads`, the rootfs goes up while it is packed: `pack` reports how far the file is
+/// final, and its parts go up as they become final (part 1, with the superblock, once the image
+/// is complete). Nothing is left in the bucket unless every
 /// object is in place and checked; the caller registers the image afterwards.
 fn publish_to_s3(
     ctx: &Context,
@@ -593,6 +594,24 @@ fn publish_to_s3(
     };
     let resume = Resume::on(Some(layout.work().join("s3-uploads")));
     let mut publication = Publication::begin(&s3.client, &s3.dest, image_id, &meta, &resume)?;
+    if !s3.client.config().stream_uploads {
+        pack(&mut |_| Ok(()))?;
+        for (kind, path) in [
+            (ArtifactKind::Rootfs, rootfs),
+            (ArtifactKind::Kernel, kernel),
+            (ArtifactKind::Initrd, initrd),
+        ] {
+            publication.upload(
+                &ArtifactFile {
+                    kind,
+                    path,
+                    md5: None,
+                },
+                ctx,
+            )?;
+        }
+        return Ok(publication.finish()?);
+    }
     let sent = Arc::new(AtomicU64::new(0));
     let mut streaming = None;
     let _ticker = CounterTicker::start(ctx.bytes_bar("rootfs→S3", None), sent.clone());
@@ -608,11 +627,15 @@ fn publish_to_s3(
         Ok(())
     })?;
     let upload = streaming.ok_or_else(|| anyhow!("internal: the rootfs upload never started"))?;
-    let early = upload.parts_sent_early();
-    publication.add_streamed(ArtifactKind::Rootfs, upload)?;
+    let streamed = publication.add_streamed(ArtifactKind::Rootfs, upload)?;
+    let stats = &streamed.stats;
     ctx.info(format!(
-        "rootfs uploaded to {}/{image_id}/rootfs, {early} parts while packing",
-        s3.dest
+        "rootfs uploaded to {}/{image_id}/rootfs: {} of {} parts while packing, done {:.2}s after packing (md5sum metadata copy {:.2}s)",
+        s3.dest,
+        stats.parts_while_writing,
+        stats.parts,
+        stats.after_writer.as_secs_f64(),
+        stats.metadata_copy.as_secs_f64()
     ));
     for (kind, path) in [
         (ArtifactKind::Kernel, kernel),

@@ -115,6 +115,12 @@ pub struct UploadStats {
     /// Body bytes sent (retries included).
     pub bytes_sent: u64,
     pub resumed_upload: bool,
+    /// Streamed uploads: parts sent while the file was still being written.
+    pub parts_while_writing: usize,
+    /// Streamed uploads: how long the upload took after the writer finished (the part of it
+    /// that did not overlap), and of that the server-side copy that sets the md5sum metadata.
+    pub after_writer: std::time::Duration,
+    pub metadata_copy: std::time::Duration,
 }
 
 /// An object as uploaded and checked.
@@ -203,6 +209,7 @@ fn send(
                 parts_reused: 0,
                 bytes_sent: size,
                 resumed_upload: false,
+                ..UploadStats::default()
             },
         });
     }
@@ -282,6 +289,7 @@ fn multipart(
                     parts_reused: reused,
                     bytes_sent: sent,
                     resumed_upload,
+                    ..UploadStats::default()
                 },
             })
         }

@@ -214,10 +214,15 @@ impl<'c> Publication<'c> {
     }
 
     /// The writer of a streamed artifact has finished: complete its upload and check it.
-    pub fn add_streamed(&mut self, kind: ArtifactKind, upload: StreamUpload) -> Result<()> {
+    /// Returns the object as uploaded (with the stream's statistics).
+    pub fn add_streamed(
+        &mut self,
+        kind: ArtifactKind,
+        upload: StreamUpload,
+    ) -> Result<UploadedObject> {
         let object = upload.finish()?;
-        self.artifacts.push((kind, object));
-        Ok(())
+        self.artifacts.push((kind, object.clone()));
+        Ok(object)
     }
 
     /// Write the manifest (artifacts in rootfs, kernel, initrd order) and check it: from now on

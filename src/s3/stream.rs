@@ -202,6 +202,7 @@ impl StreamUpload {
     /// The writer has finished and the file will not change again: send what is left, part 1
     /// last, complete the upload, set the metadata with the md5, check the object.
     pub fn finish(mut self) -> Result<UploadedObject> {
+        let started = std::time::Instant::now();
         let size = std::fs::metadata(&self.path)
             .map_err(|e| Error::io("stat", &self.path, e))?
             .len();
@@ -238,7 +239,10 @@ impl StreamUpload {
         multipart::complete(&self.client, &self.key, &self.upload_id, &etags, size)?;
         self.done = true;
         forget_state(self.state_file.as_deref());
-        let checked = self.with_md5(size, &md5);
+        let checked = self.with_md5(size, &md5).map(|mut object| {
+            object.stats.after_writer = started.elapsed();
+            object
+        });
         if checked.is_err() {
             // Complete but without its md5sum: not an object to leave behind.
             let _ = self.client.delete_object(&self.key);
@@ -250,7 +254,9 @@ impl StreamUpload {
     fn with_md5(&self, size: u64, md5: &str) -> Result<UploadedObject> {
         let mut metadata = self.metadata.clone();
         metadata.push((MD5SUM_META.to_string(), md5.to_string()));
+        let copy_started = std::time::Instant::now();
         let etag = set_metadata(&self.client, &self.key, size, &metadata, MAX_SINGLE_COPY)?;
+        let metadata_copy = copy_started.elapsed();
         check_uploaded(&self.client, &self.key, size, md5)?;
         let parts = usize::try_from(size.div_ceil(self.part_size).max(1)).unwrap_or(usize::MAX);
         Ok(UploadedObject {
@@ -263,6 +269,9 @@ impl StreamUpload {
                 parts_reused: self.shared.reused.load(Ordering::Relaxed),
                 bytes_sent: self.shared.bytes_sent.load(Ordering::Relaxed),
                 resumed_upload: self.resumed,
+                parts_while_writing: self.parts_sent_early(),
+                after_writer: Default::default(),
+                metadata_copy,
             },
         })
     }

@@ -215,7 +215,7 @@ impl Writer {
         sb.block_log = opts.block_size.trailing_zeros() as u16;
         sb.compressor = opts.compressor.algorithm.id();
         sb.flags = superblock_flags(&opts, options_block.is_some());
-        write_tail(
+        let sb = write_tail(
             &file,
             &path,
             &sb,
