@@ -25,7 +25,7 @@ now() { date +%s.%N; }
 
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
 t0=$(now)
-"$bin" --store "$work/store" -q customize "$corpus/rootfs.txz" --name e2e --run "$change" --publish s3://bench >/dev/null
+/usr/bin/time -f %M -o "$work/rss" "$bin" --store "$work/store" -q customize "$corpus/rootfs.txz" --name e2e --run "$change" --publish s3://bench >/dev/null
 t1=$(now)
 
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
@@ -39,7 +39,8 @@ aws s3 cp --quiet "$work/rootfs" "s3://bench/$id/rootfs"
 aws s3 cp --quiet "$work/root/boot/$(readlink "$work/root/vmlinuz" 2>/dev/null | xargs basename 2>/dev/null || ls "$work/root/boot" | grep vmlinuz | head -1)" "s3://bench/$id/kernel"
 aws s3 cp --quiet "$work/root/boot/$(ls "$work/root/boot" | grep initrd | head -1)" "s3://bench/$id/initrd"
 t3=$(now)
-awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$t3" 'BEGIN {
+awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$t3" -v rss="$(cat "$work/rss")" 'BEGIN {
     printf "imsctl customize .txz → S3   %7.2fs\n", b-a
     printf "IMS-style script            %7.2fs\n", d-c
-    printf "ratio                       %7.3fx\n", (b-a)/(d-c) }'
+    printf "ratio                       %7.3fx\n", (b-a)/(d-c)
+    printf "imsctl peak RSS             %7.0f MiB\n", rss/1024 }'

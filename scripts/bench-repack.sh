@@ -5,7 +5,8 @@
 #   ours:  imsctl jobs create (mount mode) → jobs exec CHANGE → jobs complete (the repack, which
 #          copies unchanged files' compressed blocks from the base) ; and the same with --full-repack
 #   IMS:   unsquashfs base → chroot CHANGE → mksquashfs (gzip, as IMS)
-# Prints the median of RUNS for each step and the ratios.
+# Prints the median of RUNS for each step and the ratios, and the peak RSS (max resident set,
+# /usr/bin/time) of `jobs complete` (incremental: the largest of the runs).
 #
 #   scripts/bench-repack.sh [CORPUS_DIR] [RUNS]      (defaults: target/corpus, 3)
 set -euo pipefail
@@ -34,7 +35,7 @@ ours() { # ours EXTRA_COMPLETE_FLAGS → prints the complete (repack+publish) ti
         | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
     "$bin" --store "$store" -q jobs exec "$job" -- /bin/bash -c "$change" >/dev/null
     sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-    secs "$bin" --store "$store" -q jobs complete "$job" "$@"
+    secs /usr/bin/time -f %M -a -o "$work/rss$*" "$bin" --store "$store" -q jobs complete "$job" "$@"
 }
 
 ims() { # prints the mksquashfs time (the IMS repack step)
@@ -50,7 +51,9 @@ for _ in $(seq "$runs"); do
     inc+=("$(ours)"); full+=("$(ours --full-repack)"); ref+=("$(ims)")
 done
 i=$(printf '%s\n' "${inc[@]}" | median); f=$(printf '%s\n' "${full[@]}" | median); r=$(printf '%s\n' "${ref[@]}" | median)
-awk -v i="$i" -v f="$f" -v r="$r" 'BEGIN {
+rss=$(sort -n "$work/rss" | tail -1); rss_full=$(sort -n "$work/rss--full-repack" | tail -1)
+awk -v i="$i" -v f="$f" -v r="$r" -v m="$rss" -v mf="$rss_full" 'BEGIN {
     printf "repack (incremental, imsctl jobs complete)   %7.2fs   %6.3fx of mksquashfs\n", i, i/r
     printf "repack (--full-repack, imsctl jobs complete)  %7.2fs   %6.3fx of mksquashfs\n", f, f/r
-    printf "IMS repack (mksquashfs of the changed tree)   %7.2fs\n", r }'
+    printf "IMS repack (mksquashfs of the changed tree)   %7.2fs\n", r
+    printf "peak RSS of jobs complete: incremental %.0f MiB, --full-repack %.0f MiB (max of the runs)\n", m/1024, mf/1024 }'

@@ -10,6 +10,8 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use uuid::Uuid;
@@ -19,6 +21,7 @@ use crate::artifacts::{self, CustomizeResult};
 use crate::context::{Context, CounterTicker};
 use crate::repack::{BaseAwareSink, BaseIndex, ExtractIndex, Provenance, base_index};
 use crate::root::{self, ImageSource, LowerVia, Signal, WorkLayout};
+use crate::s3::Settled;
 use crate::sandbox::{self, Network, SandboxConfig};
 use crate::squashfs::reader::Image;
 use crate::squashfs::writer::{Writer, WriterOptions};
@@ -516,28 +519,46 @@ fn package(
         .with_context(|| format!("failed to copy the kernel {}", boot.kernel.display()))?;
     fs::copy(&boot.initrd, &initrd)
         .with_context(|| format!("failed to copy the initrd {}", boot.initrd.display()))?;
-    pack_root(
-        ctx,
-        &base,
-        base_paths,
-        &root_view,
-        &rootfs,
-        pack.clone(),
-        &cfg,
-    )?;
-    held.release()?;
     let image_id = Uuid::new_v4();
-    let (ims_image_artifacts, image) = match job.extra.get(PUBLISH_FIELD).and_then(|v| v.as_str()) {
-        Some(dest) => publish_to_s3(
+    let pack_here = |follow: &mut dyn FnMut(Settled) -> Result<()>| {
+        pack_root(
             ctx,
-            store,
-            job,
-            image_id,
-            dest,
-            [&rootfs, &kernel, &initrd],
-            &cfg.layout,
-        )?,
+            (&base, base_paths),
+            &root_view,
+            &rootfs,
+            pack.clone(),
+            &cfg,
+            follow,
+        )
+    };
+    let (ims_image_artifacts, image) = match job.extra.get(PUBLISH_FIELD).and_then(|v| v.as_str()) {
+        Some(dest) => {
+            let s3 = S3Destination::connect(ctx, dest)?;
+            let published = publish_to_s3(
+                ctx,
+                &s3,
+                job,
+                image_id,
+                [&rootfs, &kernel, &initrd],
+                &cfg.layout,
+                pack_here,
+            )?;
+            if let Err(e) = held.release() {
+                let _ = published.discard(&s3.client);
+                return Err(e.into());
+            }
+            let image = crate::store::s3_backend::register_published(
+                store,
+                &s3.client,
+                &published,
+                &job.image_root_archive_name,
+                job.arch,
+            )?;
+            (published.ims_image_artifacts(), image)
+        }
         None => {
+            pack_here(&mut |_| Ok(()))?;
+            held.release()?;
             let published = artifacts::publish_local(store, image_id, &rootfs, &kernel, &initrd)?;
             let image = published.register(store, &job.image_root_archive_name, job.arch)?;
             (published.ims_image_artifacts(), image)
@@ -565,66 +586,115 @@ fn package(
     })
 }
 
-/// Upload rootfs, kernel, initrd and manifest.json to `dest` and register the image locally with
-/// its link to the manifest there. Nothing is registered unless every object is in place.
+/// Where a job publishes in S3: the bucket's client and the destination URL.
+struct S3Destination {
+    client: crate::s3::Client,
+    dest: crate::s3::S3Url,
+}
+
+impl S3Destination {
+    fn connect(ctx: &Context, dest: &str) -> Result<S3Destination> {
+        use crate::s3::{Client, S3Config, S3Url};
+        let dest = S3Url::parse(dest)?;
+        let config = S3Config::resolve(&ctx.s3)?;
+        let client = Client::new(&config, &dest.bucket)?;
+        Ok(S3Destination { client, dest })
+    }
+}
+
+/// Pack with `pack`, then publish rootfs, kernel, initrd and manifest.json to S3. With
+/// `stream_uploads`, the rootfs goes up while it is packed: `pack` reports how far the file is
+/// final, and its parts go up as they become final (part 1, with the superblock, once the image
+/// is complete). Nothing is left in the bucket unless every
+/// object is in place and checked; the caller registers the image afterwards.
 fn publish_to_s3(
     ctx: &Context,
-    store: &Store,
+    s3: &S3Destination,
     job: &JobRecord,
     image_id: Uuid,
-    dest: &str,
     [rootfs, kernel, initrd]: [&Path; 3],
     layout: &WorkLayout,
-) -> Result<(Vec<crate::artifacts::ManifestArtifact>, ImageRecord)> {
+    pack: impl FnOnce(&mut dyn FnMut(Settled) -> Result<()>) -> Result<()>,
+) -> Result<crate::s3::S3ImageArtifacts> {
     use crate::artifacts::ArtifactKind;
-    use crate::s3::{ArtifactFile, Client, ImageMeta, Resume, S3Config, S3Url, publish_s3};
-    let dest = S3Url::parse(dest)?;
-    let config = S3Config::resolve(&ctx.s3)?;
-    let client = Client::new(&config, &dest.bucket)?;
-    let files = [
-        ArtifactFile {
-            kind: ArtifactKind::Rootfs,
-            path: rootfs,
-            md5: None,
-        },
-        ArtifactFile {
-            kind: ArtifactKind::Kernel,
-            path: kernel,
-            md5: None,
-        },
-        ArtifactFile {
-            kind: ArtifactKind::Initrd,
-            path: initrd,
-            md5: None,
-        },
-    ];
+    use crate::s3::{ArtifactFile, ImageMeta, Publication, Resume};
     let meta = ImageMeta {
         name: Some(job.image_root_archive_name.clone()),
         job_id: Some(job.id),
     };
     let resume = Resume::on(Some(layout.work().join("s3-uploads")));
-    let published = publish_s3(&client, &dest, image_id, &files, &meta, &resume, ctx)?;
-    let image = crate::store::s3_backend::register_published(
-        store,
-        &client,
-        &published,
-        &job.image_root_archive_name,
-        job.arch,
-    )?;
-    Ok((published.ims_image_artifacts(), image))
+    let mut publication = Publication::begin(&s3.client, &s3.dest, image_id, &meta, &resume)?;
+    if !s3.client.config().stream_uploads {
+        pack(&mut |_| Ok(()))?;
+        for (kind, path) in [
+            (ArtifactKind::Rootfs, rootfs),
+            (ArtifactKind::Kernel, kernel),
+            (ArtifactKind::Initrd, initrd),
+        ] {
+            publication.upload(
+                &ArtifactFile {
+                    kind,
+                    path,
+                    md5: None,
+                },
+                ctx,
+            )?;
+        }
+        return Ok(publication.finish()?);
+    }
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut streaming = None;
+    let _ticker = CounterTicker::start(ctx.bytes_bar("rootfs→S3", None), sent.clone());
+    pack(&mut |settled| {
+        let upload = publication.stream(
+            ArtifactKind::Rootfs,
+            rootfs,
+            settled,
+            crate::squashfs::writer::HEADER_MAX,
+            sent.clone(),
+        )?;
+        streaming = Some(upload);
+        Ok(())
+    })?;
+    let upload = streaming.ok_or_else(|| anyhow!("internal: the rootfs upload never started"))?;
+    let streamed = publication.add_streamed(ArtifactKind::Rootfs, upload)?;
+    let stats = &streamed.stats;
+    ctx.info(format!(
+        "rootfs uploaded to {}/{image_id}/rootfs: {} of {} parts while packing, done {:.2}s after packing (md5sum metadata copy {:.2}s)",
+        s3.dest,
+        stats.parts_while_writing,
+        stats.parts,
+        stats.after_writer.as_secs_f64(),
+        stats.metadata_copy.as_secs_f64()
+    ));
+    for (kind, path) in [
+        (ArtifactKind::Kernel, kernel),
+        (ArtifactKind::Initrd, initrd),
+    ] {
+        publication.upload(
+            &ArtifactFile {
+                kind,
+                path,
+                md5: None,
+            },
+            ctx,
+        )?;
+    }
+    Ok(publication.finish()?)
 }
 
 /// Pack the held image root, taking every certainly-unchanged entry from the base image: its
 /// metadata always (owners and capabilities an unprivileged run could not set on disk), its
-/// compressed blocks when the compressor and block size match (see `repack`).
+/// compressed blocks when the compressor and block size match (see `repack`). `follow` is
+/// handed the writer's settled offset as soon as the image file exists.
 fn pack_root(
     ctx: &Context,
-    base: &Image,
-    base_paths: BaseIndex,
+    (base, base_paths): (&Image, BaseIndex),
     root_view: &Path,
     out: &Path,
     opts: WriterOptions,
     cfg: &SandboxConfig,
+    follow: &mut dyn FnMut(Settled) -> Result<()>,
 ) -> Result<()> {
     let provenance = if cfg.source.is_overlay() {
         Provenance::Overlay {
@@ -637,6 +707,9 @@ fn pack_root(
         && *base.compressor() == opts.compressor
         && base.block_size() == opts.block_size;
     let mut writer = Writer::create(out, opts)?;
+    // Whoever follows the file (an upload) starts now; should packing fail, it is dropped,
+    // which undoes what it did.
+    follow(writer.settled())?;
     let _ticker = CounterTicker::start(ctx.bytes_bar("packing", None), writer.progress());
     let mut sink = BaseAwareSink::new(
         &mut writer,

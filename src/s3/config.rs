@@ -127,6 +127,12 @@ pub struct S3Config {
     pub concurrency: usize,
     pub retry: RetryPolicy,
     pub timeouts: Timeouts,
+    /// Upload a rootfs while it is being packed (`IMSCTL_S3_STREAM=1`). Off by default: the
+    /// md5sum metadata then needs a server-side copy of the object, which on a local server
+    /// sharing the CPU costs more than the overlap saves (moto on loopback, 370 MB rootfs:
+    /// 1.5 s of copy against ~0.3 s saved); it pays when the upload is network-bound and the
+    /// server copies fast (a remote S3).
+    pub stream_uploads: bool,
 }
 
 impl S3Config {
@@ -220,6 +226,8 @@ impl S3Config {
             concurrency,
             retry: RetryPolicy::default(),
             timeouts: Timeouts::default(),
+            stream_uploads: var("IMSCTL_S3_STREAM")
+                .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes")),
         })
     }
 
@@ -237,6 +245,7 @@ impl S3Config {
             concurrency: DEFAULT_CONCURRENCY,
             retry: RetryPolicy::default(),
             timeouts: Timeouts::default(),
+            stream_uploads: false,
         })
     }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod download;
 pub mod multipart;
 pub mod publish;
+pub mod stream;
 
 use std::fmt;
 use std::io;
@@ -26,9 +27,10 @@ mod tests;
 pub(crate) mod testserver;
 
 pub use publish::{
-    ArtifactFile, ImageMeta, LINK_TYPE_S3, S3ImageArtifacts, VerifyMode, import_image, publish_s3,
-    verify_s3_image,
+    ArtifactFile, ImageMeta, LINK_TYPE_S3, Publication, S3ImageArtifacts, VerifyMode, import_image,
+    publish_s3, verify_s3_image,
 };
+pub use stream::{Settled, StreamOptions, StreamUpload};
 
 /// Errors of the S3 code. Request errors name the operation, the object and the endpoint.
 #[derive(Debug, thiserror::Error)]

@@ -67,7 +67,7 @@ impl Resume {
     }
 
     /// The state file of one upload: named by the md5 of endpoint, bucket and key.
-    fn state_file(&self, client: &Client, key: &str) -> Option<PathBuf> {
+    pub(super) fn state_file(&self, client: &Client, key: &str) -> Option<PathBuf> {
         let dir = self.state_dir.as_ref().filter(|_| self.enabled)?;
         let id = format!("{}\n{}\n{key}", client.config().endpoint, client.bucket());
         Some(dir.join(format!("{}.json", hex(&Md5::digest(id.as_bytes())))))
@@ -76,11 +76,11 @@ impl Resume {
 
 /// What the state file remembers about an upload in progress.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct UploadState {
-    upload_id: String,
-    size: u64,
-    part_size: u64,
-    md5: String,
+pub(super) struct UploadState {
+    pub(super) upload_id: String,
+    pub(super) size: u64,
+    pub(super) part_size: u64,
+    pub(super) md5: String,
 }
 
 fn read_state(path: &Path) -> Option<UploadState> {
@@ -88,7 +88,7 @@ fn read_state(path: &Path) -> Option<UploadState> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn write_state(path: &Path, state: &UploadState) -> Result<()> {
+pub(super) fn write_state(path: &Path, state: &UploadState) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
     }
@@ -99,7 +99,7 @@ fn write_state(path: &Path, state: &UploadState) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))
 }
 
-fn forget_state(path: Option<&Path>) {
+pub(super) fn forget_state(path: Option<&Path>) {
     if let Some(path) = path {
         // Best effort: a stale state file only costs one ListParts that finds nothing.
         let _ = std::fs::remove_file(path);
@@ -115,6 +115,12 @@ pub struct UploadStats {
     /// Body bytes sent (retries included).
     pub bytes_sent: u64,
     pub resumed_upload: bool,
+    /// Streamed uploads: parts sent while the file was still being written.
+    pub parts_while_writing: usize,
+    /// Streamed uploads: how long the upload took after the writer finished (the part of it
+    /// that did not overlap), and of that the server-side copy that sets the md5sum metadata.
+    pub after_writer: std::time::Duration,
+    pub metadata_copy: std::time::Duration,
 }
 
 /// An object as uploaded and checked.
@@ -203,6 +209,7 @@ fn send(
                 parts_reused: 0,
                 bytes_sent: size,
                 resumed_upload: false,
+                ..UploadStats::default()
             },
         });
     }
@@ -282,6 +289,7 @@ fn multipart(
                     parts_reused: reused,
                     bytes_sent: sent,
                     resumed_upload,
+                    ..UploadStats::default()
                 },
             })
         }
@@ -298,7 +306,7 @@ fn multipart(
 /// An upload of `key` to continue, its parts, and the ids of other (older) uploads of the key.
 /// The state file's upload comes first, when it was for the same file (size, part size, md5);
 /// then the newest upload the server lists.
-fn find_resumable(
+pub(super) fn find_resumable(
     client: &Client,
     key: &str,
     state_file: Option<&Path>,
@@ -347,15 +355,15 @@ fn find_resumable(
 
 /// An upload to continue.
 #[derive(Default)]
-struct Found {
-    upload_id: Option<String>,
-    parts: Vec<ListedPart>,
+pub(super) struct Found {
+    pub(super) upload_id: Option<String>,
+    pub(super) parts: Vec<ListedPart>,
     /// Other uploads of the key, aborted once this one completes.
-    others: Vec<String>,
+    pub(super) others: Vec<String>,
     /// Known (from the state file) to have been started for a file with the same md5, size and
     /// part size: its parts are our bytes (the server checked each one's Content-MD5), so a
     /// part of the right size is good even when the server lists no ETag (s3s-fs).
-    same_file: bool,
+    pub(super) same_file: bool,
 }
 
 /// Send the parts with `concurrency` threads. Returns the ETags in part order and
@@ -433,7 +441,7 @@ fn upload_parts(
 /// ETag must be the md5 of our bytes; a part listed without one is kept only when `trust_size`
 /// (see `Found::same_file`), and our md5 stands in as its ETag.
 #[allow(clippy::too_many_arguments)]
-fn one_part(
+pub(super) fn one_part(
     client: &Client,
     key: &str,
     upload_id: &str,
@@ -462,7 +470,7 @@ fn one_part(
 
 /// Complete the upload. A Complete that succeeded on the server but whose answer was lost is
 /// retried and then finds no upload: the object itself, with the right size, is the proof.
-fn complete(
+pub(super) fn complete(
     client: &Client,
     key: &str,
     upload_id: &str,

@@ -21,6 +21,7 @@ use super::download::{download_file, md5_of_object};
 use super::multipart::{
     MD5SUM_META, Resume, UploadOptions, UploadedObject, check_uploaded, upload_file,
 };
+use super::stream::{Settled, StreamOptions, StreamUpload};
 use super::{Error, Result, S3Url};
 use crate::artifacts::manifest::{
     ArtifactKind, MANIFEST_FILE, MANIFEST_MIME, Manifest, ManifestArtifact,
@@ -117,111 +118,209 @@ pub fn publish_s3(
             "image {image_id}: nothing to publish without a rootfs"
         )));
     }
-    let location = dest.with_key(dest.join(&image_id.to_string()));
-    let manifest_key = format!("{}/{MANIFEST_FILE}", location.key);
-    if client.head_object(&manifest_key)?.is_some() {
-        return Err(Error::Config(format!(
-            "image {image_id} is already published at {location} (its manifest exists); \
-             delete it first"
-        )));
+    let mut publication = Publication::begin(client, dest, image_id, meta, resume)?;
+    for file in files {
+        publication.upload(file, ctx)?;
     }
-    let mut metadata = vec![(META_IMAGE_ID.to_string(), image_id.to_string())];
-    if let Some(name) = &meta.name {
-        metadata.push((META_IMAGE_NAME.to_string(), header_safe(name)));
-    }
-    if let Some(job) = meta.job_id {
-        metadata.push((META_JOB_ID.to_string(), job.to_string()));
+    publication.finish()
+}
+
+/// An image on its way into S3: artifacts go up one by one (or streamed while they are being
+/// written), the manifest last, once every artifact is in place and checked. Dropped without
+/// [`Publication::finish`] (an error on the way), it deletes what it uploaded.
+pub struct Publication<'c> {
+    client: &'c Client,
+    image_id: Uuid,
+    location: S3Url,
+    /// `x-shasta-ims-*` metadata of every object.
+    metadata: Vec<(String, String)>,
+    resume: Resume,
+    artifacts: Vec<(ArtifactKind, UploadedObject)>,
+    finished: bool,
+}
+
+impl<'c> Publication<'c> {
+    /// Start publishing image `image_id` under `dest`; an image already published there (its
+    /// manifest exists) is an error.
+    pub fn begin(
+        client: &'c Client,
+        dest: &S3Url,
+        image_id: Uuid,
+        meta: &ImageMeta,
+        resume: &Resume,
+    ) -> Result<Publication<'c>> {
+        let location = dest.with_key(dest.join(&image_id.to_string()));
+        let manifest_key = format!("{}/{MANIFEST_FILE}", location.key);
+        if client.head_object(&manifest_key)?.is_some() {
+            return Err(Error::Config(format!(
+                "image {image_id} is already published at {location} (its manifest exists); \
+                 delete it first"
+            )));
+        }
+        let mut metadata = vec![(META_IMAGE_ID.to_string(), image_id.to_string())];
+        if let Some(name) = &meta.name {
+            metadata.push((META_IMAGE_NAME.to_string(), header_safe(name)));
+        }
+        if let Some(job) = meta.job_id {
+            metadata.push((META_JOB_ID.to_string(), job.to_string()));
+        }
+        Ok(Publication {
+            client,
+            image_id,
+            location,
+            metadata,
+            resume: resume.clone(),
+            artifacts: Vec::new(),
+            finished: false,
+        })
     }
 
-    let mut uploaded: Vec<UploadedObject> = Vec::new();
-    let result = upload_all(
-        client,
-        &location,
-        files,
-        &metadata,
-        resume,
-        ctx,
-        &mut uploaded,
-    );
-    match result {
-        Ok(manifest_and_link) => {
-            let (manifest, manifest_link) = manifest_and_link;
-            Ok(S3ImageArtifacts {
-                image_id,
-                location,
-                manifest,
-                manifest_link,
-                objects: uploaded,
+    fn key_of(&self, kind: ArtifactKind) -> String {
+        format!("{}/{}", self.location.key, kind.file_name())
+    }
+
+    /// Upload one finished artifact file.
+    pub fn upload(&mut self, file: &ArtifactFile<'_>, ctx: &Context) -> Result<()> {
+        let key = self.key_of(file.kind);
+        let object = upload_one(self.client, &key, file, &self.metadata, &self.resume, ctx)?;
+        self.artifacts.push((file.kind, object));
+        Ok(())
+    }
+
+    /// Start streaming an artifact that is still being written at `path`: `settled` says how
+    /// far it is final past its first `header` bytes (see [`StreamUpload`]). Hand the upload
+    /// back with [`Publication::add_streamed`] once the writer has finished.
+    pub fn stream(
+        &self,
+        kind: ArtifactKind,
+        path: &Path,
+        settled: Settled,
+        header: u64,
+        progress: Arc<AtomicU64>,
+    ) -> Result<StreamUpload> {
+        let options = StreamOptions {
+            metadata: self.metadata.clone(),
+            resume: self.resume.clone(),
+            header,
+        };
+        StreamUpload::start(
+            self.client,
+            &self.key_of(kind),
+            path,
+            settled,
+            &options,
+            progress,
+        )
+    }
+
+    /// The writer of a streamed artifact has finished: complete its upload and check it.
+    /// Returns the object as uploaded (with the stream's statistics).
+    pub fn add_streamed(
+        &mut self,
+        kind: ArtifactKind,
+        upload: StreamUpload,
+    ) -> Result<UploadedObject> {
+        let object = upload.finish()?;
+        self.artifacts.push((kind, object.clone()));
+        Ok(object)
+    }
+
+    /// Write the manifest (artifacts in rootfs, kernel, initrd order) and check it: from now on
+    /// the image is complete in S3. The caller registers the record after this returns.
+    pub fn finish(mut self) -> Result<S3ImageArtifacts> {
+        if !self
+            .artifacts
+            .iter()
+            .any(|(kind, _)| *kind == ArtifactKind::Rootfs)
+        {
+            return Err(Error::Config(format!(
+                "image {}: nothing to publish without a rootfs",
+                self.image_id
+            )));
+        }
+        self.artifacts
+            .sort_by_key(|(kind, _)| ArtifactKind::ALL.iter().position(|k| k == kind));
+        let entries = self
+            .artifacts
+            .iter()
+            .map(|(kind, object)| ManifestArtifact {
+                link: Link {
+                    link_type: LINK_TYPE_S3.to_string(),
+                    path: self.client.target(&object.key),
+                    etag: object.etag.clone(),
+                },
+                md5: object.md5.clone(),
+                artifact_type: kind.mime_type().to_string(),
+                extra: ExtraFields::new(),
             })
+            .collect();
+        let (manifest, manifest_link, manifest_object) = self.put_manifest(entries)?;
+        self.finished = true;
+        let mut objects: Vec<UploadedObject> =
+            self.artifacts.drain(..).map(|(_, object)| object).collect();
+        objects.push(manifest_object);
+        Ok(S3ImageArtifacts {
+            image_id: self.image_id,
+            location: self.location.clone(),
+            manifest,
+            manifest_link,
+            objects,
+        })
+    }
+
+    fn put_manifest(
+        &mut self,
+        entries: Vec<ManifestArtifact>,
+    ) -> Result<(Manifest, Link, UploadedObject)> {
+        let manifest = Manifest::new(Timestamp::now(), entries);
+        let json = manifest.to_json()?;
+        let manifest_key = format!("{}/{MANIFEST_FILE}", self.location.key);
+        let md5 = {
+            use md5::Digest;
+            crate::artifacts::md5::hex(&md5::Md5::digest(json.as_bytes()))
+        };
+        let mut manifest_meta = self.metadata.clone();
+        manifest_meta.push((MD5SUM_META.to_string(), md5.clone()));
+        let put = self.client.put_bytes(
+            &manifest_key,
+            json.as_bytes(),
+            &manifest_meta,
+            Some(MANIFEST_MIME),
+            false,
+        );
+        // Written or not, a failed check below must delete it with the rest.
+        let object = UploadedObject {
+            key: manifest_key.clone(),
+            size: json.len() as u64,
+            md5: md5.clone(),
+            etag: put.as_ref().map(String::clone).unwrap_or_default(),
+            stats: Default::default(),
+        };
+        let etag = put?;
+        if let Err(e) = check_uploaded(self.client, &manifest_key, json.len() as u64, &md5) {
+            let _ = self.client.delete_object(&manifest_key);
+            return Err(e);
         }
-        Err(e) => {
-            // Report the upload error; a failed cleanup leaves objects without a manifest,
-            // which no catalogue lists and `images delete`/a rerun replaces.
-            for object in uploaded.iter().rev() {
-                let _ = client.delete_object(&object.key);
-            }
-            Err(e)
-        }
+        let link = Link {
+            link_type: LINK_TYPE_S3.to_string(),
+            path: self.client.target(&manifest_key),
+            etag,
+        };
+        Ok((manifest, link, object))
     }
 }
 
-fn upload_all(
-    client: &Client,
-    location: &S3Url,
-    files: &[ArtifactFile<'_>],
-    metadata: &[(String, String)],
-    resume: &Resume,
-    ctx: &Context,
-    uploaded: &mut Vec<UploadedObject>,
-) -> Result<(Manifest, Link)> {
-    let mut entries = Vec::with_capacity(files.len());
-    for file in files {
-        let key = format!("{}/{}", location.key, file.kind.file_name());
-        let object = upload_one(client, &key, file, metadata, resume, ctx)?;
-        entries.push(ManifestArtifact {
-            link: Link {
-                link_type: LINK_TYPE_S3.to_string(),
-                path: client.target(&key),
-                etag: object.etag.clone(),
-            },
-            md5: object.md5.clone(),
-            artifact_type: file.kind.mime_type().to_string(),
-            extra: ExtraFields::new(),
-        });
-        uploaded.push(object);
+impl Drop for Publication<'_> {
+    /// Not finished: delete what this run uploaded. A failed delete leaves objects without a
+    /// manifest, which no catalogue lists and `images delete` or a rerun replaces.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        for (_, object) in self.artifacts.iter().rev() {
+            let _ = self.client.delete_object(&object.key);
+        }
     }
-    let manifest = Manifest::new(Timestamp::now(), entries);
-    let json = manifest.to_json()?;
-    let manifest_key = format!("{}/{MANIFEST_FILE}", location.key);
-    let md5 = {
-        use md5::Digest;
-        crate::artifacts::md5::hex(&md5::Md5::digest(json.as_bytes()))
-    };
-    let mut manifest_meta = metadata.to_vec();
-    manifest_meta.push((MD5SUM_META.to_string(), md5.clone()));
-    let etag = client.put_bytes(
-        &manifest_key,
-        json.as_bytes(),
-        &manifest_meta,
-        Some(MANIFEST_MIME),
-        false,
-    )?;
-    uploaded.push(UploadedObject {
-        key: manifest_key.clone(),
-        size: json.len() as u64,
-        md5: md5.clone(),
-        etag: etag.clone(),
-        stats: Default::default(),
-    });
-    check_uploaded(client, &manifest_key, json.len() as u64, &md5)?;
-    Ok((
-        manifest,
-        Link {
-            link_type: LINK_TYPE_S3.to_string(),
-            path: client.target(&manifest_key),
-            etag,
-        },
-    ))
 }
 
 /// Upload one artifact with a progress bar; with `resume`, an identical complete object is kept.

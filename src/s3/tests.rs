@@ -727,3 +727,235 @@ fn local_catalogue_with_s3_artifacts() {
         assert!(keys_under(&client, "boot/").is_empty());
     });
 }
+
+/// Pack an image of `files` pseudo-random files of `len` bytes (incompressible, so the image
+/// spans several 5 MiB parts) at `path`; `during` runs after the last file is queued and before
+/// the writer finishes, with the writer's settled offset.
+fn pack_random_image(path: &Path, files: u64, len: usize, during: impl FnOnce(Settled)) {
+    use crate::squashfs::writer::{Writer, WriterOptions};
+    use crate::squashfs::{EntrySink, Meta};
+    let opts = WriterOptions {
+        mkfs_time: 1_700_000_000,
+        ..WriterOptions::default()
+    };
+    let mut writer = Writer::create(path, opts).expect("create image");
+    let meta = |mode| Meta {
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime: 1_700_000_000,
+        xattrs: Vec::new(),
+    };
+    writer.set_root_meta(meta(0o755));
+    for i in 0..files {
+        let mut data = vec![0u8; len];
+        fastrand::Rng::with_seed(100 + i).fill(&mut data);
+        writer
+            .add_file(format!("f{i}").as_bytes(), meta(0o644), &mut &data[..])
+            .expect("add file");
+    }
+    during(writer.settled());
+    writer.finish().expect("finish image");
+}
+
+/// Wait (bounded) until `done` holds.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_streamed_rootfs_is_the_packed_file() {
+    for_each_server(|server| {
+        let (_bucket, client) = server.fresh_bucket();
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The same tree packed without streaming: the reference bytes.
+        let reference = dir.path().join("reference.sqsh");
+        pack_random_image(&reference, 4, 4 << 20, |_| {});
+        let streamed = dir.path().join("streamed.sqsh");
+        let id = Uuid::new_v4();
+        let dest = S3Url::parse("s3://unused/img")
+            .expect("url")
+            .with_key("img");
+        let meta = ImageMeta {
+            name: Some("streamed".into()),
+            job_id: None,
+        };
+        let mut publication =
+            Publication::begin(&client, &dest, id, &meta, &Resume::on(None)).expect("begin");
+        let sent = Arc::new(AtomicU64::new(0));
+        let mut upload = None;
+        pack_random_image(&streamed, 4, 4 << 20, |settled| {
+            let stream = publication
+                .stream(
+                    ArtifactKind::Rootfs,
+                    &streamed,
+                    settled,
+                    crate::squashfs::writer::HEADER_MAX,
+                    sent.clone(),
+                )
+                .expect("start streaming");
+            // 16 MiB of data settle before the tables: parts 2 and 3 can go before finish.
+            eventually("a part sent while packing", || {
+                stream.parts_sent_early() >= 2
+            });
+            upload = Some(stream);
+        });
+        let upload = upload.expect("stream started");
+        assert!(upload.parts_sent_early() >= 2);
+        publication
+            .add_streamed(ArtifactKind::Rootfs, upload)
+            .expect("finish the stream");
+        let published = publication.finish().expect("manifest");
+
+        let bytes = std::fs::read(&streamed).expect("read image");
+        assert_eq!(
+            bytes,
+            std::fs::read(&reference).expect("read reference"),
+            "streaming changes nothing in the image"
+        );
+        let key = format!("img/{id}/rootfs");
+        let object = client.get_bytes(&key).expect("get");
+        assert_eq!(object.len(), bytes.len());
+        assert!(
+            object == bytes,
+            "the object is the packed file, byte for byte"
+        );
+        let md5 = md5_file(&streamed).expect("md5");
+        let info = client.head_object(&key).expect("head").expect("exists");
+        assert_eq!(info.metadata.get(multipart::MD5SUM_META), Some(&md5));
+        assert_eq!(
+            info.metadata.get(publish::META_IMAGE_ID),
+            Some(&id.to_string())
+        );
+        assert_eq!(
+            info.metadata
+                .get(publish::META_IMAGE_NAME)
+                .map(String::as_str),
+            Some("streamed")
+        );
+        let rootfs = published
+            .manifest
+            .artifact(ArtifactKind::Rootfs)
+            .expect("rootfs in the manifest");
+        assert_eq!(rootfs.md5, md5);
+        assert_eq!(rootfs.link.etag, info.etag);
+        assert_eq!(sent.load(Ordering::Relaxed), bytes.len() as u64);
+        assert_eq!(open_uploads(server, &client, &key), 0);
+    });
+}
+
+#[test]
+fn a_failed_stream_aborts_and_leaves_nothing() {
+    for_each_server(|server| {
+        let (_bucket, client) = server.fresh_bucket();
+        let proxy = FaultProxy::start(server.addr);
+        // Part 3 always fails: the stream fails while the image is still being packed.
+        proxy.set_plan(|req, _| {
+            if req.is_part_upload() && req.target.contains("partNumber=3&") {
+                Fault::Status500
+            } else {
+                Fault::Pass
+            }
+        });
+        let mut config = server.config_via(&proxy.endpoint());
+        config.retry.attempts = 2;
+        let failing = Client::new(&config, client.bucket()).expect("client");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("image.sqsh");
+        let id = Uuid::new_v4();
+        let dest = S3Url::parse("s3://unused/f").expect("url").with_key("f");
+        let mut publication = Publication::begin(
+            &failing,
+            &dest,
+            id,
+            &ImageMeta::default(),
+            &Resume::on(None),
+        )
+        .expect("begin");
+        let mut upload = None;
+        pack_random_image(&path, 4, 4 << 20, |settled| {
+            let stream = publication
+                .stream(
+                    ArtifactKind::Rootfs,
+                    &path,
+                    settled,
+                    crate::squashfs::writer::HEADER_MAX,
+                    Arc::new(AtomicU64::new(0)),
+                )
+                .expect("start streaming");
+            eventually("part 2 sent", || stream.parts_sent_early() >= 1);
+            upload = Some(stream);
+        });
+        let err = publication
+            .add_streamed(ArtifactKind::Rootfs, upload.expect("started"))
+            .expect_err("part 3 cannot be sent");
+        let text = err.to_string();
+        assert!(
+            text.contains("500") && text.contains("UploadPart"),
+            "{text}"
+        );
+        drop(publication);
+        let key = format!("f/{id}/rootfs");
+        assert_eq!(
+            open_uploads(server, &client, &key),
+            0,
+            "the upload is aborted"
+        );
+        assert!(keys_under(&client, "f/").is_empty(), "nothing published");
+
+        // The writer failing instead: the stream is dropped unfinished, and aborts too.
+        let publication =
+            Publication::begin(&client, &dest, id, &ImageMeta::default(), &Resume::off())
+                .expect("begin");
+        pack_random_image(&path, 3, 4 << 20, |settled| {
+            let stream = publication
+                .stream(
+                    ArtifactKind::Rootfs,
+                    &path,
+                    settled,
+                    crate::squashfs::writer::HEADER_MAX,
+                    Arc::new(AtomicU64::new(0)),
+                )
+                .expect("start streaming");
+            eventually("part 2 sent", || stream.parts_sent_early() >= 1);
+            drop(stream);
+        });
+        drop(publication);
+        assert_eq!(open_uploads(server, &client, &key), 0, "dropped: aborted");
+        assert!(keys_under(&client, "f/").is_empty());
+    });
+}
+
+#[test]
+fn metadata_is_replaced_by_a_copy_in_parts_above_the_single_copy_limit() {
+    for_each_server(|server| {
+        let (_bucket, client) = server.fresh_bucket();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = random_file(dir.path(), "big", (11 << 20) + 5, 9);
+        let key = "copy/big";
+        let counter = AtomicU64::new(0);
+        upload_file(&client, key, &file, &UploadOptions::default(), &counter).expect("upload");
+        let metadata = vec![
+            ("md5sum".to_string(), "0123".to_string()),
+            ("x-shasta-ims-image-id".to_string(), "abc".to_string()),
+        ];
+        // A 5 MiB limit forces the multipart copy: 3 parts of 5 MiB.
+        stream::set_metadata(&client, key, (11 << 20) + 5, &metadata, 5 << 20)
+            .expect("copy in parts");
+        let info = client.head_object(key).expect("head").expect("exists");
+        assert_eq!(
+            info.metadata.get("md5sum").map(String::as_str),
+            Some("0123")
+        );
+        assert_eq!(info.size, (11 << 20) + 5);
+        let bytes = client.get_bytes(key).expect("get");
+        assert!(
+            bytes == std::fs::read(&file).expect("read"),
+            "same bytes after the copy"
+        );
+    });
+}

@@ -143,6 +143,8 @@ pub(crate) struct DataWriter {
     next_frag: u32,
     frag_cache: VecDeque<(u32, Arc<Vec<u8>>)>,
     pub bytes_in: Arc<AtomicU64>,
+    /// End of the data the writer thread will never rewrite (see `OrderedOut::settle`).
+    pub settled: Arc<AtomicU64>,
     pub duplicate_tails: u64,
 }
 
@@ -181,9 +183,11 @@ impl DataWriter {
         let (tx, rx) = bounded(threads * 4 + 16);
         let thread_written = written.clone();
         let start = cfg.start;
+        let settled = Arc::new(AtomicU64::new(start));
+        let thread_settled = settled.clone();
         let thread = std::thread::Builder::new()
             .name("sqfs-writer".into())
-            .spawn(move || write_in_order(file, start, rx, &thread_written))
+            .spawn(move || write_in_order(file, start, rx, &thread_written, &thread_settled))
             .map_err(|e| Error::io("start writer thread for", &path, e))?;
         Ok(DataWriter {
             compressor: cfg.compressor,
@@ -204,6 +208,7 @@ impl DataWriter {
             next_frag: 0,
             frag_cache: VecDeque::new(),
             bytes_in: Arc::new(AtomicU64::new(0)),
+            settled,
             duplicate_tails: 0,
         })
     }
@@ -519,6 +524,7 @@ fn write_in_order(
     start: u64,
     ops: Receiver<Op>,
     written: &Written,
+    settled: &AtomicU64,
 ) -> io::Result<DataLayout> {
     let mut out = OrderedOut {
         file,
@@ -577,6 +583,7 @@ fn write_in_order(
                 written.cond.notify_all();
             }
         }
+        out.settle(settled);
     }
     let by_id = std::mem::take(&mut *written.fragments.lock().unwrap_or_else(|p| p.into_inner()));
     let fragments = by_id
@@ -618,6 +625,17 @@ impl OrderedOut {
         } else {
             len | DATA_UNCOMPRESSED
         })
+    }
+
+    /// Publish how far the file is final. Only the run being written can still change (a
+    /// duplicate run is cut off again in `dedup`), so everything before its start is final, and
+    /// everything written when no run is open.
+    fn settle(&self, settled: &AtomicU64) {
+        let end = match self.current {
+            Some(run) => self.runs[run].start,
+            None => self.pos,
+        };
+        settled.store(end, Ordering::Release);
     }
 
     fn push_size(&mut self, word: u32) {

@@ -24,6 +24,10 @@ pub use data::RawTail;
 use data::{DataConfig, DataWriter};
 use tree::{Kind, Tree};
 
+/// The bytes at the front of an image that [`Writer::finish`] writes last: the superblock and
+/// the compressor options (at most a metadata block header and 64 bytes of options).
+pub const HEADER_MAX: u64 = SUPERBLOCK_SIZE as u64 + 2 + 64;
+
 /// How to build an image. `Default` is mksquashfs' default: gzip level 9, 128 KiB blocks,
 /// fragments for small files, tail ends not packed, xattrs kept, NFS export table written.
 #[derive(Clone, Debug)]
@@ -154,6 +158,15 @@ impl Writer {
         self.data.bytes_in.clone()
     }
 
+    /// How far the image file is final while it is being written: the bytes from
+    /// [`HEADER_MAX`] up to this offset will never be written again, so a reader may copy them
+    /// out (e.g. upload them) before [`Writer::finish`]. The header before `HEADER_MAX`
+    /// (superblock, compressor options) and everything after the offset are written later.
+    /// The counter only grows.
+    pub fn settled(&self) -> Arc<AtomicU64> {
+        self.data.settled.clone()
+    }
+
     /// Queue a file whose data blocks are copied verbatim from another image with the same
     /// compressor and block size: `blocks` are (stored bytes, size word) pairs, `tail` the
     /// uncompressed last piece for a fragment. Metadata is written anew.
@@ -202,7 +215,7 @@ impl Writer {
         sb.block_log = opts.block_size.trailing_zeros() as u16;
         sb.compressor = opts.compressor.algorithm.id();
         sb.flags = superblock_flags(&opts, options_block.is_some());
-        write_tail(
+        let sb = write_tail(
             &file,
             &path,
             &sb,
@@ -475,6 +488,63 @@ mod tests {
             assert_eq!(cat("etc/hostname"), b"node\n");
             assert_eq!(cat("many/entry-with-a-fairly-long-name-01234"), b"1234");
         }
+    }
+
+    #[test]
+    fn settled_bytes_never_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("settled.sqsh");
+        let opts = WriterOptions::new(Algorithm::Zstd, Some(3), 131072).unwrap();
+        let mut w = Writer::create(&img, opts).unwrap();
+        let settled = w.settled();
+        let header = HEADER_MAX as usize;
+        let noise = |len: usize, seed: u64| {
+            let mut data = vec![0u8; len];
+            fastrand::Rng::with_seed(seed).fill(&mut data);
+            data
+        };
+        let big = noise(600_000, 1);
+        let mut snapshots = Vec::new();
+        for i in 0..8u8 {
+            // Every other file repeats `big`: its run is written, then cut off again by dedup.
+            let data = if i % 2 == 0 {
+                big.clone()
+            } else {
+                noise(700_000, u64::from(i))
+            };
+            w.add_file(format!("f{i}").as_bytes(), meta(0o644, 0), &mut &data[..])
+                .unwrap();
+            w.add_file(
+                format!("s{i}").as_bytes(),
+                meta(0o644, 0),
+                &mut &[i; 100][..],
+            )
+            .unwrap();
+            let end = settled.load(std::sync::atomic::Ordering::Acquire) as usize;
+            let bytes = std::fs::read(&img).unwrap();
+            // Only the bytes past the header are promised final.
+            snapshots.push(bytes.get(header..end).unwrap_or_default().to_vec());
+        }
+        // The writer thread catches up before finishing: most of the data is final by then.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while settled.load(std::sync::atomic::Ordering::Acquire) < 3_000_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "settled never advanced"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let end = settled.load(std::sync::atomic::Ordering::Acquire) as usize;
+        snapshots.push(std::fs::read(&img).unwrap()[header..end].to_vec());
+        w.finish().unwrap();
+        let image = std::fs::read(&img).unwrap();
+        for (i, snapshot) in snapshots.iter().enumerate() {
+            assert!(
+                image[header..header + snapshot.len()] == snapshot[..],
+                "bytes settled after file {i} changed later"
+            );
+        }
+        assert!(image.len() > header + snapshots[8].len());
     }
 
     #[test]
