@@ -57,6 +57,25 @@ pub struct S3Args {
     /// Parallel requests per object [default: 8].
     #[arg(long, global = true, value_name = "N")]
     pub concurrency: Option<usize>,
+    /// Upload the rootfs while it is being packed (pays when the upload is network-bound; the
+    /// md5sum metadata then costs a server-side copy). Also IMSCTL_S3_STREAM=1.
+    #[arg(long = "s3-stream", global = true)]
+    pub stream: bool,
+}
+
+impl S3Args {
+    /// The S3 options the command line gives (the rest comes from the environment).
+    pub fn options(&self) -> crate::s3::S3Options {
+        crate::s3::S3Options {
+            endpoint: self.endpoint.clone(),
+            region: None,
+            ca_bundle: self.ca_bundle.clone(),
+            addressing_style: self.addressing_style,
+            part_size: self.part_size,
+            concurrency: self.concurrency,
+            stream: self.stream,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]

@@ -38,14 +38,7 @@ fn main() -> ExitCode {
         cli.global.verbose,
         cli.global.quiet,
     );
-    ctx.s3 = imsctl::s3::S3Options {
-        endpoint: cli.global.s3.endpoint.clone(),
-        region: None,
-        ca_bundle: cli.global.s3.ca_bundle.clone(),
-        addressing_style: cli.global.s3.addressing_style,
-        part_size: cli.global.s3.part_size,
-        concurrency: cli.global.s3.concurrency,
-    };
+    ctx.s3 = cli.global.s3.options();
     let result = match cli.command {
         Command::Convert(args) => commands::squashfs::convert(&ctx, &args),
         Command::Pack(args) => commands::squashfs::pack(&ctx, &args),

@@ -11,8 +11,7 @@ use crate::cli::{ImagesCommand, S3Args};
 use crate::context::Context;
 use crate::output::{render_list, render_one};
 use crate::s3::{
-    Client, LINK_TYPE_S3, Resume, S3Config, S3Options, S3Url, VerifyMode, import_image,
-    verify_s3_image,
+    Client, LINK_TYPE_S3, Resume, S3Config, S3Url, VerifyMode, import_image, verify_s3_image,
 };
 use crate::store::s3_backend::{ImageCatalog, S3Store};
 use crate::store::{Arch, ImageRecord, Store};
@@ -43,14 +42,7 @@ pub fn handles(ctx: &Context, cmd: &ImagesCommand) -> anyhow::Result<bool> {
 }
 
 pub fn config(args: &S3Args) -> anyhow::Result<S3Config> {
-    Ok(S3Config::resolve(&S3Options {
-        endpoint: args.endpoint.clone(),
-        region: None,
-        ca_bundle: args.ca_bundle.clone(),
-        addressing_style: args.addressing_style,
-        part_size: args.part_size,
-        concurrency: args.concurrency,
-    })?)
+    Ok(S3Config::resolve(&args.options())?)
 }
 
 /// Run an `images` command that `handles` accepted.

@@ -70,6 +70,9 @@ pub fn server_args(ctx: &Context, pack: &PackOptions) -> Vec<String> {
     if let Some(c) = s3.concurrency {
         args.extend(["--concurrency".to_string(), c.to_string()]);
     }
+    if s3.stream {
+        args.push("--s3-stream".into());
+    }
     args.extend(std::iter::repeat_n(
         "-v".to_string(),
         usize::from(ctx.verbose),

@@ -70,6 +70,8 @@ pub struct S3Options {
     pub addressing_style: AddressingStyle,
     pub part_size: Option<u64>,
     pub concurrency: Option<usize>,
+    /// Upload a rootfs while it is packed (`--s3-stream`; see [`S3Config::stream_uploads`]).
+    pub stream: bool,
 }
 
 /// Retries of one request: exponential backoff with full jitter, capped.
@@ -127,7 +129,7 @@ pub struct S3Config {
     pub concurrency: usize,
     pub retry: RetryPolicy,
     pub timeouts: Timeouts,
-    /// Upload a rootfs while it is being packed (`IMSCTL_S3_STREAM=1`). Off by default: the
+    /// Upload a rootfs while it is being packed (`--s3-stream`, `IMSCTL_S3_STREAM=1`). Off by default: the
     /// md5sum metadata then needs a server-side copy of the object, which on a local server
     /// sharing the CPU costs more than the overlap saves (moto on loopback, 370 MB rootfs:
     /// 1.5 s of copy against ~0.3 s saved); it pays when the upload is network-bound and the
@@ -226,8 +228,9 @@ impl S3Config {
             concurrency,
             retry: RetryPolicy::default(),
             timeouts: Timeouts::default(),
-            stream_uploads: var("IMSCTL_S3_STREAM")
-                .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes")),
+            stream_uploads: options.stream
+                || var("IMSCTL_S3_STREAM")
+                    .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes")),
         })
     }
 
