@@ -462,9 +462,38 @@ pub fn complete(
     id: &str,
     pack: &WriterOptions,
 ) -> Result<CustomizeResult> {
-    let job = waiting_job(store, id)?;
-    // As in IMS: completing closes the SSH sessions first.
-    crate::ssh::daemon::stop(store, &job)?;
+    let job: JobRecord = store.get(id)?;
+    let layout = work_layout(store, &job);
+    let _packing = match job.status {
+        JobStatus::WaitingOnUser => {
+            // As in IMS: completing closes the SSH sessions first.
+            crate::ssh::daemon::stop(store, &job)?;
+            root::JobLock::acquire_packing(&layout)?
+        }
+        JobStatus::PackagingArtifacts => {
+            // Packed before, by a process that is gone (killed, crashed, machine rebooted):
+            // pack again. A live packer holds the lock: that is an error naming it.
+            let lock = root::JobLock::acquire_packing(&layout).map_err(|e| match e {
+                sandbox::Error::Locked { pid: 0, .. } => {
+                    anyhow!("job {} is being packed by another process", job.id)
+                }
+                sandbox::Error::Locked { pid, .. } => {
+                    anyhow!("job {} is being packed by process {pid}", job.id)
+                }
+                other => other.into(),
+            })?;
+            ctx.info(format!(
+                "job {} was left in packaging_artifacts by an interrupted run: packing again",
+                job.id
+            ));
+            lock
+        }
+        _ => bail!(
+            "job {} is {}, not waiting_on_user",
+            job.id,
+            status_name(job.status)
+        ),
+    };
     let job = set_status(store, job.id, JobStatus::PackagingArtifacts)?;
     match package(ctx, store, &job, pack) {
         Ok(result) => Ok(result),

@@ -88,6 +88,9 @@ impl WorkLayout {
     pub fn lock_file(&self) -> PathBuf {
         self.work.join("lock")
     }
+    pub fn packing_lock_file(&self) -> PathBuf {
+        self.work.join("packing.lock")
+    }
     /// Records that the image's resolv.conf is swapped out, so a crash can be repaired.
     pub fn resolv_state(&self) -> PathBuf {
         self.work.join("resolv.conf.state")

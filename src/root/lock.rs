@@ -25,7 +25,17 @@ impl JobLock {
     /// Take the lock without waiting. A live holder is an [`Error::Locked`]; a dead one (its pid
     /// still in the file) is reported by [`JobLock::stale_holder`] and otherwise ignored.
     pub fn acquire(layout: &WorkLayout) -> Result<JobLock> {
-        let path = layout.lock_file();
+        Self::acquire_file(layout.lock_file())
+    }
+
+    /// The lock that marks a job being packed ([`WorkLayout::packing_lock_file`]): held from
+    /// `packaging_artifacts` to the end, while the sessions' lock comes and goes. A job found in
+    /// `packaging_artifacts` with this lock free was interrupted and may be packed again.
+    pub fn acquire_packing(layout: &WorkLayout) -> Result<JobLock> {
+        Self::acquire_file(layout.packing_lock_file())
+    }
+
+    fn acquire_file(path: PathBuf) -> Result<JobLock> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -718,6 +718,49 @@ fn jobs_fail_publishes_nothing_and_delete_removes_every_trace() {
     assert_nothing_left_running(&store);
 }
 
+/// Put a job record in `status` as a packer killed mid-way would have left it.
+fn set_job_status(store: &Store, id: &str, status: &str) {
+    let path = store.root().join("jobs").join(format!("{id}.json"));
+    let mut record: Value = parse_json(&fs::read_to_string(&path).expect("read job record"));
+    record["status"] = Value::from(status);
+    fs::write(&path, serde_json::to_string(&record).expect("json")).expect("write job record");
+}
+
+#[test]
+fn an_interrupted_packaging_is_done_again_by_jobs_complete_unless_a_packer_lives() {
+    let store = Store::new();
+    let base = store.import(tiny_image());
+    let id = store.create_job(&base, &[]);
+    store.exec(&id, &["sh", "-c", "echo z > /mnt/image/image-root/root/z"]);
+    set_job_status(&store, &id, "packaging_artifacts");
+
+    // A live packer (here `flock` holding the packing lock) is not disturbed.
+    let lock = store.work_dir(&id).join("packing.lock");
+    let mut holder = Command::new("flock")
+        .arg("-o")
+        .arg(&lock)
+        .args(["sleep", "30"])
+        .spawn()
+        .expect("flock");
+    assert!(wait_for(Duration::from_secs(5), || lock.exists()));
+    std::thread::sleep(Duration::from_millis(200));
+    let busy = run_failing(store.cmd().args(["jobs", "complete", &id]));
+    assert!(
+        stderr_of(&busy).contains("is being packed by another process"),
+        "{}",
+        stderr_of(&busy)
+    );
+    assert_eq!(store.job(&id)["status"], "packaging_artifacts");
+    let _ = holder.kill();
+    let _ = holder.wait();
+
+    // Its packer gone, the job is packed again and succeeds.
+    let result = store.json(&["jobs", "complete", &id]);
+    let image = str_field(&result["ims_image_record"], "id");
+    assert_eq!(unsquashfs_cat(&store.rootfs(&image), "root/z"), b"z\n");
+    assert_eq!(store.job(&id)["status"], "success");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. The interactive shell, typed into through tmux.
 
