@@ -120,15 +120,27 @@ pub fn shell_on(
         };
         return process::spawn(cfg, &steps, Command::Shell { interactive: false }, stdio)?.wait();
     }
-    let pty = pty::open_for(term_in)?;
+    // The terminal is made inside, from the sandbox's devpts, and its master sent out to us.
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| Error::io("create a socket pair for", "/dev/ptmx", e))?;
     let mut running = process::spawn(
         cfg,
         &steps,
         Command::Shell { interactive: true },
-        Stdio::Pty(pty.slave),
+        Stdio::NewPty {
+            channel: theirs.into(),
+            size: pty::size_of(term_in),
+        },
     )?;
+    let master = match pty::receive_master(&ours.into()) {
+        Ok(m) => m,
+        Err(e) => {
+            running.kill();
+            return Err(running.wait().err().unwrap_or(e));
+        }
+    };
     let relayed = pty::RawMode::enter(term_in).and_then(|raw_mode| {
-        let copied = pty::relay(term_in, term_out, &pty.master, &mut running);
+        let copied = pty::relay(term_in, term_out, &master, &mut running);
         drop(raw_mode);
         copied
     });

@@ -75,8 +75,13 @@ pub enum Command {
 #[derive(Debug)]
 pub enum Stdio {
     Inherit,
-    /// The slave side of a pty: becomes the controlling terminal of a new session.
-    Pty(OwnedFd),
+    /// A new pty from the sandbox's own devpts (so `tty` and `ps` inside name it): the command
+    /// opens it, sends the master back over `channel` (a Unix socket) and takes the slave as
+    /// its controlling terminal, sized `size`.
+    NewPty {
+        channel: OwnedFd,
+        size: Option<nix::pty::Winsize>,
+    },
     /// Explicit streams (e.g. a pipe to capture output); `None` keeps the inherited one.
     Streams {
         stdin: Option<OwnedFd>,
@@ -89,7 +94,7 @@ impl Stdio {
     fn raw_fds(&self) -> Vec<RawFd> {
         match self {
             Stdio::Inherit => vec![],
-            Stdio::Pty(slave) => vec![slave.as_raw_fd()],
+            Stdio::NewPty { channel, .. } => vec![channel.as_raw_fd()],
             Stdio::Streams {
                 stdin,
                 stdout,
@@ -609,7 +614,9 @@ fn exec_command(p: &Prepared<'_>, stdio: Stdio) -> Error {
     reset_signals();
     let attached = match stdio {
         Stdio::Inherit => Ok(()),
-        Stdio::Pty(slave) => attach_terminal(slave),
+        Stdio::NewPty { channel, size } => {
+            super::pty::open_inside(&channel, size.as_ref()).and_then(attach_terminal)
+        }
         Stdio::Streams {
             stdin,
             stdout,

@@ -1,4 +1,5 @@
-//! The interactive shell's terminal: a pty whose slave becomes the shell's controlling terminal,
+//! The interactive shell's terminal: a pty of the sandbox's own devpts (made inside, its master
+//! sent out over a socket) whose slave becomes the shell's controlling terminal,
 //! the host terminal in raw mode (restored on every exit path), bytes copied both ways and the
 //! window size forwarded on SIGWINCH.
 
@@ -7,8 +8,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
-use nix::pty::{Winsize, openpty};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::pty::Winsize;
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
 
@@ -19,25 +20,71 @@ static WINCH: AtomicBool = AtomicBool::new(false);
 /// Also re-check the window size this often, in case SIGWINCH went to another thread.
 const POLL_MS: libc::c_int = 250;
 
-/// A pty pair for a session; the slave goes to the shell, the master stays here.
-pub struct Pty {
-    pub master: OwnedFd,
-    pub slave: OwnedFd,
+/// In the sandbox: open a pty of its devpts, send the master over `channel`, return the slave.
+pub fn open_inside(channel: &OwnedFd, size: Option<&Winsize>) -> Result<OwnedFd> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let ptmx = Path::new("/dev/ptmx");
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| Error::sys("open", ptmx, e))?;
+    nix::pty::grantpt(&master).map_err(|e| Error::sys("grant pty of", ptmx, e))?;
+    nix::pty::unlockpt(&master).map_err(|e| Error::sys("unlock pty of", ptmx, e))?;
+    let name = nix::pty::ptsname_r(&master).map_err(|e| Error::sys("name pty of", ptmx, e))?;
+    let master: OwnedFd = master.into();
+    if let Some(ws) = size {
+        set_window_size(master.as_fd(), ws);
+    }
+    let fds = [master.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(b"M")];
+    sendmsg::<()>(
+        channel.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| Error::sys("send the pty master over", "socket", e))?;
+    let slave = nix::fcntl::open(
+        Path::new(&name),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::sys("open terminal", &name, e))?;
+    Ok(slave)
 }
 
-/// Open a pty sized like `term`.
-pub fn open_for(term: BorrowedFd<'_>) -> Result<Pty> {
-    let size = window_size(term);
-    let pair =
-        openpty(size.as_ref(), None).map_err(|e| Error::sys("open a pty via", "/dev/ptmx", e))?;
-    for fd in [&pair.master, &pair.slave] {
-        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
-            .map_err(|e| Error::sys("set close-on-exec on", "/dev/ptmx", e))?;
+/// Outside: the master [`open_inside`] sends; an error when the command ended before sending.
+pub fn receive_master(channel: &OwnedFd) -> Result<OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        channel.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| Error::sys("receive the pty master over", "socket", e))?;
+    for cmsg in msg
+        .cmsgs()
+        .map_err(|e| Error::sys("read the message of", "socket", e))?
+    {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg
+            && let Some(&fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this descriptor for us.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
     }
-    Ok(Pty {
-        master: pair.master,
-        slave: pair.slave,
-    })
+    Err(Error::Setup(
+        "the shell ended before its terminal was set up".into(),
+    ))
+}
+
+/// The window size of the terminal `fd`, if it is one.
+pub fn size_of(fd: BorrowedFd<'_>) -> Option<Winsize> {
+    window_size(fd)
 }
 
 /// The host terminal in raw mode; the original settings come back when dropped.

@@ -862,9 +862,6 @@ fn interactive_shell_through_tmux_completes_the_job() {
 }
 
 #[test]
-#[ignore = "bug: `tty` in `jobs shell` prints 'not a tty': the pty comes from the host's devpts \
-            but the sandbox mounts a new devpts instance on /dev/pts, so ttyname() finds no name \
-            (also blocked by the relay bug above)"]
 fn interactive_shell_tty_has_a_name_under_dev_pts() {
     if !have("tmux") {
         eprintln!("tmux missing: interactive shell test skipped");
