@@ -550,3 +550,24 @@ fn rootless_job_serves_ssh_and_files_written_over_it_belong_to_root_in_the_image
         "root owns what root wrote over ssh: {line}"
     );
 }
+
+#[test]
+fn the_failed_file_over_ssh_ends_the_job_in_error_and_publishes_nothing() {
+    let Some(s) = SshSetup::new("failed_file_over_ssh") else {
+        return;
+    };
+    let images_before = s.store.image_ids();
+    let job = s.create_job(&[]);
+    let (_, port) = connection(&job);
+    let id = str_field(&job, "id");
+    let out = s.ssh(port, "echo x > /mnt/image/image-root/root/x; touch /mnt/image/failed");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let done = wait_until_done(&s.store, &id);
+    assert_eq!(done["status"], "error", "{done:#}");
+    assert!(done["resultant_image_id"].is_null());
+    assert_eq!(s.store.image_ids(), images_before);
+    assert!(
+        wait_for(Duration::from_secs(10), || !listening(port)),
+        "the server is gone after the job ended"
+    );
+}
