@@ -560,7 +560,10 @@ fn the_failed_file_over_ssh_ends_the_job_in_error_and_publishes_nothing() {
     let job = s.create_job(&[]);
     let (_, port) = connection(&job);
     let id = str_field(&job, "id");
-    let out = s.ssh(port, "echo x > /mnt/image/image-root/root/x; touch /mnt/image/failed");
+    let out = s.ssh(
+        port,
+        "echo x > /mnt/image/image-root/root/x; touch /mnt/image/failed",
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let done = wait_until_done(&s.store, &id);
     assert_eq!(done["status"], "error", "{done:#}");
