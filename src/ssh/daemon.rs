@@ -236,6 +236,8 @@ fn mark(
 enum Ending {
     Signal(Signal),
     Stopped,
+    /// The job's work dir was removed under the server (its store deleted): nothing to serve.
+    WorkDirGone,
 }
 
 /// The server process itself (`internal-ssh-server`). Prints the ready line on stdout once it
@@ -292,6 +294,10 @@ pub fn serve(
     };
     let ending = run_until_signal(listener, host_key, server, &cfg);
     let released = held.release();
+    if matches!(ending, Ok(Ending::WorkDirGone)) {
+        eprintln!("imsctl ssh: job {}: its work dir is gone; stopping", job.id);
+        return Ok(());
+    }
     mark(store, job.id, "closed", |_| {})?;
     let ending = ending?;
     released?;
@@ -313,7 +319,7 @@ pub fn serve(
             )?;
             Ok(())
         }
-        Ending::Stopped => Ok(()),
+        Ending::Stopped | Ending::WorkDirGone => Ok(()),
     }
 }
 
@@ -379,7 +385,7 @@ fn run_until_signal(
         tokio::pin!(running);
         tokio::pin!(watch);
         let ending = tokio::select! {
-            signal = &mut watch => Ending::Signal(signal),
+            ending = &mut watch => ending,
             _ = term.recv() => Ending::Stopped,
             _ = int.recv() => Ending::Stopped,
             _ = hup.recv() => Ending::Stopped,
@@ -391,7 +397,7 @@ fn run_until_signal(
         stopper.shutdown(match ending {
             Ending::Signal(Signal::Complete) => "the job is complete: packing the image".into(),
             Ending::Signal(Signal::Failed) => "the job failed (failed file)".into(),
-            Ending::Stopped => "the job's SSH server is stopping".into(),
+            Ending::Stopped | Ending::WorkDirGone => "the job's SSH server is stopping".into(),
         });
         // Let the disconnect messages go out before the sessions' processes are killed.
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
@@ -405,12 +411,16 @@ fn signal_stream(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal:
     tokio::signal::unix::signal(kind).context("failed to install a signal handler")
 }
 
-async fn watch_signal_files(cfg: &sandbox::SandboxConfig) -> Signal {
+/// Until a signal file appears, or the job's work dir disappears (deleted with its store).
+async fn watch_signal_files(cfg: &sandbox::SandboxConfig) -> Ending {
     let mut tick = tokio::time::interval(SIGNAL_POLL);
     loop {
         tick.tick().await;
         if let Some(signal) = root::signal_raised(&cfg.layout, &cfg.source) {
-            return signal;
+            return Ending::Signal(signal);
+        }
+        if !cfg.layout.work().exists() {
+            return Ending::WorkDirGone;
         }
     }
 }
