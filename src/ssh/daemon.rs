@@ -40,6 +40,11 @@ const HOST_KEY: &str = "host_key_fingerprint";
 const READY_LINE: &str = "ready";
 /// How often the server looks for a signal file.
 const SIGNAL_POLL: Duration = Duration::from_millis(200);
+/// After a signal file, the sessions close once none has been open this long (Ansible opens
+/// one more to remove its temp dir after the task that wrote the file)…
+const QUIET: Duration = Duration::from_secs(1);
+/// …or this long after the signal file, whatever is still open.
+const CLOSE_AFTER: Duration = Duration::from_secs(10);
 /// How long `jobs complete|fail|delete` wait for a server to close its sessions and exit.
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
@@ -290,6 +295,7 @@ pub fn serve(
     let server = Server {
         accepted: Arc::new(accepted),
         spawner: Arc::new(spawner),
+        activity: Arc::default(),
         local,
     };
     let ending = run_until_signal(listener, host_key, server, &cfg);
@@ -376,6 +382,7 @@ fn run_until_signal(
             nodelay: true,
             ..Default::default()
         });
+        let activity = server.activity.clone();
         let running = server.run_on_socket(config, &listener);
         let stopper = running.handle();
         let mut term = signal_stream(tokio::signal::unix::SignalKind::terminate())?;
@@ -385,7 +392,17 @@ fn run_until_signal(
         tokio::pin!(running);
         tokio::pin!(watch);
         let ending = tokio::select! {
-            ending = &mut watch => ending,
+            ending = &mut watch => {
+                if let Ending::Signal(_) = ending {
+                    // Let the client finish what it was doing when it wrote the file.
+                    tokio::select! {
+                        () = settle(&activity) => {}
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                ending
+            }
             _ = term.recv() => Ending::Stopped,
             _ = int.recv() => Ending::Stopped,
             _ = hup.recv() => Ending::Stopped,
@@ -409,6 +426,18 @@ fn run_until_signal(
 
 fn signal_stream(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::Signal> {
     tokio::signal::unix::signal(kind).context("failed to install a signal handler")
+}
+
+/// After a signal file: wait until no session has been open for [`QUIET`], at most
+/// [`CLOSE_AFTER`] (then the sessions still open are closed, as IMS closes them).
+async fn settle(activity: &super::server::Activity) {
+    let deadline = tokio::time::Instant::now() + CLOSE_AFTER;
+    while tokio::time::Instant::now() < deadline {
+        if activity.idle_for().is_some_and(|idle| idle >= QUIET) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Until a signal file appears, or the job's work dir disappears (deleted with its store).

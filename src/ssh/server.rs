@@ -46,10 +46,63 @@ struct Setup {
     env: Vec<(String, String)>,
 }
 
+/// How many session channels are open, and since when that number last changed: lets the
+/// server close after a signal file once the client's trailing work is done (Ansible still
+/// cleans its temp dir after the task that wrote the complete file).
+#[derive(Debug)]
+pub struct Activity {
+    open: std::sync::atomic::AtomicUsize,
+    changed: std::sync::Mutex<std::time::Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            open: Default::default(),
+            changed: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        if let Ok(mut at) = self.changed.lock() {
+            *at = std::time::Instant::now();
+        }
+    }
+
+    /// Counts a channel as open until the guard is dropped.
+    fn channel_opened(self: &Arc<Self>) -> ChannelGuard {
+        self.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.touch();
+        ChannelGuard(self.clone())
+    }
+
+    /// How long no session channel has been open; None while one is.
+    pub fn idle_for(&self) -> Option<std::time::Duration> {
+        if self.open.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return None;
+        }
+        self.changed.lock().ok().map(|at| at.elapsed())
+    }
+}
+
+struct ChannelGuard(Arc<Activity>);
+
+impl Drop for ChannelGuard {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.touch();
+    }
+}
+
 /// One client connection.
 pub struct Connection {
     accepted: Arc<PublicKey>,
     spawner: Arc<Spawner>,
+    activity: Arc<Activity>,
     peer: Option<SocketAddr>,
     local: SocketAddr,
 }
@@ -59,6 +112,7 @@ pub struct Connection {
 pub struct Server {
     pub accepted: Arc<PublicKey>,
     pub spawner: Arc<Spawner>,
+    pub activity: Arc<Activity>,
     pub local: SocketAddr,
 }
 
@@ -72,6 +126,7 @@ impl russh::server::Server for Server {
         Connection {
             accepted: self.accepted.clone(),
             spawner: self.spawner.clone(),
+            activity: self.activity.clone(),
             peer,
             local: self.local,
         }
@@ -131,7 +186,11 @@ impl russh::server::Handler for Connection {
         let handle = session.handle();
         let spawner = self.spawner.clone();
         let connection = connection_env(self.peer, self.local);
-        tokio::spawn(run_channel(channel, handle, spawner, connection));
+        let guard = self.activity.channel_opened();
+        tokio::spawn(async move {
+            run_channel(channel, handle, spawner, connection).await;
+            drop(guard);
+        });
         Ok(())
     }
 

@@ -375,7 +375,7 @@ fn jailed_interactive_shell_has_a_terminal_of_its_own_and_tmp_complete_ends_it()
         "the window change reaches the terminal:\n{}",
         tmux.screen()
     );
-    tmux.type_line("echo typed > /root/typed; touch /tmp/complete");
+    tmux.type_line("echo typed > /root/typed; touch /tmp/complete; exit");
     let done = wait_until_done(&s.store, &id);
     assert_eq!(done["status"], "success", "{done:#}");
     let rootfs = s.store.rootfs(&str_field(&done, "resultant_image_id"));
