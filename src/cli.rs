@@ -259,6 +259,26 @@ pub enum JobsCommand {
     Describe(IdFormatArgs),
     /// Delete a job: its environment and its record.
     Delete(IdArg),
+    /// Start the job's SSH server: again after a reboot or a kill, or for a job created without
+    /// one (give --public-key-id then).
+    Ssh(JobSshArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct JobSshArgs {
+    /// Job id.
+    pub id: String,
+    /// Public key record to accept (replaces the job's).
+    #[arg(long)]
+    pub public_key_id: Option<String>,
+    /// Where the SSH server listens; port 0 picks a free one.
+    #[arg(long, default_value = crate::ssh::daemon::DEFAULT_LISTEN, value_name = "ADDR:PORT")]
+    pub ssh_listen: String,
+    /// How the image is packed when the complete file ends an SSH session.
+    #[command(flatten)]
+    pub pack: PackOptions,
+    #[command(flatten)]
+    pub format: FormatArg,
 }
 
 #[derive(Args, Debug)]

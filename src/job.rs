@@ -411,6 +411,30 @@ pub fn exec(
     after_session(ctx, store, &job, &cfg, status, pack)
 }
 
+/// A waiting job made ready for (another) SSH server: none may run; `key` replaces its public
+/// key, and it must have one.
+pub fn prepare_ssh(store: &Store, id: &str, key: Option<&str>) -> Result<JobRecord> {
+    let job = waiting_job(store, id)?;
+    if crate::ssh::daemon::running_server(&job).is_some() {
+        bail!(
+            "job {} is already served over SSH ({})",
+            job.id,
+            ssh_address(&job)
+        );
+    }
+    let Some(key) = key else {
+        if job.public_key_id.is_none() {
+            bail!("job {} has no public key: give --public-key-id", job.id);
+        }
+        return Ok(job);
+    };
+    let record: crate::store::PublicKeyRecord = store.get(key)?;
+    Ok(store.update::<JobRecord>(job.id, |j| {
+        j.public_key_id = Some(record.id);
+        Ok(())
+    })?)
+}
+
 /// "127.0.0.1:40022", from the record's connection_info.
 fn ssh_address(job: &JobRecord) -> String {
     job.ssh_containers

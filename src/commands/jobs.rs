@@ -118,6 +118,13 @@ pub fn run(ctx: &Context, store: &Store, cmd: &JobsCommand, out: &mut dyn Write)
             job::delete(store, &a.id)?;
             Ok(())
         }
+        JobsCommand::Ssh(a) => {
+            writer_options(&a.pack)?;
+            let job = job::prepare_ssh(store, &a.id, a.public_key_id.as_deref())?;
+            let forward = crate::commands::ssh::server_args(ctx, &a.pack);
+            let job = crate::ssh::daemon::start(store, &job, &a.ssh_listen, &forward)?;
+            write_out(out, &render_one(&job, a.format.format)?)
+        }
     }
 }
 

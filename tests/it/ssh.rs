@@ -574,3 +574,55 @@ fn the_failed_file_over_ssh_ends_the_job_in_error_and_publishes_nothing() {
         "the server is gone after the job ended"
     );
 }
+
+#[test]
+fn jobs_ssh_starts_a_server_for_a_job_without_one_and_again_after_a_kill() {
+    let Some(s) = SshSetup::new("jobs_ssh_restarts") else {
+        return;
+    };
+    let id = s.store.create_job(&s.image, &[]);
+    let no_key = run_failing(s.store.cmd().args(["jobs", "ssh", &id]));
+    assert!(
+        text(&no_key.stderr).contains("has no public key"),
+        "{}",
+        text(&no_key.stderr)
+    );
+    let job = s.store.json(&[
+        "jobs",
+        "ssh",
+        &id,
+        "--public-key-id",
+        &s.key_id,
+        "--format",
+        "json",
+    ]);
+    let (_, port) = connection(&job);
+    assert_eq!(text(&s.ssh(port, "echo one").stdout), "one\n");
+    let again = run_failing(s.store.cmd().args(["jobs", "ssh", &id]));
+    assert!(
+        text(&again.stderr).contains("already served over SSH"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    // kill -9 takes the server and its sandbox; `jobs ssh` brings it back, the image intact.
+    s.ssh(port, "echo kept > /mnt/image/image-root/root/kept");
+    let pid = job["ssh_containers"][0]["server_pid"]
+        .as_i64()
+        .expect("pid");
+    run(Command::new("kill").args(["-9", &pid.to_string()]));
+    assert!(wait_for(Duration::from_secs(10), || !listening(port)));
+    let job = s.store.json(&["jobs", "ssh", &id, "--format", "json"]);
+    let (_, port) = connection(&job);
+    assert_eq!(
+        text(&s.ssh(port, "cat /mnt/image/image-root/root/kept").stdout),
+        "kept\n"
+    );
+    let result = s.store.json(&["jobs", "complete", &id]);
+    let image = str_field(&result["ims_image_record"], "id");
+    assert_eq!(
+        unsquashfs_cat(&s.store.rootfs(&image), "root/kept"),
+        b"kept\n"
+    );
+    assert!(!listening(port));
+}
