@@ -473,8 +473,11 @@ fn after_session(
 
 /// End a job without publishing: it goes to `error`.
 pub fn fail(store: &Store, id: &str, why: &str) -> Result<JobRecord> {
-    let job = waiting_job(store, id)?;
-    crate::ssh::daemon::stop(store, &job)?;
+    let mut job = waiting_job(store, id)?;
+    if crate::ssh::daemon::stop(store, &job)? {
+        // The server may have acted on a signal file before it stopped.
+        job = waiting_job(store, id)?;
+    }
     let _ = fail_job(store, job.id, &anyhow!("{why}"));
     Ok(store.get_by_id(job.id)?)
 }
@@ -491,7 +494,10 @@ pub fn complete(
     let _packing = match job.status {
         JobStatus::WaitingOnUser => {
             // As in IMS: completing closes the SSH sessions first.
-            crate::ssh::daemon::stop(store, &job)?;
+            if crate::ssh::daemon::stop(store, &job)? {
+                // The server may have acted on a signal file before it stopped.
+                waiting_job(store, id)?;
+            }
             root::JobLock::acquire_packing(&layout)?
         }
         JobStatus::PackagingArtifacts => {

@@ -144,9 +144,13 @@ fn set_window_size(master: &OwnedFd, size: &Winsize) {
 /// The terminal's side of a session: standard input to the terminal, the terminal to standard
 /// output, window sizes from `control`; ends as the child ends, once its output is drained.
 fn relay(child: Pid, master: OwnedFd, control: Option<OwnedFd>) -> ! {
+    // Non-blocking master: input waits in `pending` while the terminal's queue is full, so the
+    // session's output keeps flowing (a big paste into a busy program cannot deadlock us).
+    set_nonblocking(&master);
     let mut stdin_open = true;
     let mut control = control;
     let mut master_open = true;
+    let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         let mut raw = 0;
@@ -155,16 +159,17 @@ fn relay(child: Pid, master: OwnedFd, control: Option<OwnedFd>) -> ! {
             drain(&master, &mut buf);
             exit_like(raw);
         }
-        let mut fds = vec![libc::pollfd {
-            fd: master.as_raw_fd(),
-            events: if master_open { libc::POLLIN } else { 0 },
-            revents: 0,
-        }];
-        if stdin_open {
-            fds.push(pollfd(0));
+        // A closed terminal (EIO) leaves the poll set: it would report POLLHUP forever.
+        let mut fds = Vec::with_capacity(3);
+        if master_open {
+            let out = if pending.is_empty() { 0 } else { libc::POLLOUT };
+            fds.push(pollfd_for(master.as_raw_fd(), libc::POLLIN | out));
+        }
+        if stdin_open && pending.len() < MAX_PENDING {
+            fds.push(pollfd_for(0, libc::POLLIN));
         }
         if let Some(c) = &control {
-            fds.push(pollfd(c.as_raw_fd()));
+            fds.push(pollfd_for(c.as_raw_fd(), libc::POLLIN));
         }
         // SAFETY: poll on valid pollfds; a short timeout so the child's exit is noticed.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
@@ -176,9 +181,19 @@ fn relay(child: Pid, master: OwnedFd, control: Option<OwnedFd>) -> ! {
                 continue;
             }
             if pfd.fd == master.as_raw_fd() {
-                master_open = copy_once(pfd.fd, 1, &mut buf);
+                if pfd.revents & libc::POLLOUT != 0 && !flush_pending(&master, &mut pending) {
+                    master_open = false;
+                }
+                if pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                    master_open &= copy_once(pfd.fd, 1, &mut buf);
+                }
             } else if pfd.fd == 0 {
-                stdin_open = copy_once(0, master.as_raw_fd(), &mut buf);
+                match nix::unistd::read(std::io::stdin(), &mut buf) {
+                    Ok(0) => stdin_open = false,
+                    Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
+                    Err(_) => stdin_open = false,
+                }
             } else if control.as_ref().is_some_and(|c| c.as_raw_fd() == pfd.fd) {
                 let mut record = [0u8; 8];
                 let got = control.as_ref().map(|c| nix::unistd::read(c, &mut record));
@@ -191,10 +206,35 @@ fn relay(child: Pid, master: OwnedFd, control: Option<OwnedFd>) -> ! {
     }
 }
 
-fn pollfd(fd: i32) -> libc::pollfd {
+/// Input held for the terminal at most (then standard input is not read until it drains).
+const MAX_PENDING: usize = 256 * 1024;
+
+/// Write what the terminal takes now; false once it is gone.
+fn flush_pending(master: &OwnedFd, pending: &mut Vec<u8>) -> bool {
+    match nix::unistd::write(master, pending) {
+        Ok(n) => {
+            pending.drain(..n);
+            true
+        }
+        Err(Errno::EAGAIN) | Err(Errno::EINTR) => true,
+        Err(_) => false,
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) {
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
+        .map(nix::fcntl::OFlag::from_bits_retain)
+        .unwrap_or(nix::fcntl::OFlag::empty());
+    let _ = nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFL(flags | nix::fcntl::OFlag::O_NONBLOCK),
+    );
+}
+
+fn pollfd_for(fd: i32, events: libc::c_short) -> libc::pollfd {
     libc::pollfd {
         fd,
-        events: libc::POLLIN,
+        events,
         revents: 0,
     }
 }
@@ -228,13 +268,7 @@ fn write_all(fd: i32, mut data: &[u8]) -> bool {
 /// What the terminal still holds once the child is gone (a background process may keep the
 /// terminal open; as with sshd, it does not keep the session).
 fn drain(master: &OwnedFd, buf: &mut [u8]) {
-    let flags = nix::fcntl::fcntl(master, nix::fcntl::FcntlArg::F_GETFL)
-        .map(nix::fcntl::OFlag::from_bits_retain)
-        .unwrap_or(nix::fcntl::OFlag::empty());
-    let _ = nix::fcntl::fcntl(
-        master,
-        nix::fcntl::FcntlArg::F_SETFL(flags | nix::fcntl::OFlag::O_NONBLOCK),
-    );
+    set_nonblocking(master);
     while let Ok(n @ 1..) = nix::unistd::read(master, buf) {
         if !write_all(1, &buf[..n]) {
             break;
@@ -253,7 +287,25 @@ fn proc_path(pid: i32, rest: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/{rest}"))
 }
 
+/// Whether `pid` is (still) a process in a mount namespace other than ours: a sandbox's pid 1,
+/// not the host process that may have reused its number after it died.
+pub fn is_sandbox(pid: i32) -> bool {
+    let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).ok();
+    match (
+        ino(&format!("/proc/{pid}/ns/mnt")),
+        ino("/proc/self/ns/mnt"),
+    ) {
+        (Some(theirs), Some(ours)) => theirs != ours,
+        _ => false,
+    }
+}
+
 fn join(pid1: i32) -> Result<Joined> {
+    if !is_sandbox(pid1) {
+        return Err(Error::Config(format!(
+            "process {pid1} is not a job's sandbox any more (it ended)"
+        )));
+    }
     let mut fds: Vec<(OwnedFd, CloneFlags, PathBuf)> = Vec::new();
     let mut own_user_ns = false;
     let mut network = Network::Host;
@@ -318,6 +370,9 @@ fn inside(target: Target, joined: &Joined, terminal: Option<&Path>) -> Result<()
     }
     let home = Path::new("/root");
     let _ = nix::unistd::chdir(if home.is_dir() { home } else { Path::new("/") });
+    // Only the standard streams go in: nothing the caller or the SSH server had open.
+    // SAFETY: close_range on descriptors this single-threaded child does not use.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     Ok(())
 }
 

@@ -10,7 +10,8 @@
 //!   command goes on in the foreground.
 //!
 //! The record's `ssh_containers[0]` tells where it listens (`connection_info`), its status
-//! (pending → ready → closed | error), its pid, the sandbox's pid 1 and the host key's fingerprint.
+//! (pending → ready → closed, or error if serving failed; packing then sets complete or error),
+//! its pid, the sandbox's pid 1 and the host key's fingerprint.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -93,8 +94,14 @@ pub fn start(
         .stderr(log);
     // SAFETY: setsid only; the server must not get the terminal's signals (Ctrl-C in the shell
     // that ran `jobs create`) nor die with that shell.
+    // Descriptors the caller left open (a shell's `exec 7</`, a jobserver pipe) must not reach
+    // the server, and through it the sessions: close all but the standard ones.
     unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
     }
     let mut child = cmd
         .spawn()
@@ -200,7 +207,12 @@ pub fn stop(store: &Store, job: &JobRecord) -> Result<bool> {
         return Ok(false);
     };
     let pid = nix::unistd::Pid::from_raw(pid);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).with_context(|| {
+        format!(
+            "failed to stop the SSH server of job {} (signal pid {pid})",
+            job.id
+        )
+    })?;
     let started = Instant::now();
     while is_our_server(pid.as_raw(), job.id) {
         if started.elapsed() > STOP_GRACE {
@@ -243,6 +255,8 @@ enum Ending {
     Stopped,
     /// The job's work dir was removed under the server (its store deleted): nothing to serve.
     WorkDirGone,
+    /// The held sandbox's pid 1 died: sessions cannot enter any more.
+    SandboxGone,
 }
 
 /// The server process itself (`internal-ssh-server`). Prints the ready line on stdout once it
@@ -298,15 +312,26 @@ pub fn serve(
         activity: Arc::default(),
         local,
     };
-    let ending = run_until_signal(listener, host_key, server, &cfg);
+    let ending = run_until_signal(listener, host_key, server, &cfg, pid1);
     let released = held.release();
     if matches!(ending, Ok(Ending::WorkDirGone)) {
         eprintln!("imsctl ssh: job {}: its work dir is gone; stopping", job.id);
         return Ok(());
     }
-    mark(store, job.id, "closed", |_| {})?;
+    let status = if ending.is_ok() && released.is_ok() {
+        "closed"
+    } else {
+        "error"
+    };
+    mark(store, job.id, status, |_| {})?;
     let ending = ending?;
     released?;
+    if ending == Ending::SandboxGone {
+        bail!(
+            "the sandbox of job {} (pid {pid1}) ended under the server",
+            job.id
+        );
+    }
     eprintln!("imsctl ssh: job {}: sessions closed ({ending:?})", job.id);
     match ending {
         Ending::Signal(Signal::Complete) => {
@@ -325,7 +350,7 @@ pub fn serve(
             )?;
             Ok(())
         }
-        Ending::Stopped | Ending::WorkDirGone => Ok(()),
+        Ending::Stopped | Ending::WorkDirGone | Ending::SandboxGone => Ok(()),
     }
 }
 
@@ -361,6 +386,7 @@ fn run_until_signal(
     host_key: russh::keys::PrivateKey,
     mut server: Server,
     cfg: &sandbox::SandboxConfig,
+    pid1: i32,
 ) -> Result<Ending> {
     use russh::server::Server as _;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -388,20 +414,21 @@ fn run_until_signal(
         let mut term = signal_stream(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = signal_stream(tokio::signal::unix::SignalKind::interrupt())?;
         let mut hup = signal_stream(tokio::signal::unix::SignalKind::hangup())?;
-        let watch = watch_signal_files(cfg);
+        let watch = watch_signal_files(cfg, pid1);
         tokio::pin!(running);
         tokio::pin!(watch);
         let ending = tokio::select! {
             ending = &mut watch => {
-                if let Ending::Signal(_) = ending {
-                    // Let the client finish what it was doing when it wrote the file.
-                    tokio::select! {
-                        () = settle(&activity) => {}
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
+                match ending {
+                    // Let the client finish what it was doing when it wrote the file; a stop
+                    // request meanwhile (`jobs fail|complete|delete`) wins over the file.
+                    Ending::Signal(_) => tokio::select! {
+                        () = settle(&activity) => ending,
+                        _ = term.recv() => Ending::Stopped,
+                        _ = int.recv() => Ending::Stopped,
+                    },
+                    other => other,
                 }
-                ending
             }
             _ = term.recv() => Ending::Stopped,
             _ = int.recv() => Ending::Stopped,
@@ -414,7 +441,9 @@ fn run_until_signal(
         stopper.shutdown(match ending {
             Ending::Signal(Signal::Complete) => "the job is complete: packing the image".into(),
             Ending::Signal(Signal::Failed) => "the job failed (failed file)".into(),
-            Ending::Stopped | Ending::WorkDirGone => "the job's SSH server is stopping".into(),
+            Ending::Stopped | Ending::WorkDirGone | Ending::SandboxGone => {
+                "the job's SSH server is stopping".into()
+            }
         });
         // Let the disconnect messages go out before the sessions' processes are killed.
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
@@ -441,10 +470,13 @@ async fn settle(activity: &super::server::Activity) {
 }
 
 /// Until a signal file appears, or the job's work dir disappears (deleted with its store).
-async fn watch_signal_files(cfg: &sandbox::SandboxConfig) -> Ending {
+async fn watch_signal_files(cfg: &sandbox::SandboxConfig, pid1: i32) -> Ending {
     let mut tick = tokio::time::interval(SIGNAL_POLL);
     loop {
         tick.tick().await;
+        if !sandbox::enter::is_sandbox(pid1) {
+            return Ending::SandboxGone;
+        }
         if let Some(signal) = root::signal_raised(&cfg.layout, &cfg.source) {
             return Ending::Signal(signal);
         }

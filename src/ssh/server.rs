@@ -450,7 +450,14 @@ async fn run_session(
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Outcome::NotStarted("imsctl: session streams are missing\n".into());
     };
-    let mut stdin = child.stdin.take();
+    // Input goes through a queue to its own task, so that a process that does not read its
+    // standard input never stops this loop from seeing its exit, a close or a signal.
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut input = child.stdin.take().map(|stdin| {
+        let (queue, pending) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(feed_stdin(stdin, pending, queued.clone()));
+        queue
+    });
     let out = tokio::spawn(copy_out(stdout, tx.make_writer()));
     let err = tokio::spawn(copy_out(stderr, tx.make_writer_ext(Some(1))));
     let status = loop {
@@ -458,19 +465,25 @@ async fn run_session(
             status = child.wait() => break status,
             msg = rx.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => {
-                    if let Some(input) = stdin.as_mut()
-                        && input.write_all(&data).await.is_err()
-                    {
-                        stdin = None; // the process stopped reading: drop what comes
+                    use std::sync::atomic::Ordering;
+                    let sent = input.as_ref().is_some_and(|queue| {
+                        queued.fetch_add(data.len(), Ordering::SeqCst);
+                        queue.send(data.to_vec()).is_ok()
+                    });
+                    if !sent || queued.load(Ordering::SeqCst) > MAX_QUEUED_INPUT {
+                        // The process stopped reading (or exited): what comes is dropped.
+                        input = None;
                     }
                 }
-                Some(ChannelMsg::Eof) => stdin = None,
+                Some(ChannelMsg::Eof) => input = None,
                 Some(ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height }) => {
                     if let Some(pipe) = control.as_mut() {
                         let size = winsize(col_width, row_height, pix_width, pix_height);
-                        // 8 bytes into an empty-most-of-the-time pipe: never blocks for long.
-                        if std::io::Write::write_all(pipe, &encode_winsize(&size)).is_err() {
-                            control = None;
+                        // Non-blocking: a busy relay misses a size rather than stalling the server.
+                        match std::io::Write::write(pipe, &encode_winsize(&size)) {
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(_) => control = None,
                         }
                     }
                 }
@@ -483,11 +496,29 @@ async fn run_session(
             }
         }
     };
-    drop(stdin);
+    drop(input);
     // All output before the exit status, as sshd does.
     let _ = out.await;
     let _ = err.await;
     outcome_of(status)
+}
+
+/// Input held for a process that does not read it, at most; then its standard input closes.
+const MAX_QUEUED_INPUT: usize = 64 << 20;
+
+async fn feed_stdin(
+    mut stdin: tokio::process::ChildStdin,
+    mut pending: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    while let Some(data) = pending.recv().await {
+        let failed = stdin.write_all(&data).await.is_err();
+        queued.fetch_sub(data.len(), std::sync::atomic::Ordering::SeqCst);
+        if failed {
+            break;
+        }
+    }
+    // Dropping stdin here is the process's EOF.
 }
 
 async fn copy_out(
@@ -515,6 +546,14 @@ fn with_terminal(
     size: &Winsize,
 ) -> std::io::Result<(OwnedFd, OwnedFd)> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // Only our end is non-blocking (8-byte records are written whole or not at all).
+    let flags = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_GETFL)?;
+    nix::fcntl::fcntl(
+        &write,
+        nix::fcntl::FcntlArg::F_SETFL(
+            nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK,
+        ),
+    )?;
     cmd.arg("--pty")
         .arg(format!(
             "{}x{}x{}x{}",

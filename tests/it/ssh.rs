@@ -626,3 +626,31 @@ fn jobs_ssh_starts_a_server_for_a_job_without_one_and_again_after_a_kill() {
     );
     assert!(!listening(port));
 }
+
+#[test]
+fn descriptors_of_the_caller_never_reach_a_session() {
+    let Some(s) = SshSetup::new("descriptors_never_leak") else {
+        return;
+    };
+    // `jobs create` from a shell holding the host's / open on descriptor 7.
+    let out = run(Command::new("sh").arg("-c").arg(format!(
+        "exec 7</ && exec {} --store {} --quiet jobs create --artifact-id {} \
+         --image-root-archive-name fds --public-key-id {} --ssh-containers-jail true --format json",
+        env!("CARGO_BIN_EXE_imsctl"),
+        s.store.root().display(),
+        s.image,
+        s.key_id
+    )));
+    let job: Value = serde_json::from_str(&out).expect("json");
+    let (_, port) = connection(&job);
+    let seen = s.ssh(port, "ls /proc/self/fd/ | sort -n | tr '\\n' ' '");
+    assert_eq!(
+        text(&seen.stdout),
+        "0 1 2 3 ",
+        "only the standard streams (and ls's own directory) in a session"
+    );
+    run(s
+        .store
+        .cmd()
+        .args(["jobs", "delete", &str_field(&job, "id")]));
+}
