@@ -576,8 +576,12 @@ mod tests {
         assert!(matches!(store.insert(&a), Err(Error::AlreadyExists { .. })));
         let got: PublicKeyRecord = store.get(&a.id.to_string()).expect("get");
         assert_eq!(got, a);
-        let all: Vec<PublicKeyRecord> = store.list().expect("list");
-        assert_eq!(all, vec![a.clone(), b.clone()]);
+        let mut all: Vec<PublicKeyRecord> = store.list().expect("list");
+        // Both were created within the same clock tick here: compare regardless of order.
+        all.sort_by_key(|r| r.id);
+        let mut expected = vec![a.clone(), b.clone()];
+        expected.sort_by_key(|r| r.id);
+        assert_eq!(all, expected);
         store.remove::<PublicKeyRecord>(a.id).expect("remove");
         let err = store
             .get::<PublicKeyRecord>(&a.id.to_string())
