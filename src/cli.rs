@@ -133,7 +133,7 @@ pub struct SshServerArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["login_shell", "command", "sftp"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["login_shell", "command", "sftp", "argv"])))]
 pub struct EnterArgs {
     /// pid 1 of the holding session.
     #[arg(long)]
@@ -149,6 +149,9 @@ pub struct EnterArgs {
     /// Serve SFTP on stdin/stdout.
     #[arg(long)]
     pub sftp: bool,
+    /// Run this program and its arguments directly (after `--`).
+    #[arg(last = true)]
+    pub argv: Vec<String>,
     /// Run the session on a terminal of the sandbox, of this size (ROWSxCOLS[xXPIXxYPIX]).
     #[arg(long, value_parser = parse_winsize, conflicts_with = "sftp")]
     pub pty: Option<WindowSize>,

@@ -30,9 +30,10 @@ pub fn enter(args: &EnterArgs) -> Result<()> {
                 .map_err(|e| crate::sandbox::Error::io("serve SFTP in", home, e))
         })?
     } else {
-        let command = match &args.command {
-            Some(c) => SessionCommand::ShellCommand(c.clone()),
-            None => SessionCommand::LoginShell,
+        let command = match (&args.command, args.argv.is_empty()) {
+            (Some(c), _) => SessionCommand::ShellCommand(c.clone()),
+            (None, false) => SessionCommand::Argv(args.argv.clone()),
+            (None, true) => SessionCommand::LoginShell,
         };
         let terminal = args.pty.map(|size| Terminal {
             size: size.0,

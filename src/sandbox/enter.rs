@@ -455,6 +455,9 @@ fn exit_like(raw: i32) -> ! {
 pub enum SessionCommand {
     LoginShell,
     ShellCommand(String),
+    /// A program and its arguments, run directly (found along the sandbox's PATH), as
+    /// `jobs exec` runs them without a server.
+    Argv(Vec<String>),
 }
 
 /// The shell sessions use: bash when the view has it, else sh.
@@ -473,10 +476,18 @@ pub fn exec_session(command: &SessionCommand, env: &[String]) -> Result<i32> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "sh".into());
-    let argv: Vec<String> = match command {
+    let (program, argv): (PathBuf, Vec<String>) = match command {
         // A leading '-' in argv[0] makes it a login shell, as sshd starts it.
-        SessionCommand::LoginShell => vec![format!("-{name}")],
-        SessionCommand::ShellCommand(cmd) => vec![name, "-c".into(), cmd.clone()],
+        SessionCommand::LoginShell => (shell.into(), vec![format!("-{name}")]),
+        SessionCommand::ShellCommand(cmd) => (shell.into(), vec![name, "-c".into(), cmd.clone()]),
+        SessionCommand::Argv(argv) => {
+            let first = argv
+                .first()
+                .ok_or_else(|| Error::Config("empty command".into()))?;
+            let program = process::resolve_program(first)
+                .ok_or_else(|| Error::sys("find command", first, Errno::ENOENT))?;
+            (program, argv.clone())
+        }
     };
     let mut env = env.to_vec();
     env.push(format!("SHELL={shell}"));
@@ -493,10 +504,11 @@ pub fn exec_session(command: &SessionCommand, env: &[String]) -> Result<i32> {
             .collect()
     };
     let (cargv, cenv) = (cstrings(&argv)?, cstrings(&env)?);
-    let program = CString::new(shell).map_err(|_| Error::Config("shell path".into()))?;
-    let err = match nix::unistd::execve(&program, &cargv, &cenv) {
+    let cprogram = CString::new(program.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Config(format!("{} contains a NUL byte", program.display())))?;
+    let err = match nix::unistd::execve(&cprogram, &cargv, &cenv) {
         Err(e) => e,
         Ok(never) => match never {},
     };
-    Err(Error::sys("execute", shell, err))
+    Err(Error::sys("execute", program, err))
 }

@@ -675,7 +675,7 @@ fn shell_argv(interactive: bool) -> Vec<String> {
 }
 
 /// execvp's lookup, but along the sandbox's PATH rather than the host's.
-fn resolve_program(name: &str) -> Option<std::path::PathBuf> {
+pub(super) fn resolve_program(name: &str) -> Option<std::path::PathBuf> {
     if name.contains('/') {
         return Some(name.into());
     }

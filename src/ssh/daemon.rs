@@ -174,7 +174,7 @@ pub fn exec_in(pid1: i32, jailed: bool, argv: &[String]) -> Result<std::process:
     if jailed {
         cmd.arg("--jail");
     }
-    cmd.arg("--command").arg(shell_quote(argv));
+    cmd.arg("--").args(argv);
     cmd.env_clear().envs(session_env_from_host());
     cmd.status()
         .with_context(|| format!("failed to run {} internal-enter", exe.display()))
@@ -190,14 +190,6 @@ fn session_env_from_host() -> Vec<(String, String)> {
         std::env::vars().filter(|(k, _)| k == "TERM" || k == "LANG" || k.starts_with("LC_")),
     );
     env
-}
-
-/// Words quoted for `sh -c`, so each arrives as one argument whatever it contains.
-pub fn shell_quote(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Stop the job's server if one runs (it closes the sessions and releases the sandbox) and wait

@@ -401,6 +401,11 @@ fn jobs_commands_while_the_server_runs() {
     );
     let seen = s.ssh(port, "cat /mnt/image/image-root/root/x");
     assert_eq!(text(&seen.stdout), "via-exec\n");
+    // Arguments arrive as given, no shell in between.
+    assert_eq!(
+        s.store.exec(&id, &["printf", "%s|", "a b", "c'd", "$HOME"]),
+        "a b|c'd|$HOME|"
+    );
     // The interactive shell is the server's now.
     let refused = run_failing(s.store.cmd().args(["jobs", "shell", &id]));
     let msg = text(&refused.stderr);
