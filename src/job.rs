@@ -676,7 +676,7 @@ fn publish_to_s3(
     pack: impl FnOnce(&mut dyn FnMut(Settled) -> Result<()>) -> Result<()>,
 ) -> Result<crate::s3::S3ImageArtifacts> {
     use crate::artifacts::ArtifactKind;
-    use crate::s3::{ArtifactFile, ImageMeta, Publication, Resume};
+    use crate::s3::{ImageMeta, Publication, Resume};
     let meta = ImageMeta {
         name: Some(job.image_root_archive_name.clone()),
         job_id: Some(job.id),
@@ -685,20 +685,15 @@ fn publish_to_s3(
     let mut publication = Publication::begin(&s3.client, &s3.dest, image_id, &meta, &resume)?;
     if !s3.client.config().stream_uploads {
         pack(&mut |_| Ok(()))?;
-        for (kind, path) in [
-            (ArtifactKind::Rootfs, rootfs),
-            (ArtifactKind::Kernel, kernel),
-            (ArtifactKind::Initrd, initrd),
-        ] {
-            publication.upload(
-                &ArtifactFile {
-                    kind,
-                    path,
-                    md5: None,
-                },
-                ctx,
-            )?;
-        }
+        upload_each(
+            ctx,
+            &mut publication,
+            [
+                (ArtifactKind::Rootfs, rootfs),
+                (ArtifactKind::Kernel, kernel),
+                (ArtifactKind::Initrd, initrd),
+            ],
+        )?;
         return Ok(publication.finish()?);
     }
     let sent = Arc::new(AtomicU64::new(0));
@@ -726,20 +721,32 @@ fn publish_to_s3(
         stats.after_writer.as_secs_f64(),
         stats.metadata_copy.as_secs_f64()
     ));
-    for (kind, path) in [
-        (ArtifactKind::Kernel, kernel),
-        (ArtifactKind::Initrd, initrd),
-    ] {
-        publication.upload(
-            &ArtifactFile {
-                kind,
-                path,
-                md5: None,
-            },
-            ctx,
-        )?;
-    }
+    upload_each(
+        ctx,
+        &mut publication,
+        [
+            (ArtifactKind::Kernel, kernel),
+            (ArtifactKind::Initrd, initrd),
+        ],
+    )?;
     Ok(publication.finish()?)
+}
+
+/// Upload whole files (their md5 computed on the way) into the publication.
+fn upload_each<'a>(
+    ctx: &Context,
+    publication: &mut crate::s3::Publication,
+    files: impl IntoIterator<Item = (crate::artifacts::ArtifactKind, &'a Path)>,
+) -> Result<()> {
+    for (kind, path) in files {
+        let file = crate::s3::ArtifactFile {
+            kind,
+            path,
+            md5: None,
+        };
+        publication.upload(&file, ctx)?;
+    }
+    Ok(())
 }
 
 /// Pack the held image root, taking every certainly-unchanged entry from the base image: its

@@ -17,7 +17,7 @@
 //! Joining a user namespace needs a single-threaded caller: this runs first thing in `main`.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -31,6 +31,7 @@ use super::Network;
 use super::error::{Error, Result};
 use super::plan::IMS_IMAGE_ROOT;
 use super::process;
+use super::pty;
 
 /// Which running sandbox to enter, and where inside it.
 #[derive(Debug, Clone, Copy)]
@@ -94,7 +95,7 @@ pub fn enter(
 ) -> Result<std::convert::Infallible> {
     let joined = join(target.pid1)?;
     let pty = terminal
-        .map(|t| open_terminal(&t.size).map(|p| (p, t.control)))
+        .map(|t| pty::open_pty(Some(&t.size)).map(|p| (p, t.control)))
         .transpose()?;
     // SAFETY: this process is single-threaded (see the module comment).
     match unsafe { fork() }
@@ -122,31 +123,13 @@ pub fn enter(
     }
 }
 
-/// A new pty from the sandbox's /dev/ptmx: the master and the slave's path inside.
-fn open_terminal(size: &Winsize) -> Result<(OwnedFd, PathBuf)> {
-    use nix::fcntl::OFlag;
-    let ptmx = Path::new("/dev/ptmx");
-    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
-        .map_err(|e| Error::sys("open", ptmx, e))?;
-    nix::pty::grantpt(&master).map_err(|e| Error::sys("grant pty of", ptmx, e))?;
-    nix::pty::unlockpt(&master).map_err(|e| Error::sys("unlock pty of", ptmx, e))?;
-    let name = nix::pty::ptsname_r(&master).map_err(|e| Error::sys("name pty of", ptmx, e))?;
-    let master: OwnedFd = master.into();
-    set_window_size(&master, size);
-    Ok((master, PathBuf::from(name)))
-}
-
-fn set_window_size(master: &OwnedFd, size: &Winsize) {
-    // SAFETY: TIOCSWINSZ with a valid winsize on a pty master we own.
-    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, size) };
-}
-
 /// The terminal's side of a session: standard input to the terminal, the terminal to standard
 /// output, window sizes from `control`; ends as the child ends, once its output is drained.
 fn relay(child: Pid, master: OwnedFd, control: Option<OwnedFd>) -> ! {
     // Non-blocking master: input waits in `pending` while the terminal's queue is full, so the
     // session's output keeps flowing (a big paste into a busy program cannot deadlock us).
-    set_nonblocking(&master);
+    // Best effort: a blocking master only loses the protection against a full input queue.
+    let _ = pty::set_nonblocking(&master);
     let mut stdin_open = true;
     let mut control = control;
     let mut master_open = true;
@@ -163,13 +146,13 @@ fn relay(child: Pid, master: OwnedFd, control: Option<OwnedFd>) -> ! {
         let mut fds = Vec::with_capacity(3);
         if master_open {
             let out = if pending.is_empty() { 0 } else { libc::POLLOUT };
-            fds.push(pollfd_for(master.as_raw_fd(), libc::POLLIN | out));
+            fds.push(pty::pollfd(master.as_raw_fd(), libc::POLLIN | out));
         }
         if stdin_open && pending.len() < MAX_PENDING {
-            fds.push(pollfd_for(0, libc::POLLIN));
+            fds.push(pty::pollfd(0, libc::POLLIN));
         }
         if let Some(c) = &control {
-            fds.push(pollfd_for(c.as_raw_fd(), libc::POLLIN));
+            fds.push(pty::pollfd(c.as_raw_fd(), libc::POLLIN));
         }
         // SAFETY: poll on valid pollfds; a short timeout so the child's exit is noticed.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
@@ -198,7 +181,7 @@ fn relay(child: Pid, master: OwnedFd, control: Option<OwnedFd>) -> ! {
                 let mut record = [0u8; 8];
                 let got = control.as_ref().map(|c| nix::unistd::read(c, &mut record));
                 match got {
-                    Some(Ok(8)) => set_window_size(&master, &decode_winsize(&record)),
+                    Some(Ok(8)) => pty::set_window_size(master.as_fd(), &decode_winsize(&record)),
                     _ => control = None,
                 }
             }
@@ -221,24 +204,6 @@ fn flush_pending(master: &OwnedFd, pending: &mut Vec<u8>) -> bool {
     }
 }
 
-fn set_nonblocking(fd: &OwnedFd) {
-    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
-        .map(nix::fcntl::OFlag::from_bits_retain)
-        .unwrap_or(nix::fcntl::OFlag::empty());
-    let _ = nix::fcntl::fcntl(
-        fd,
-        nix::fcntl::FcntlArg::F_SETFL(flags | nix::fcntl::OFlag::O_NONBLOCK),
-    );
-}
-
-fn pollfd_for(fd: i32, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
-}
-
 /// Move what one read gives from `from` to `to`; false once `from` is at its end (or the pty
 /// reports EIO: every slave closed) or `to` is gone.
 fn copy_once(from: i32, to: i32, buf: &mut [u8]) -> bool {
@@ -246,31 +211,23 @@ fn copy_once(from: i32, to: i32, buf: &mut [u8]) -> bool {
     let from = unsafe { std::os::fd::BorrowedFd::borrow_raw(from) };
     match nix::unistd::read(from, buf) {
         Ok(0) => false,
-        Ok(n) => write_all(to, &buf[..n]),
+        // SAFETY: borrowing a descriptor this process keeps open for the call.
+        Ok(n) => pty::write_all(
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(to) },
+            &buf[..n],
+        )
+        .is_ok(),
         Err(Errno::EINTR) | Err(Errno::EAGAIN) => true,
         Err(_) => false,
     }
 }
 
-fn write_all(fd: i32, mut data: &[u8]) -> bool {
-    // SAFETY: borrowing a descriptor this process keeps open for the call.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    while !data.is_empty() {
-        match nix::unistd::write(fd, data) {
-            Ok(n) => data = &data[n..],
-            Err(Errno::EINTR) => {}
-            Err(_) => return false,
-        }
-    }
-    true
-}
-
 /// What the terminal still holds once the child is gone (a background process may keep the
 /// terminal open; as with sshd, it does not keep the session).
 fn drain(master: &OwnedFd, buf: &mut [u8]) {
-    set_nonblocking(master);
+    let _ = pty::set_nonblocking(master);
     while let Ok(n @ 1..) = nix::unistd::read(master, buf) {
-        if !write_all(1, &buf[..n]) {
+        if pty::write_all(std::io::stdout().as_fd(), &buf[..n]).is_err() {
             break;
         }
     }

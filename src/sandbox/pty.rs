@@ -20,9 +20,9 @@ static WINCH: AtomicBool = AtomicBool::new(false);
 /// Also re-check the window size this often, in case SIGWINCH went to another thread.
 const POLL_MS: libc::c_int = 250;
 
-/// In the sandbox: open a pty of its devpts, send the master over `channel`, return the slave.
-pub fn open_inside(channel: &OwnedFd, size: Option<&Winsize>) -> Result<OwnedFd> {
-    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+/// A new pty from this mount namespace's /dev/ptmx, sized `size`: the master and the slave's
+/// path (inside a sandbox, a pty of its own devpts, which `tty` there can name).
+pub(super) fn open_pty(size: Option<&Winsize>) -> Result<(OwnedFd, std::path::PathBuf)> {
     let ptmx = Path::new("/dev/ptmx");
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(|e| Error::sys("open", ptmx, e))?;
@@ -33,6 +33,13 @@ pub fn open_inside(channel: &OwnedFd, size: Option<&Winsize>) -> Result<OwnedFd>
     if let Some(ws) = size {
         set_window_size(master.as_fd(), ws);
     }
+    Ok((master, name.into()))
+}
+
+/// In the sandbox: open a pty of its devpts, send the master over `channel`, return the slave.
+pub fn open_inside(channel: &OwnedFd, size: Option<&Winsize>) -> Result<OwnedFd> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let (master, name) = open_pty(size)?;
     let fds = [master.as_raw_fd()];
     let iov = [std::io::IoSlice::new(b"M")];
     sendmsg::<()>(
@@ -123,7 +130,20 @@ fn window_size(fd: BorrowedFd<'_>) -> Option<Winsize> {
     (rc == 0).then_some(ws)
 }
 
-fn set_window_size(fd: BorrowedFd<'_>, ws: &Winsize) {
+/// O_NONBLOCK on a pty master.
+pub(super) fn set_nonblocking(master: &OwnedFd) -> Result<()> {
+    let ptmx = Path::new("/dev/ptmx");
+    let flags =
+        fcntl(master, FcntlArg::F_GETFL).map_err(|e| Error::sys("read flags of", ptmx, e))?;
+    fcntl(
+        master,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| Error::sys("set non-blocking on", ptmx, e))?;
+    Ok(())
+}
+
+pub(super) fn set_window_size(fd: BorrowedFd<'_>, ws: &Winsize) {
     // SAFETY: TIOCSWINSZ reads a struct winsize; the kernel then signals the pty's foreground group.
     unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, ws as *const Winsize) };
 }
@@ -164,13 +184,7 @@ pub fn relay(
     running: &mut Running,
 ) -> Result<()> {
     let ptmx = Path::new("/dev/ptmx");
-    let flags =
-        fcntl(master, FcntlArg::F_GETFL).map_err(|e| Error::sys("read flags of", ptmx, e))?;
-    fcntl(
-        master,
-        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
-    )
-    .map_err(|e| Error::sys("set non-blocking on", ptmx, e))?;
+    set_nonblocking(master)?;
     let _winch = WinchHandler::install();
     let mut last_size = window_size(term_in);
     let mut to_child: Vec<u8> = Vec::new();
@@ -257,7 +271,7 @@ fn copy_out(master: &OwnedFd, term_out: BorrowedFd<'_>, buf: &mut [u8]) -> Resul
     }
 }
 
-fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<()> {
+pub(super) fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<()> {
     while !data.is_empty() {
         match nix::unistd::write(fd, data) {
             Ok(n) => data = &data[n..],
@@ -269,7 +283,7 @@ fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn pollfd(fd: libc::c_int, events: libc::c_short) -> libc::pollfd {
+pub(super) fn pollfd(fd: libc::c_int, events: libc::c_short) -> libc::pollfd {
     libc::pollfd {
         fd,
         events,

@@ -182,13 +182,8 @@ pub fn exec_in(pid1: i32, jailed: bool, argv: &[String]) -> Result<std::process:
 
 /// The environment `jobs exec` passes in: what a login would set, plus TERM and the locale.
 fn session_env_from_host() -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = [("HOME", "/root"), ("USER", "root"), ("LOGNAME", "root")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    env.extend(
-        std::env::vars().filter(|(k, _)| k == "TERM" || k == "LANG" || k.starts_with("LC_")),
-    );
+    let mut env = super::server::login_env();
+    env.extend(std::env::vars().filter(|(k, _)| k == "TERM" || super::server::accepted_env(k)));
     env
 }
 

@@ -267,8 +267,16 @@ impl russh::server::Handler for Connection {
     }
 }
 
+/// What a login as root sets (PATH is the sandbox's, set by `internal-enter` when absent).
+pub fn login_env() -> Vec<(String, String)> {
+    [("HOME", "/root"), ("USER", "root"), ("LOGNAME", "root")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// Client-sent variables passed in, as sshd's default AcceptEnv (LANG, LC_*) plus TERM and TZ.
-fn accepted_env(name: &str) -> bool {
+pub fn accepted_env(name: &str) -> bool {
     name == "LANG" || name.starts_with("LC_") || name == "TZ"
 }
 
@@ -366,18 +374,7 @@ fn winsize(cols: u32, rows: u32, xpixel: u32, ypixel: u32) -> Winsize {
 /// The session's environment: a clean one, as a login gives (nothing of the server's own,
 /// e.g. S3 credentials, leaks in).
 fn session_env(setup: &Setup, connection: &[(String, String)]) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = [
-        ("HOME", "/root"),
-        ("USER", "root"),
-        ("LOGNAME", "root"),
-        (
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let mut env = login_env();
     env.extend(connection.iter().cloned());
     env.extend(setup.env.iter().cloned());
     env

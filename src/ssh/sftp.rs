@@ -584,39 +584,7 @@ fn long_name(name: &[u8], st: &FileStat, names: &NameCache, tz: &jiff::tz::TimeZ
 
 /// The 10-character mode of `ls -l` followed by the space OpenSSH's strmode leaves for ACLs.
 fn mode_string(mode: u32) -> String {
-    let kind = match SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) {
-        SFlag::S_IFDIR => 'd',
-        SFlag::S_IFLNK => 'l',
-        SFlag::S_IFCHR => 'c',
-        SFlag::S_IFBLK => 'b',
-        SFlag::S_IFIFO => 'p',
-        SFlag::S_IFSOCK => 's',
-        SFlag::S_IFREG => '-',
-        _ => '?',
-    };
-    let bit = |mask: u32, c: char| if mode & mask != 0 { c } else { '-' };
-    let exec =
-        |x: u32, special: u32, set: char, unset: char| match (mode & x != 0, mode & special != 0) {
-            (true, true) => set,
-            (false, true) => unset,
-            (true, false) => 'x',
-            (false, false) => '-',
-        };
-    [
-        kind,
-        bit(0o400, 'r'),
-        bit(0o200, 'w'),
-        exec(0o100, 0o4000, 's', 'S'),
-        bit(0o040, 'r'),
-        bit(0o020, 'w'),
-        exec(0o010, 0o2000, 's', 'S'),
-        bit(0o004, 'r'),
-        bit(0o002, 'w'),
-        exec(0o001, 0o1000, 't', 'T'),
-        ' ',
-    ]
-    .iter()
-    .collect()
+    format!("{} ", crate::squashfs::listing::mode_string(mode))
 }
 
 fn os(bytes: &[u8]) -> &OsStr {
