@@ -382,36 +382,47 @@ fn upload_parts(
     trust_size: bool,
     progress: &AtomicU64,
 ) -> Result<(Vec<String>, (usize, u64))> {
+    let reused = AtomicUsize::new(0);
+    let sent = AtomicU64::new(0);
+    let etags = in_parallel(client.config().concurrency, parts, |index| {
+        let offset = index as u64 * part_size;
+        let len = part_size.min(size - offset);
+        let number = u16::try_from(index + 1).unwrap_or(u16::MAX);
+        let (etag, was_reused) = one_part(
+            client, key, upload_id, file, path, offset, len, number, listed, trust_size,
+        )?;
+        if was_reused {
+            reused.fetch_add(1, Ordering::Relaxed);
+        } else {
+            sent.fetch_add(len, Ordering::Relaxed);
+        }
+        progress.fetch_add(len, Ordering::Relaxed);
+        Ok(etag)
+    })?;
+    Ok((etags, (reused.into_inner(), sent.into_inner())))
+}
+
+/// Run `part(index)` for every index below `parts` on up to `concurrency` threads; the ETags in
+/// part order, or the first error (after which no new part starts).
+pub(super) fn in_parallel(
+    concurrency: usize,
+    parts: usize,
+    part: impl Fn(usize) -> Result<String> + Sync,
+) -> Result<Vec<String>> {
     let etags: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; parts]);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let reused = AtomicUsize::new(0);
-    let sent = AtomicU64::new(0);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let workers = client.config().concurrency.min(parts).max(1);
-
     std::thread::scope(|scope| {
-        for _ in 0..workers {
+        for _ in 0..concurrency.clamp(1, parts.max(1)) {
             scope.spawn(|| {
                 while !failed.load(Ordering::Relaxed) {
                     let index = next.fetch_add(1, Ordering::Relaxed);
                     if index >= parts {
                         break;
                     }
-                    let offset = index as u64 * part_size;
-                    let len = part_size.min(size - offset);
-                    let number = u16::try_from(index + 1).unwrap_or(u16::MAX);
-                    let outcome = one_part(
-                        client, key, upload_id, file, path, offset, len, number, listed, trust_size,
-                    );
-                    match outcome {
-                        Ok((etag, was_reused)) => {
-                            if was_reused {
-                                reused.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                sent.fetch_add(len, Ordering::Relaxed);
-                            }
-                            progress.fetch_add(len, Ordering::Relaxed);
+                    match part(index) {
+                        Ok(etag) => {
                             if let Ok(mut all) = etags.lock() {
                                 all[index] = Some(etag);
                             }
@@ -427,14 +438,14 @@ fn upload_parts(
             });
         }
     });
-
     if let Some(e) = first_error.into_inner().ok().flatten() {
         return Err(e);
     }
     let etags = etags.into_inner().map_err(|_| Error::Cancelled)?;
-    let etags: Option<Vec<String>> = etags.into_iter().collect();
-    let etags = etags.ok_or(Error::Cancelled)?;
-    Ok((etags, (reused.into_inner(), sent.into_inner())))
+    etags
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or(Error::Cancelled)
 }
 
 /// Read one part, keep the server's copy when it is the same bytes, else send it. A listed

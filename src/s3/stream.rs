@@ -433,48 +433,11 @@ fn copy_parts(
     part: u64,
     parts: usize,
 ) -> Result<Vec<String>> {
-    let next = AtomicUsize::new(0);
-    let etags: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; parts]);
-    let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let failed = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        for _ in 0..client.config().concurrency.clamp(1, parts.max(1)) {
-            scope.spawn(|| {
-                while !failed.load(Ordering::Relaxed) {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    if index >= parts {
-                        break;
-                    }
-                    let first = index as u64 * part;
-                    let last = (first + part).min(size) - 1;
-                    let copied = u16::try_from(index + 1)
-                        .map_err(|_| Error::Config(format!("{key}: too many copy parts")))
-                        .and_then(|n| {
-                            client.upload_part_copy(key, upload_id, n, key, (first, last))
-                        });
-                    match copied {
-                        Ok(etag) => {
-                            if let Ok(mut all) = etags.lock() {
-                                all[index] = Some(etag);
-                            }
-                        }
-                        Err(e) => {
-                            failed.store(true, Ordering::Relaxed);
-                            if let Ok(mut slot) = first_error.lock() {
-                                slot.get_or_insert(e);
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = first_error.into_inner().ok().flatten() {
-        return Err(e);
-    }
-    let etags = etags.into_inner().map_err(|_| Error::Cancelled)?;
-    etags
-        .into_iter()
-        .collect::<Option<Vec<_>>>()
-        .ok_or(Error::Cancelled)
+    multipart::in_parallel(client.config().concurrency, parts, |index| {
+        let first = index as u64 * part;
+        let last = (first + part).min(size) - 1;
+        let number = u16::try_from(index + 1)
+            .map_err(|_| Error::Config(format!("{key}: too many copy parts")))?;
+        client.upload_part_copy(key, upload_id, number, key, (first, last))
+    })
 }
