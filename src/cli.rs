@@ -135,12 +135,15 @@ pub struct SshServerArgs {
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["login_shell", "command", "sftp", "argv"])))]
 pub struct EnterArgs {
-    /// pid 1 of the holding session.
+    /// The holding session's holder process.
     #[arg(long)]
     pub pid: i32,
     /// Start inside the image root.
     #[arg(long)]
     pub jail: bool,
+    /// A capability the sandbox's processes keep beyond the default set.
+    #[arg(long = "cap-add", value_parser = parse_capability)]
+    pub cap_add: Vec<crate::sandbox::Capability>,
     #[arg(long)]
     pub login_shell: bool,
     /// Run `$SHELL -c COMMAND`.
@@ -163,6 +166,12 @@ pub struct EnterArgs {
 /// A terminal window size.
 #[derive(Clone, Copy, Debug)]
 pub struct WindowSize(pub nix::pty::Winsize);
+
+/// A capability by name (`NET_RAW`, `CAP_NET_RAW`) or number.
+pub fn parse_capability(s: &str) -> Result<crate::sandbox::Capability, String> {
+    crate::sandbox::Capability::parse(s)
+        .ok_or_else(|| format!("'{s}' is not a Linux capability (e.g. NET_RAW, SYS_PTRACE)"))
+}
 
 /// "ROWSxCOLS" or "ROWSxCOLSxXPIXxYPIX".
 pub fn parse_winsize(s: &str) -> Result<WindowSize, String> {
@@ -241,6 +250,10 @@ pub struct EnvironmentArgs {
     /// record (in the local store) links to the manifest there.
     #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
     pub publish: Option<String>,
+    /// Let the sandbox's processes keep this capability too (e.g. NET_RAW for ping, SYS_PTRACE
+    /// for strace); repeatable. The default set is Docker's without NET_RAW.
+    #[arg(long = "cap-add", value_name = "CAPABILITY", value_parser = parse_capability)]
+    pub cap_add: Vec<crate::sandbox::Capability>,
 }
 
 #[derive(Subcommand, Debug)]

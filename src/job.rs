@@ -46,6 +46,8 @@ pub struct CreateSpec {
     pub ca_trust: bool,
     /// `s3://BUCKET[/prefix]` to publish to; the local store otherwise.
     pub publish: Option<String>,
+    /// Capabilities the sandbox's processes keep beyond the default set (`--cap-add`).
+    pub cap_add: Vec<sandbox::Capability>,
 }
 
 /// Adds the injected CA certificate to the image's trust store with the image's own tool.
@@ -60,6 +62,8 @@ echo "--ca-trust: the image has no CA trust tool (update-ca-certificates or upda
 exit 127"#;
 
 const NETWORK_FIELD: &str = "network";
+/// Capabilities added to the sandbox's default set, by name.
+const CAP_ADD_FIELD: &str = "cap_add";
 /// Where the job publishes: an `s3://` URL (absent: the local store).
 const PUBLISH_FIELD: &str = "publish";
 /// Set when the user named the boot files; otherwise the image's kernel is detected.
@@ -76,7 +80,7 @@ fn image_source(mode: RootMode, base: &Path) -> ImageSource {
     match mode {
         RootMode::Extract => ImageSource::Extracted,
         RootMode::Mount => {
-            let via = if nix::unistd::geteuid().is_root() {
+            let via = if sandbox::userns::is_real_root() {
                 LowerVia::KernelLoop
             } else {
                 LowerVia::Squashfuse
@@ -104,6 +108,21 @@ fn network_of(job: &JobRecord) -> Network {
     }
 }
 
+fn confinement_of(job: &JobRecord) -> sandbox::Confinement {
+    let added: Vec<sandbox::Capability> = job
+        .extra
+        .get(CAP_ADD_FIELD)
+        .and_then(|v| v.as_array())
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| sandbox::Capability::parse(n.as_str()?))
+                .collect()
+        })
+        .unwrap_or_default();
+    sandbox::Confinement::with_added(&added)
+}
+
 fn jailed(job: &JobRecord) -> bool {
     job.ssh_containers.first().is_some_and(|c| c.jail)
 }
@@ -127,7 +146,19 @@ pub fn sandbox_config(store: &Store, job: &JobRecord) -> SandboxConfig {
     );
     cfg.jailed = jailed(job);
     cfg.network = network_of(job);
+    cfg.confinement = confinement_of(job);
+    cfg.env.extend(ims_environment(job));
     cfg
+}
+
+/// What IMS's customization environment sets for the user's commands.
+pub fn ims_environment(job: &JobRecord) -> Vec<(String, String)> {
+    vec![
+        ("IMS_JOB_ID".into(), job.id.to_string()),
+        ("IMS_ARCH".into(), job.arch.to_string()),
+        // No DKMS environment here: that needs a privileged IMS pod, which imsctl never gives.
+        ("IMS_DKMS_ENABLED".into(), "False".into()),
+    ]
 }
 
 fn set_status(store: &Store, id: Uuid, status: JobStatus) -> Result<JobRecord> {
@@ -217,6 +248,10 @@ pub fn create(ctx: &Context, store: &Store, spec: &CreateSpec) -> Result<JobReco
         "host"
     };
     job.extra.insert(NETWORK_FIELD.into(), network.into());
+    if !spec.cap_add.is_empty() {
+        let names: Vec<serde_json::Value> = spec.cap_add.iter().map(|c| c.name().into()).collect();
+        job.extra.insert(CAP_ADD_FIELD.into(), names.into());
+    }
     job.ssh_containers = vec![SshContainer {
         status: "pending".into(),
         jail: spec.jail,
@@ -401,9 +436,15 @@ pub fn exec(
     pack: &WriterOptions,
 ) -> Result<AfterSession> {
     let job = waiting_job(store, id)?;
-    if let Some(pid1) = crate::ssh::daemon::running_sandbox(&job) {
+    if let Some(holder) = crate::ssh::daemon::running_sandbox(&job) {
         // The SSH server holds the sandbox: join it; the server acts on the signal files.
-        let status = crate::ssh::daemon::exec_in(pid1, jailed(&job), argv)?;
+        let cfg = sandbox_config(store, &job);
+        let target = sandbox::enter::Target {
+            holder,
+            jailed: cfg.jailed,
+            confinement: cfg.confinement,
+        };
+        let status = crate::ssh::daemon::exec_in(&target, argv)?;
         return Ok(AfterSession::StillWaiting(status));
     }
     let cfg = sandbox_config(store, &job);

@@ -39,6 +39,10 @@ fn main() -> ExitCode {
         cli.global.quiet,
     );
     ctx.s3 = cli.global.s3.options();
+    // Still single-threaded: the last moment a user namespace can be entered.
+    if let Err(e) = commands::rootless::enter_if_needed(&cli.command, &mut ctx) {
+        return report(Err(e));
+    }
     let result = match cli.command {
         Command::Convert(args) => commands::squashfs::convert(&ctx, &args),
         Command::Pack(args) => commands::squashfs::pack(&ctx, &args),

@@ -206,7 +206,7 @@ impl<'a> BaseAwareSink<'a> {
 
     /// Metadata of a changed entry: owners mapped back to the ids inside the sandbox.
     fn changed_meta(&self, mut meta: Meta) -> Meta {
-        if self.ids.uses_user_namespace() {
+        if self.ids.creates_user_namespace() {
             meta.uid = self.ids.uid_inside(meta.uid).unwrap_or(meta.uid);
             meta.gid = self.ids.gid_inside(meta.gid).unwrap_or(meta.gid);
         }

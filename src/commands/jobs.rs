@@ -39,6 +39,7 @@ fn spec_from(
         ca_cert: env.ca_cert.clone(),
         ca_trust: env.ca_trust,
         publish: env.publish.clone(),
+        cap_add: env.cap_add.clone(),
     }
 }
 

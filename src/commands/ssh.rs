@@ -18,8 +18,9 @@ pub fn serve(ctx: &Context, store: &Store, args: &SshServerArgs) -> Result<()> {
 /// Must run before this process starts any thread.
 pub fn enter(args: &EnterArgs) -> Result<()> {
     let target = Target {
-        pid1: args.pid,
+        holder: args.pid,
         jailed: args.jail,
+        confinement: crate::sandbox::Confinement::with_added(&args.cap_add),
     };
     let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
     let never = if args.sftp {

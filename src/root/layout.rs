@@ -88,6 +88,11 @@ impl WorkLayout {
     pub fn lock_file(&self) -> PathBuf {
         self.work.join("lock")
     }
+    /// The image paths of the mount points a session had to make (the image lacked them),
+    /// one per line: removed again before packing.
+    pub fn made_mount_points(&self) -> PathBuf {
+        self.work.join("mount-points.made")
+    }
     pub fn packing_lock_file(&self) -> PathBuf {
         self.work.join("packing.lock")
     }
@@ -95,14 +100,19 @@ impl WorkLayout {
     pub fn resolv_state(&self) -> PathBuf {
         self.work.join("resolv.conf.state")
     }
+    /// The directory holding the image's top level as seen from outside any sandbox: the upper
+    /// dir for an overlay (its changes), the tree itself when extracted.
+    pub fn outside_top(&self, source: &ImageSource) -> PathBuf {
+        if source.is_overlay() {
+            self.upper()
+        } else {
+            self.root()
+        }
+    }
     /// The directory holding the image's `etc`, as seen from outside any sandbox: the upper dir
     /// for an overlay (its changes), the tree itself when extracted.
     pub fn outside_etc(&self, source: &ImageSource) -> PathBuf {
-        if source.is_overlay() {
-            self.upper().join("etc")
-        } else {
-            self.root().join("etc")
-        }
+        self.outside_top(source).join("etc")
     }
     /// Where a signal file is on disk, seen from outside the sandbox. Jailed, the user touches
     /// `/tmp/<signal>` in the image root, which for an overlay lands in the upper dir.

@@ -86,9 +86,10 @@ pub fn is_extracted(layout: &WorkLayout) -> bool {
 }
 
 /// Pick the way to open a base image on this machine: mount mode when the base can be mounted
-/// (root: kernel squashfs; not root: squashfuse with a usable /dev/fuse), extract mode otherwise.
+/// (real root: kernel squashfs; otherwise squashfuse with a usable /dev/fuse), extract mode
+/// otherwise.
 pub fn auto_source(base: &Path) -> ImageSource {
-    if nix::unistd::geteuid().is_root() {
+    if crate::sandbox::userns::is_real_root() {
         return ImageSource::Mount {
             base: base.to_path_buf(),
             via: LowerVia::KernelLoop,
@@ -142,6 +143,39 @@ pub fn clear_signals(layout: &WorkLayout, source: &ImageSource) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Remove the mount points sessions made because the image lacked them (see
+/// [`WorkLayout::made_mount_points`]), so that the packed image has exactly the directories it
+/// had plus what the customization made. A mount point is always empty once its session is gone
+/// (everything written under it went to the filesystem mounted there); one that is not empty
+/// was made by the customization too and stays.
+pub fn remove_made_mount_points(layout: &WorkLayout, source: &ImageSource) -> Result<()> {
+    let record = layout.made_mount_points();
+    let text = match fs::read_to_string(&record) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("read", &record, e)),
+    };
+    let top = layout.outside_top(source);
+    for name in text.lines().map(str::trim).filter(|n| is_plain_name(n)) {
+        let dir = top.join(name);
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT | libc::ENOTEMPTY | libc::EEXIST | libc::ENOTDIR)
+                ) => {}
+            Err(e) => return Err(Error::io("remove the session's mount point", &dir, e)),
+        }
+    }
+    fs::remove_file(&record).ctx("remove", &record)
+}
+
+/// A single path component: what the record may name (anything else is not ours).
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/')
 }
 
 /// Which signal file, if any, the user left (checked in the jailed and the non-jailed place).

@@ -2,22 +2,20 @@
 //! back exactly.
 //!
 //! The image's file may be a dangling symlink (`-> ../run/systemd/resolve/stub-resolv.conf`),
-//! and a bind mount over a dangling symlink fails (and over a live one would land on its
-//! target). So the original, whatever it is, is *renamed* aside (a rename keeps the inode:
-//! content, owner, mode, times, xattrs, or the symlink's target, exactly), a plain empty file
-//! takes its place as the mount point, and at the end the rename is undone. A state file in the
-//! job's work dir records that a swap is in progress, so a session killed half-way is repaired
-//! by the next one (or by the packer, through [`repair_resolv_conf`]).
+//! and writing through it would land on its target. So the original, whatever it is, is
+//! *renamed* aside (a rename keeps the inode: content, owner, mode, times, xattrs, or the
+//! symlink's target, exactly), a plain file with the host's resolver configuration takes its
+//! place (a copy, not a bind mount: putting it back then needs no privilege, so the sandbox's
+//! pid 1 can do it after it gave its capabilities up), and at the end the rename is undone. A
+//! state file in the job's work dir records that a swap is in progress, so a session killed
+//! half-way is repaired by the next one (or by the packer, through [`repair_resolv_conf`]);
+//! the host removes it ([`forget_swap`]) once pid 1 reports the file back, because pid 1 holds
+//! nothing that reaches the work dir after its pivot.
 
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-
-use nix::errno::Errno;
-use nix::mount::{MntFlags, umount2};
 
 use crate::sandbox::error::{Error, Result, SysContext};
 
@@ -33,13 +31,7 @@ const STATE_ABSENT: &str = "absent";
 pub struct ResolvConfGuard {
     /// The image's etc dir as the current process reaches it (changes after pivot_root).
     etc: PathBuf,
-    /// The work dir, held open so the state file can be removed after pivot_root hides it.
-    work_dir: OwnedFd,
-    state_name: CString,
-    state_path: PathBuf,
     original_present: bool,
-    /// Whether something was bound on the mount point (and must be unmounted first).
-    mounted: bool,
     done: bool,
     /// etc's mtime before and right after the swap (the state file may be out of reach once
     /// the root has moved, so the guard keeps its own copy).
@@ -47,10 +39,10 @@ pub struct ResolvConfGuard {
 }
 
 impl ResolvConfGuard {
-    /// Move `etc/resolv.conf` aside and leave an empty regular file (a bind target) in its place.
+    /// Move `etc/resolv.conf` aside and put a regular file holding `content` in its place.
     /// Returns `None` when the image has no real etc dir (absent, or a symlink that could lead
     /// outside the image): then nothing is touched.
-    pub fn swap(etc: &Path, state: &Path) -> Result<Option<ResolvConfGuard>> {
+    pub fn swap(etc: &Path, state: &Path, content: &[u8]) -> Result<Option<ResolvConfGuard>> {
         match fs::symlink_metadata(etc) {
             Ok(m) if m.file_type().is_dir() => {}
             Ok(_) => return Ok(None),
@@ -64,16 +56,11 @@ impl ResolvConfGuard {
             Err(e) if e.kind() == ErrorKind::NotFound => false,
             Err(e) => return Err(Error::io("inspect", &current, e)),
         };
-        let (work_dir, state_name) = open_state_dir(state)?;
         let before = dir_mtime(etc)?;
         write_state(state, original_present, None)?;
         let guard = ResolvConfGuard {
             etc: etc.to_path_buf(),
-            work_dir,
-            state_name,
-            state_path: state.to_path_buf(),
             original_present,
-            mounted: false,
             done: false,
             times: None,
         };
@@ -88,7 +75,8 @@ impl ResolvConfGuard {
             .mode(0o644)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&current)
-            .ctx("create resolv.conf mount point", &current)?;
+            .and_then(|mut f| f.write_all(content))
+            .ctx("write the host's resolver configuration to", &current)?;
         // The swap itself changed etc's mtime: remember both times, so that putting the file back
         // can also give etc its own time back when nothing else in it changed meanwhile.
         let times = (before, dir_mtime(etc)?);
@@ -98,43 +86,15 @@ impl ResolvConfGuard {
         Ok(Some(guard))
     }
 
-    /// The file to bind the host's resolv.conf onto.
-    pub fn mount_point(&self) -> PathBuf {
-        self.etc.join(NAME)
-    }
-
-    /// Record that the host's file is now bound on [`ResolvConfGuard::mount_point`].
-    pub fn mark_mounted(&mut self) {
-        self.mounted = true;
-    }
-
     /// Tell the guard where the image's etc dir is now (after the root moved under pivot_root).
     pub fn relocate(&mut self, etc: PathBuf) {
         self.etc = etc;
     }
 
-    /// Unmount whatever is on the mount point, put the image's own file back, forget the state.
+    /// Put the image's own file back. The state file stays until [`forget_swap`].
     pub fn restore(mut self) -> Result<()> {
         self.done = true;
-        self.restore_inner()
-    }
-
-    fn restore_inner(&self) -> Result<()> {
-        let mount_point = self.mount_point();
-        if self.mounted {
-            match umount2(&mount_point, MntFlags::MNT_DETACH) {
-                // EINVAL: nothing mounted there any more (the user unmounted it).
-                Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-                Err(e) => return Err(Error::sys("unmount", &mount_point, e)),
-            }
-        }
-        put_back(&self.etc, self.original_present, self.times)?;
-        // SAFETY: unlinkat on a directory descriptor we own and a valid C string.
-        let rc = unsafe { libc::unlinkat(self.work_dir.as_raw_fd(), self.state_name.as_ptr(), 0) };
-        if rc != 0 && Errno::last() != Errno::ENOENT {
-            return Err(Error::sys("remove", &self.state_path, Errno::last()));
-        }
-        Ok(())
+        put_back(&self.etc, self.original_present, self.times)
     }
 }
 
@@ -143,8 +103,17 @@ impl Drop for ResolvConfGuard {
         if !self.done {
             // The error cannot be returned from here; the state file stays and the next
             // session (or the packer) repairs it.
-            let _ = self.restore_inner();
+            let _ = put_back(&self.etc, self.original_present, self.times);
         }
+    }
+}
+
+/// Forget a swap whose file is back in place: remove its state file.
+pub fn forget_swap(state: &Path) -> Result<()> {
+    match fs::remove_file(state) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", state, e)),
     }
 }
 
@@ -251,23 +220,6 @@ fn put_back_file(etc: &Path, original_present: bool) -> Result<()> {
     }
 }
 
-fn open_state_dir(state: &Path) -> Result<(OwnedFd, CString)> {
-    let dir = state
-        .parent()
-        .ok_or_else(|| Error::Config(format!("{}: no parent dir", state.display())))?;
-    let name = state
-        .file_name()
-        .ok_or_else(|| Error::Config(format!("{}: no file name", state.display())))?;
-    let name = CString::new(name.as_encoded_bytes())
-        .map_err(|_| Error::Config(format!("{}: NUL in name", state.display())))?;
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY)
-        .open(dir)
-        .ctx("open directory", dir)?;
-    Ok((OwnedFd::from(file), name))
-}
-
 fn write_state(state: &Path, original_present: bool, times: Option<SwapTimes>) -> Result<()> {
     let word = if original_present {
         STATE_PRESENT
@@ -288,6 +240,8 @@ mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
+    const HOST: &[u8] = b"nameserver 192.0.2.53\n";
+
     fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().expect("tempdir");
         let etc = dir.path().join("root/etc");
@@ -301,13 +255,16 @@ mod tests {
         let (_d, etc, state) = setup();
         let target = "../run/systemd/resolve/stub-resolv.conf";
         std::os::unix::fs::symlink(target, etc.join(NAME)).expect("symlink");
-        let guard = ResolvConfGuard::swap(&etc, &state)
+        let guard = ResolvConfGuard::swap(&etc, &state, HOST)
             .expect("swap")
             .expect("guard");
         let placeholder = fs::symlink_metadata(etc.join(NAME)).expect("placeholder");
         assert!(placeholder.file_type().is_file());
+        assert_eq!(fs::read(etc.join(NAME)).expect("read"), HOST);
         assert!(state.exists());
         guard.restore().expect("restore");
+        assert!(state.exists(), "the host forgets the swap, not the guard");
+        forget_swap(&state).expect("forget");
         assert_eq!(
             fs::read_link(etc.join(NAME)).expect("readlink"),
             Path::new(target)
@@ -322,10 +279,10 @@ mod tests {
         fs::write(&file, "nameserver 10.0.0.1\n").expect("write");
         fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).expect("chmod");
         let before = fs::metadata(&file).expect("stat");
-        let guard = ResolvConfGuard::swap(&etc, &state)
+        let guard = ResolvConfGuard::swap(&etc, &state, HOST)
             .expect("swap")
             .expect("guard");
-        assert_eq!(fs::read(&file).expect("read placeholder"), b"");
+        assert_eq!(fs::read(&file).expect("read placeholder"), HOST);
         drop(guard); // the error path: Drop restores
         let after = fs::metadata(&file).expect("stat");
         assert_eq!(after.ino(), before.ino());
@@ -335,13 +292,17 @@ mod tests {
             fs::read_to_string(&file).expect("read"),
             "nameserver 10.0.0.1\n"
         );
-        assert!(!state.exists());
+        assert!(
+            repair_resolv_conf(&etc, &state).expect("repair"),
+            "state left for the host"
+        );
+        assert_eq!(fs::metadata(&file).expect("stat").ino(), before.ino());
     }
 
     #[test]
     fn absent_file_stays_absent_and_crash_is_repaired() {
         let (_d, etc, state) = setup();
-        let guard = ResolvConfGuard::swap(&etc, &state)
+        let guard = ResolvConfGuard::swap(&etc, &state, HOST)
             .expect("swap")
             .expect("guard");
         std::mem::forget(guard); // a crash: no restore ran
@@ -356,11 +317,11 @@ mod tests {
         let (_d, etc, state) = setup();
         std::os::unix::fs::symlink("/nowhere", etc.join(NAME)).expect("symlink");
         std::mem::forget(
-            ResolvConfGuard::swap(&etc, &state)
+            ResolvConfGuard::swap(&etc, &state, HOST)
                 .expect("swap")
                 .expect("guard"),
         );
-        let guard = ResolvConfGuard::swap(&etc, &state)
+        let guard = ResolvConfGuard::swap(&etc, &state, HOST)
             .expect("swap again")
             .expect("guard");
         guard.restore().expect("restore");
@@ -379,7 +340,11 @@ mod tests {
         let etc = dir.path().join("root/etc");
         std::os::unix::fs::symlink(&outside, &etc).expect("symlink");
         let state = dir.path().join("state");
-        assert!(ResolvConfGuard::swap(&etc, &state).expect("swap").is_none());
+        assert!(
+            ResolvConfGuard::swap(&etc, &state, HOST)
+                .expect("swap")
+                .is_none()
+        );
         assert!(fs::read_dir(&outside).expect("ls").next().is_none());
     }
 }

@@ -3,12 +3,19 @@
 //! mounts alive; an entering process joins them the way nsenter(1) does:
 //!
 //! ```text
-//! imsctl internal-enter (host; single-threaded, fresh from exec)
-//!   open /proc/<pid1>/ns/* and /proc/<pid1>/root, setns each, chroot into pid 1's root
+//! imsctl internal-enter (host; single-threaded, fresh from exec; made non-dumpable first)
+//!   open /proc/<holder>/ns/* (pid: ns/pid_for_children) and /proc/<holder>/root, setns each,
+//!   chroot into the sandbox's root
 //!   └─ fork: the child is in the sandbox's pid namespace
-//!        chroot /mnt/image/image-root when jailed, new session (+ controlling tty), fewer
-//!        capabilities as pid 1's commands have, then the command (or the SFTP server)
+//!        chroot /mnt/image/image-root when jailed, new session (+ controlling tty), only the
+//!        standard streams, then the confinement every process inside has (capabilities,
+//!        no_new_privs, seccomp), then the command (or the SFTP server)
 //! ```
+//!
+//! The holder is the holding session's C1 (see [`super::process`]): outside the sandbox's pid
+//! namespace, so the sandbox's processes cannot reach it, while it shares every other namespace
+//! and the root. Until it confines itself the child is non-dumpable (inherited from the parent),
+//! so nothing inside can read its memory or descriptors in that window.
 //!
 //! The parent stays outside the pid namespace (setns cannot move the caller itself), forwards
 //! termination signals and exits as the child does, so its own parent sees the command's status.
@@ -27,7 +34,7 @@ use nix::sched::{CloneFlags, setns};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::unistd::{ForkResult, Pid, fork};
 
-use super::Network;
+use super::confine::{self, Confinement};
 use super::error::{Error, Result};
 use super::plan::IMS_IMAGE_ROOT;
 use super::process;
@@ -36,10 +43,26 @@ use super::pty;
 /// Which running sandbox to enter, and where inside it.
 #[derive(Debug, Clone, Copy)]
 pub struct Target {
-    /// pid 1 of the holding session, as the host sees it.
-    pub pid1: i32,
+    /// The holding session's holder process, as the host sees it.
+    pub holder: i32,
     /// Start inside the image root instead of the non-jailed view.
     pub jailed: bool,
+    /// The limits of the sandbox's processes (those of its pid 1).
+    pub confinement: Confinement,
+}
+
+impl Target {
+    /// The arguments of `imsctl internal-enter` that name this target.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec!["--pid".to_string(), self.holder.to_string()];
+        if self.jailed {
+            args.push("--jail".into());
+        }
+        for cap in self.confinement.added() {
+            args.extend(["--cap-add".to_string(), cap.name().to_string()]);
+        }
+        args
+    }
 }
 
 /// A terminal for the session, allocated inside the sandbox (its own devpts), so that `tty`,
@@ -75,14 +98,15 @@ fn decode_winsize(b: &[u8; 8]) -> Winsize {
 }
 
 /// Namespaces joined, in this order: the user namespace first (it grants the rights to join the
-/// others), the pid namespace last (it only applies to children).
+/// others), the pid namespace last (it only applies to children). The holder is not in the
+/// sandbox's pid namespace: it made it for its children.
 const NAMESPACES: [(&str, CloneFlags); 6] = [
     ("user", CloneFlags::CLONE_NEWUSER),
     ("mnt", CloneFlags::CLONE_NEWNS),
     ("uts", CloneFlags::CLONE_NEWUTS),
     ("ipc", CloneFlags::CLONE_NEWIPC),
     ("net", CloneFlags::CLONE_NEWNET),
-    ("pid", CloneFlags::CLONE_NEWPID),
+    ("pid_for_children", CloneFlags::CLONE_NEWPID),
 ];
 
 /// Join `target`'s sandbox, run `body` in a child inside its pid namespace, and exit as that
@@ -93,20 +117,22 @@ pub fn enter(
     terminal: Option<Terminal>,
     body: impl FnOnce() -> Result<i32>,
 ) -> Result<std::convert::Infallible> {
-    let joined = join(target.pid1)?;
+    // Before the child exists in the sandbox's pid namespace: it inherits this.
+    confine::make_undumpable()?;
+    join(target.holder)?;
     let pty = terminal
         .map(|t| pty::open_pty(Some(&t.size)).map(|p| (p, t.control)))
         .transpose()?;
     // SAFETY: this process is single-threaded (see the module comment).
     match unsafe { fork() }
-        .map_err(|e| Error::sys("fork into the sandbox of", proc_path(target.pid1, ""), e))?
+        .map_err(|e| Error::sys("fork into the sandbox of", proc_path(target.holder, ""), e))?
     {
         ForkResult::Child => {
             let slave = pty.map(|((master, name), _)| {
                 drop(master);
                 name
             });
-            let code = match inside(target, &joined, slave.as_deref()).and_then(|()| body()) {
+            let code = match inside(target, slave.as_deref()).and_then(|()| body()) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("imsctl: {e}");
@@ -233,13 +259,6 @@ fn drain(master: &OwnedFd, buf: &mut [u8]) {
     }
 }
 
-/// What joining told us about the sandbox.
-struct Joined {
-    /// The sandbox has its own user namespace (rootless): capabilities there are harmless.
-    own_user_ns: bool,
-    network: Network,
-}
-
 fn proc_path(pid: i32, rest: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/{rest}"))
 }
@@ -257,17 +276,15 @@ pub fn is_sandbox(pid: i32) -> bool {
     }
 }
 
-fn join(pid1: i32) -> Result<Joined> {
-    if !is_sandbox(pid1) {
+fn join(holder: i32) -> Result<()> {
+    if !is_sandbox(holder) {
         return Err(Error::Config(format!(
-            "process {pid1} is not a job's sandbox any more (it ended)"
+            "process {holder} is not a job's sandbox any more (it ended)"
         )));
     }
     let mut fds: Vec<(OwnedFd, CloneFlags, PathBuf)> = Vec::new();
-    let mut own_user_ns = false;
-    let mut network = Network::Host;
     for (name, flag) in NAMESPACES {
-        let theirs = proc_path(pid1, &format!("ns/{name}"));
+        let theirs = proc_path(holder, &format!("ns/{name}"));
         let ours = PathBuf::from(format!("/proc/self/ns/{name}"));
         let their_ino = std::fs::metadata(&theirs)
             .map_err(|e| Error::io("look up namespace", &theirs, e))?
@@ -278,17 +295,12 @@ fn join(pid1: i32) -> Result<Joined> {
         if their_ino == our_ino {
             continue; // setns into one's own user namespace is EINVAL; the others are no-ops
         }
-        match flag {
-            CloneFlags::CLONE_NEWUSER => own_user_ns = true,
-            CloneFlags::CLONE_NEWNET => network = Network::None,
-            _ => {}
-        }
         let fd =
             std::fs::File::open(&theirs).map_err(|e| Error::io("open namespace", &theirs, e))?;
         fds.push((fd.into(), flag, theirs));
     }
-    // Opened before the mount namespace changes: pid 1's root as it sees it (after its pivot).
-    let root_path = proc_path(pid1, "root");
+    // Opened before the mount namespace changes: the sandbox's root (after its pivot).
+    let root_path = proc_path(holder, "root");
     let root =
         std::fs::File::open(&root_path).map_err(|e| Error::io("open root of", &root_path, e))?;
     for (fd, flag, path) in &fds {
@@ -301,14 +313,11 @@ fn join(pid1: i32) -> Result<Joined> {
     nix::unistd::fchdir(&root).map_err(|e| Error::sys("change directory to", &root_path, e))?;
     nix::unistd::chroot(".").map_err(|e| Error::sys("chroot into", &root_path, e))?;
     let _ = nix::unistd::chdir("/");
-    Ok(Joined {
-        own_user_ns,
-        network,
-    })
+    Ok(())
 }
 
 /// The child's setup inside the pid namespace, before `body`.
-fn inside(target: Target, joined: &Joined, terminal: Option<&Path>) -> Result<()> {
+fn inside(target: Target, terminal: Option<&Path>) -> Result<()> {
     // The parent is outside this pid namespace: getppid() is 0 while it lives, 1 once it died.
     process::die_with_parent(|| nix::unistd::getppid().as_raw() == 0)?;
     if target.jailed {
@@ -321,16 +330,12 @@ fn inside(target: Target, joined: &Joined, terminal: Option<&Path>) -> Result<()
     if let Some(path) = terminal {
         attach_terminal(path)?;
     }
-    if !joined.own_user_ns {
-        // Real root: give up what pid 1's commands give up (see process::DROPPED_CAPS).
-        process::drop_capabilities(joined.network)?;
-    }
     let home = Path::new("/root");
     let _ = nix::unistd::chdir(if home.is_dir() { home } else { Path::new("/") });
     // Only the standard streams go in: nothing the caller or the SSH server had open.
     // SAFETY: close_range on descriptors this single-threaded child does not use.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    Ok(())
+    confine::confine(&target.confinement)
 }
 
 /// Open the session's terminal (its first open makes it the controlling terminal of this new

@@ -14,7 +14,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, chdir, pivot_root};
 
 use super::error::{Error, Result, SysContext};
-use super::plan::MountStep;
+use super::plan::{ETC_NESTED_SHOWN, MountStep, Restrict, etc_entry_shown};
 use crate::root::{LowerVia, ResolvConfGuard, loopdev};
 
 /// How long squashfuse may take to show its mount.
@@ -25,8 +25,21 @@ const FUSE_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Executed {
     /// The image's resolv.conf, swapped out; restored at the end of the session.
     pub resolv: Option<ResolvConfGuard>,
-    /// The squashfuse process serving the base, which must outlive every other process.
-    pub fuse_pid: Option<Pid>,
+}
+
+/// Run the holder's part of a plan (see [`MountStep::runs_in_holder`]); returns the squashfuse
+/// process serving the base, if one was started (a child of the caller).
+pub fn execute_in_holder(steps: &[MountStep]) -> Result<Option<Pid>> {
+    let mut fuse = None;
+    for step in steps {
+        match step {
+            MountStep::Lower { image, target, via } => {
+                fuse = mount_lower(image, target, *via)?;
+            }
+            other => execute(std::slice::from_ref(other), &mut Executed::default())?,
+        }
+    }
+    Ok(fuse)
 }
 
 /// Run every step in order. Stops at the first failure; what was mounted goes with the namespace.
@@ -45,6 +58,9 @@ pub fn execute(steps: &[MountStep], out: &mut Executed) -> Result<()> {
                 .ctx("make rprivate", "/")?;
             }
             MountStep::Mkdir { path } => ensure_dir(path)?,
+            MountStep::ImageMountPoint { path, name, record } => {
+                ensure_image_mount_point(path, name, record)?
+            }
             MountStep::Touch { path } => ensure_file(path)?,
             MountStep::Symlink { target, link } => {
                 std::os::unix::fs::symlink(target, link)
@@ -69,15 +85,27 @@ pub fn execute(steps: &[MountStep], out: &mut Executed) -> Result<()> {
                 source,
                 target,
                 recursive,
-                readonly,
+                restrict,
                 optional,
             } => {
                 if *optional && fs::symlink_metadata(source).is_err() {
                     continue;
                 }
-                bind(source, target, *recursive, *readonly)?;
+                bind(source, target, *recursive, *restrict)?;
             }
-            MountStep::Lower { image, target, via } => mount_lower(image, target, *via, out)?,
+            MountStep::Restrict {
+                target,
+                recursive,
+                restrict,
+            } => set_restrictions(target, *recursive, *restrict)?,
+            MountStep::HostEntry { source, target } => show_host_entry(source, target, false)?,
+            MountStep::FilteredEtc { source, target } => show_filtered_etc(source, target)?,
+            MountStep::Mask { path } => mask(path)?,
+            MountStep::Lower { .. } => {
+                return Err(Error::Config(format!(
+                    "{step}: the base is mounted by the sandbox's holder"
+                )));
+            }
             MountStep::Overlay {
                 lower,
                 upper,
@@ -93,15 +121,11 @@ pub fn execute(steps: &[MountStep], out: &mut Executed) -> Result<()> {
                 state,
                 inside_etc: inside,
             } => {
-                if fs::metadata(host).is_err() {
+                let Ok(content) = fs::read(host) else {
                     continue; // no (or a dangling) host resolv.conf: nothing to offer
-                }
-                if let Some(guard) = ResolvConfGuard::swap(etc, state)? {
-                    let point = guard.mount_point();
-                    // Marked first: a bind that half-succeeds (mounted, not yet read-only) is
-                    // still unmounted at restore; unmounting nothing is tolerated.
-                    out.resolv.insert(guard).mark_mounted();
-                    bind(host, &point, false, true)?;
+                };
+                if let Some(guard) = ResolvConfGuard::swap(etc, state, &content)? {
+                    out.resolv = Some(guard);
                     inside_etc = Some(inside.clone());
                 }
             }
@@ -134,6 +158,25 @@ fn ensure_dir(path: &Path) -> Result<()> {
     }
 }
 
+/// A mount point in the image: an existing directory is used as it is; a missing one is noted
+/// in `record` first (so a crash cannot leave it unnoted) and then made.
+fn ensure_image_mount_point(path: &Path, name: &str, record: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            use std::io::Write;
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o644)
+                .open(record)
+                .and_then(|mut f| f.write_all(format!("{name}\n").as_bytes()))
+                .ctx("note a mount point made for the session in", record)?;
+            ensure_dir(path)
+        }
+        _ => ensure_dir(path),
+    }
+}
+
 fn ensure_file(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
@@ -149,7 +192,7 @@ fn ensure_file(path: &Path) -> Result<()> {
     }
 }
 
-fn bind(source: &Path, target: &Path, recursive: bool, readonly: bool) -> Result<()> {
+fn bind(source: &Path, target: &Path, recursive: bool, restrict: Restrict) -> Result<()> {
     let flags = if recursive {
         MsFlags::MS_BIND | MsFlags::MS_REC
     } else {
@@ -157,13 +200,87 @@ fn bind(source: &Path, target: &Path, recursive: bool, readonly: bool) -> Result
     };
     mount(Some(source), target, None::<&str>, flags, None::<&str>)
         .ctx(&format!("bind-mount {} on", source.display()), target)?;
-    if readonly {
-        make_read_only(target, recursive)?;
+    if !restrict.is_empty() {
+        set_restrictions(target, recursive, restrict)?;
     }
     Ok(())
 }
 
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// Show the host's `source` at `target` read-only, nosuid, nodev. A symlink is copied as a
+/// symlink unless `follow` (then what it points to is shown); absent entries are skipped.
+fn show_host_entry(source: &Path, target: &Path, follow: bool) -> Result<()> {
+    let meta = if follow {
+        fs::metadata(source)
+    } else {
+        fs::symlink_metadata(source)
+    };
+    let Ok(meta) = meta else {
+        return Ok(());
+    };
+    let restrict = Restrict::RDONLY.and(Restrict::NOSUID).and(Restrict::NODEV);
+    if meta.file_type().is_symlink() {
+        let link = fs::read_link(source).ctx("read symlink", source)?;
+        return std::os::unix::fs::symlink(&link, target)
+            .ctx(&format!("create symlink to {} at", link.display()), target);
+    }
+    if meta.is_dir() {
+        ensure_dir(target)?;
+        return bind(source, target, true, restrict);
+    }
+    ensure_file(target)?;
+    bind(source, target, false, restrict)
+}
+
+/// The host's /etc entries the non-jailed view may show (see [`etc_entry_shown`]), and the
+/// public parts of the TLS trust stores.
+fn show_filtered_etc(source: &Path, target: &Path) -> Result<()> {
+    let entries = fs::read_dir(source).ctx("list", source)?;
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| etc_entry_shown(n))
+        .collect();
+    names.sort();
+    for name in names {
+        // resolv.conf is often a symlink into /run, which the view has its own of: show the file.
+        let follow = name == "resolv.conf";
+        show_host_entry(&source.join(&name), &target.join(&name), follow)?;
+    }
+    for nested in ETC_NESTED_SHOWN {
+        let from = source.join(nested);
+        if fs::symlink_metadata(&from).is_err() {
+            continue;
+        }
+        let to = target.join(nested);
+        if let Some(parent) = to.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .ctx("create directory", parent)?;
+        }
+        show_host_entry(&from, &to, false)?;
+    }
+    Ok(())
+}
+
+/// Hide `path`: an empty read-only tmpfs over a directory, /dev/null over a file.
+fn mask(path: &Path) -> Result<()> {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if meta.is_dir() {
+        return mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=0555,size=4k"),
+        )
+        .ctx("mask", path);
+    }
+    bind(Path::new("/dev/null"), path, false, Restrict::RDONLY)
+}
+
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 
 /// `struct mount_attr` from <linux/mount.h>.
@@ -175,13 +292,15 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-/// mount_setattr(2) only adds the read-only bit, keeping every other (possibly locked) flag, and
-/// reaches every mount of a tree at once; a plain remount would have to restate locked flags.
-fn make_read_only(target: &Path, recursive: bool) -> Result<()> {
+/// mount_setattr(2) only adds the given restrictions, keeping every other (possibly locked)
+/// flag, and reaches every mount of a tree at once; a plain remount would have to restate locked
+/// flags.
+fn set_restrictions(target: &Path, recursive: bool, restrict: Restrict) -> Result<()> {
+    let op = format!("make {restrict}");
     let c_target = CString::new(target.as_os_str().as_encoded_bytes())
-        .map_err(|_| Error::sys("make read-only", target, Errno::EINVAL))?;
+        .map_err(|_| Error::sys(&op, target, Errno::EINVAL))?;
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
+        attr_set: restrict.bits(),
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
@@ -203,11 +322,11 @@ fn make_read_only(target: &Path, recursive: bool) -> Result<()> {
     }
     let errno = Errno::last();
     if errno != Errno::ENOSYS {
-        return Err(Error::sys("make read-only", target, errno));
+        return Err(Error::sys(&op, target, errno));
     }
     // Kernels before 5.12: remount the top mount, restating the flags it already has.
     let current = nix::sys::statvfs::statvfs(target).ctx("statvfs", target)?;
-    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | restrict.ms_flags();
     use nix::sys::statvfs::FsFlags;
     for (have, keep) in [
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
@@ -218,10 +337,11 @@ fn make_read_only(target: &Path, recursive: bool) -> Result<()> {
             flags |= keep;
         }
     }
-    mount(None::<&str>, target, None::<&str>, flags, None::<&str>).ctx("remount read-only", target)
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+        .ctx(&format!("remount {restrict}"), target)
 }
 
-fn mount_lower(image: &Path, target: &Path, via: LowerVia, out: &mut Executed) -> Result<()> {
+fn mount_lower(image: &Path, target: &Path, via: LowerVia) -> Result<Option<Pid>> {
     ensure_dir(target)?;
     match via {
         LowerVia::KernelLoop => {
@@ -232,7 +352,7 @@ fn mount_lower(image: &Path, target: &Path, via: LowerVia, out: &mut Executed) -
                 Some(device.path()),
                 target,
                 Some("squashfs"),
-                MsFlags::MS_RDONLY,
+                MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
                 None::<&str>,
             )
             .ctx(
@@ -242,17 +362,15 @@ fn mount_lower(image: &Path, target: &Path, via: LowerVia, out: &mut Executed) -
                     device.path().display()
                 ),
                 target,
-            )
+            )?;
+            Ok(None)
         }
-        LowerVia::Squashfuse => {
-            out.fuse_pid = Some(start_squashfuse(image, target)?);
-            Ok(())
-        }
+        LowerVia::Squashfuse => start_squashfuse(image, target).map(Some),
     }
 }
 
-/// Start `squashfuse -f` as a child of the sandbox's init (so it lives exactly as long as the
-/// namespace) and wait until its mount shows up.
+/// Start `squashfuse -f` as a child of the sandbox's holder (outside the pid namespace the
+/// sandbox's processes live in, dying with the holder) and wait until its mount shows up.
 fn start_squashfuse(image: &Path, target: &Path) -> Result<Pid> {
     let program = crate::root::find_program("squashfuse")
         .ok_or_else(|| Error::sys("find squashfuse to mount", image, Errno::ENOENT))?;
@@ -262,10 +380,21 @@ fn start_squashfuse(image: &Path, target: &Path) -> Result<Pid> {
     };
     let argv = [cstr(&program)?, c"-f".into(), cstr(image)?, cstr(target)?];
     let parent_dev = device_of(target.parent().unwrap_or(Path::new("/")))?;
-    // SAFETY: the child only calls execv (async-signal-safe) and _exit.
+    // SAFETY: the child only calls execve (async-signal-safe) and _exit.
     let pid = match unsafe { nix::unistd::fork() }.ctx("fork squashfuse for", image)? {
         ForkResult::Child => {
-            let _ = nix::unistd::execv(&argv[0], &argv);
+            // SAFETY: prctl with integer arguments; the signal survives the exec below.
+            unsafe {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                )
+            };
+            // Nothing of the caller's environment: it would show in squashfuse's /proc environ.
+            let _ = nix::unistd::execve(&argv[0], &argv, &[c"PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
             // SAFETY: leave the forked child without running the parent's destructors.
             unsafe { libc::_exit(127) }
         }
@@ -331,11 +460,13 @@ fn mount_overlay(
         // Unprivileged overlay (Linux 5.11+) keeps its metadata in user.overlay.* xattrs.
         data.push_str(",userxattr");
     }
+    // nodev: packages and tar images carry device nodes, and a customization may make them,
+    // but none may be opened (a node of the host's disk would be the whole disk).
     mount(
         Some("overlay"),
         target,
         Some("overlay"),
-        MsFlags::empty(),
+        MsFlags::MS_NODEV,
         Some(data.as_str()),
     )
     .ctx(&format!("mount overlay ({data}) on"), target)

@@ -23,10 +23,11 @@ pub struct SubIdRange {
     pub count: u32,
 }
 
-/// How ids inside the sandbox relate to the host's.
+/// How ids inside the sandbox relate to this process's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdMapping {
-    /// Real root: no user namespace; ids inside are the host's.
+    /// This process is root (real root, or root of the user namespace imsctl entered, see
+    /// [`super::userns`]): the sandbox makes no user namespace; ids inside are this process's.
     Host,
     /// The caller alone, mapped to 0 (maps written by the parent; setgroups denied).
     Single { uid: u32, gid: u32 },
@@ -70,14 +71,24 @@ impl IdMapping {
         }
     }
 
-    /// Whether the sandbox needs a user namespace.
-    pub fn uses_user_namespace(&self) -> bool {
+    /// Whether each sandbox session makes a user namespace of its own.
+    pub fn creates_user_namespace(&self) -> bool {
         !matches!(self, IdMapping::Host)
+    }
+
+    /// Whether the sandbox's mounts are made in a user namespace other than the initial one
+    /// (overlayfs then keeps its metadata in user.* xattrs; loop devices are out of reach).
+    pub fn unprivileged_mounts(&self) -> bool {
+        self.creates_user_namespace() || !super::userns::in_initial_user_namespace()
     }
 
     /// Whether ids other than 0 exist inside (so `chown` and groups such as tty work).
     pub fn maps_many_ids(&self) -> bool {
-        !matches!(self, IdMapping::Single { .. })
+        match self {
+            IdMapping::Host => super::userns::maps_id("gid_map", 5),
+            IdMapping::Single { .. } => false,
+            IdMapping::Ranges { .. } => true,
+        }
     }
 
     /// The inside uid of a file owned by `host` uid on disk (e.g. in the overlay's upper dir):

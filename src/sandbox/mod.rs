@@ -5,6 +5,8 @@
 //! `Network::None`; user when not root) and executes them there. Nothing is mounted in the host's
 //! namespace, so a session that dies in any way leaves nothing behind (see [`crate::root`]).
 
+pub mod caps;
+pub mod confine;
 pub mod enter;
 pub mod error;
 pub mod exec;
@@ -12,10 +14,14 @@ pub mod idmap;
 pub mod plan;
 pub mod process;
 pub mod pty;
+pub mod seccomp;
+pub mod userns;
 
 #[cfg(test)]
 mod tests;
 
+pub use caps::{CapSet, Capability};
+pub use confine::Confinement;
 pub use error::{Error, Result};
 pub use idmap::{IdMapping, SubIdRange};
 pub use plan::{MountStep, plan, plan_image_only};
@@ -51,8 +57,12 @@ pub struct SandboxConfig {
     pub job_name: String,
     /// Passed through as TERM inside.
     pub term: Option<String>,
-    /// Extra environment variables inside (after PATH, HOME, PS1, TERM).
+    /// Passed through as LANG inside.
+    pub lang: Option<String>,
+    /// Extra environment variables inside (after PATH, HOME, PS1, TERM, LANG).
     pub env: Vec<(String, String)>,
+    /// What every process inside holds at most.
+    pub confinement: Confinement,
 }
 
 impl SandboxConfig {
@@ -73,9 +83,20 @@ impl SandboxConfig {
             hostname: format!("imsctl-{short}"),
             job_name: job_name.to_string(),
             term: std::env::var("TERM").ok(),
+            lang: std::env::var("LANG").ok().filter(|l| is_locale_name(l)),
             env: Vec::new(),
+            confinement: Confinement::default(),
         }
     }
+}
+
+/// A locale name as LANG holds one (`C.UTF-8`, `en_US.UTF-8@euro`): nothing else is passed in.
+fn is_locale_name(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
 }
 
 /// Run `argv` inside the sandbox with inherited stdin/stdout/stderr; returns its exit status.
@@ -182,19 +203,27 @@ fn begin(cfg: &SandboxConfig) -> Result<JobLock> {
 /// CA certificate in, or list what changed. Holds the job's lock until released or dropped.
 pub struct HeldRoot {
     running: Option<process::Running>,
+    /// The session's holder (see [`process`]): how this process reaches its root and namespaces.
+    holder: nix::unistd::Pid,
     pid1: nix::unistd::Pid,
     _lock: JobLock,
 }
 
 impl HeldRoot {
-    /// The image root as seen from this process (`/proc/<pid>/root` of the holding session).
-    /// Rootless, owners appear as the host ids they are stored under: translate them back
-    /// with [`IdMapping::uid_inside`].
+    /// The image root as seen from this process (`/proc/<holder>/root` of the holding
+    /// session). Files show the owners of this process's user namespace: when the sandbox has a
+    /// user namespace of its own (an unprivileged caller that did not enter one, see
+    /// [`userns`]), translate them with [`IdMapping::uid_inside`].
     pub fn path(&self) -> std::path::PathBuf {
-        std::path::PathBuf::from(format!("/proc/{}/root", self.pid1))
+        std::path::PathBuf::from(format!("/proc/{}/root", self.holder))
     }
 
-    /// pid 1 of the holding session, as this process sees it (what [`enter`] joins).
+    /// The holding session's holder process (what [`enter`] joins).
+    pub fn holder(&self) -> i32 {
+        self.holder.as_raw()
+    }
+
+    /// pid 1 of the holding session, as this process sees it.
     pub fn pid1(&self) -> i32 {
         self.pid1.as_raw()
     }
@@ -223,8 +252,13 @@ pub fn hold_root(cfg: &SandboxConfig) -> Result<HeldRoot> {
     let lock = begin(cfg)?;
     let steps = plan_image_only(cfg);
     let running = process::spawn(cfg, &steps, Command::Hold, Stdio::Inherit)?;
+    held(running, lock)
+}
+
+fn held(running: process::Running, lock: JobLock) -> Result<HeldRoot> {
     let (running, pid1) = running.wait_ready()?;
     Ok(HeldRoot {
+        holder: running.holder(),
         running: Some(running),
         pid1,
         _lock: lock,
@@ -240,21 +274,18 @@ pub fn hold_session(cfg: &SandboxConfig) -> Result<HeldRoot> {
     view.jailed = false; // jailed sessions chroot further into the image root when they enter
     let steps = plan(&view);
     let running = process::spawn(&view, &steps, Command::Hold, Stdio::Inherit)?;
-    let (running, pid1) = running.wait_ready()?;
-    Ok(HeldRoot {
-        running: Some(running),
-        pid1,
-        _lock: lock,
-    })
+    held(running, lock)
 }
 
-/// Make sure a job's image root holds the image's own resolv.conf (and no signal file) before
-/// it is packed; safe to call any time no session runs (it takes the lock).
+/// Make sure a job's image root holds the image's own resolv.conf, none of the sessions' mount
+/// points the image lacked, and no signal file, before it is packed; safe to call any time no
+/// session runs (it takes the lock).
 pub fn settle(cfg: &SandboxConfig) -> Result<()> {
     let _lock = JobLock::acquire(&cfg.layout)?;
     root::repair_resolv_conf(
         &cfg.layout.outside_etc(&cfg.source),
         &cfg.layout.resolv_state(),
     )?;
+    root::remove_made_mount_points(&cfg.layout, &cfg.source)?;
     root::clear_signals(&cfg.layout, &cfg.source)
 }

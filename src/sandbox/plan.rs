@@ -1,6 +1,16 @@
 //! The sandbox's mount plan: pure data computed from the configuration, executed step by step
 //! by [`super::exec`] inside the new mount namespace. Keeping it pure makes the layout testable
 //! without root and printable with `-v`.
+//!
+//! What a process inside sees:
+//! - jailed: the image root as `/` (nodev: device nodes may be created but never opened), fresh
+//!   /proc with the kernel's knobs read-only and Docker's masked paths hidden, a minimal /dev,
+//!   /sys read-only, /run a tmpfs, the host's resolver configuration as /etc/resolv.conf;
+//! - not jailed (the IMS default): a *tool view* — the host's /usr, /bin, /sbin, /lib* read-only
+//!   and nosuid, an /etc with only what tools need ([`etc_entry_shown`]: no shadow, sudoers,
+//!   SSH host keys or private keys), tmpfs /root, /home, /tmp, /var/tmp, /run, the same kernel
+//!   filesystems, the job's signal dir at /mnt/image and the image at /mnt/image/image-root.
+//!   Nothing else of the host: not its store, other jobs, home directories or credentials.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,19 +24,102 @@ use crate::root::{ImageSource, LowerVia};
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 /// Files under /proc that would reach the host kernel: made read-only.
 const PROC_READONLY: [&str; 4] = ["sys", "sysrq-trigger", "irq", "bus"];
+/// What Docker and Podman hide from a container (moby `oci/defaults.go` maskedPaths): kernel
+/// memory, key lists, timers and hardware the image has no business with.
+const MASKED: [&str; 11] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+/// The host's directories the non-jailed view shows (read-only): the tools and their libraries.
+pub const TOOL_DIRS: [&str; 7] = [
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
 /// Where the non-jailed view shows the signal dir and the image (the IMS layout).
 pub const IMS_SIGNAL_DIR: &str = "/mnt/image";
 pub const IMS_IMAGE_ROOT: &str = "/mnt/image/image-root";
 pub const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Restrictions of a mount, as `mount_setattr(2)`'s MOUNT_ATTR_* bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Restrict(u64);
+
+impl Restrict {
+    pub const NONE: Restrict = Restrict(0);
+    pub const RDONLY: Restrict = Restrict(0x1);
+    pub const NOSUID: Restrict = Restrict(0x2);
+    pub const NODEV: Restrict = Restrict(0x4);
+    pub const NOEXEC: Restrict = Restrict(0x8);
+
+    pub const fn and(self, other: Restrict) -> Restrict {
+        Restrict(self.0 | other.0)
+    }
+    pub fn bits(self) -> u64 {
+        self.0
+    }
+    pub fn contains(self, other: Restrict) -> bool {
+        self.0 & other.0 == other.0
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    /// The same restrictions as `mount(2)` flags (for kernels without mount_setattr).
+    pub fn ms_flags(self) -> MsFlags {
+        [
+            (Restrict::RDONLY, MsFlags::MS_RDONLY),
+            (Restrict::NOSUID, MsFlags::MS_NOSUID),
+            (Restrict::NODEV, MsFlags::MS_NODEV),
+            (Restrict::NOEXEC, MsFlags::MS_NOEXEC),
+        ]
+        .into_iter()
+        .filter(|(r, _)| self.contains(*r))
+        .fold(MsFlags::empty(), |all, (_, f)| all | f)
+    }
+}
+
+/// Read-only, nosuid, nodev: how host files are shown.
+const HOST_RO: Restrict = Restrict::RDONLY.and(Restrict::NOSUID).and(Restrict::NODEV);
+
+impl fmt::Display for Restrict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [
+            (Restrict::RDONLY, "ro"),
+            (Restrict::NOSUID, "nosuid"),
+            (Restrict::NODEV, "nodev"),
+            (Restrict::NOEXEC, "noexec"),
+        ]
+        .into_iter()
+        .filter(|(r, _)| self.contains(*r))
+        .map(|(_, n)| n)
+        .collect();
+        f.write_str(&names.join(","))
+    }
+}
 
 /// One step of the plan. Paths are as seen before the pivot, in the new mount namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MountStep {
     /// Stop mount events propagating back to the host (`mount --make-rprivate /`).
     MakePrivate,
-    /// Ensure a directory exists (mode 0755 when created).
+    /// Ensure a directory exists (mode 0755 when created) in a filesystem of the sandbox's own.
     Mkdir {
         path: PathBuf,
+    },
+    /// Ensure a mount point exists in the image. One the image lacks is made, after its
+    /// image path `name` is appended to `record`: made for the session, it is removed again
+    /// before packing ([`crate::root::remove_made_mount_points`]).
+    ImageMountPoint {
+        path: PathBuf,
+        name: String,
+        record: PathBuf,
     },
     /// Ensure a regular file exists, as a bind target.
     Touch {
@@ -43,14 +136,37 @@ pub enum MountStep {
         flags: MsFlags,
         data: Option<String>,
     },
-    /// Bind `source` on `target`; `readonly` applies to the whole tree when `recursive`.
+    /// Bind `source` on `target` with `restrict` (applied to the whole tree when `recursive`).
     /// `optional` steps are skipped when the source does not exist.
     Bind {
         source: PathBuf,
         target: PathBuf,
         recursive: bool,
-        readonly: bool,
+        restrict: Restrict,
         optional: bool,
+    },
+    /// Add restrictions to the mount at `target` (e.g. read-only once it is populated).
+    Restrict {
+        target: PathBuf,
+        recursive: bool,
+        restrict: Restrict,
+    },
+    /// Show the host's `source` at `target`, read-only, nosuid and nodev: a symlink as the same
+    /// symlink, a directory bound with what is mounted below it, a file bound; nothing when the
+    /// host has none.
+    HostEntry {
+        source: PathBuf,
+        target: PathBuf,
+    },
+    /// The host's /etc entries that [`etc_entry_shown`] lets through, as [`MountStep::HostEntry`]s
+    /// in `target` (a directory of the sandbox's own).
+    FilteredEtc {
+        source: PathBuf,
+        target: PathBuf,
+    },
+    /// Hide a file or directory (an empty read-only tmpfs on a directory, /dev/null on a file).
+    Mask {
+        path: PathBuf,
     },
     /// Mount the base SquashFS read-only.
     Lower {
@@ -58,6 +174,7 @@ pub enum MountStep {
         target: PathBuf,
         via: LowerVia,
     },
+    /// The image root: an overlay, mounted nodev.
     Overlay {
         lower: PathBuf,
         upper: PathBuf,
@@ -65,8 +182,8 @@ pub enum MountStep {
         target: PathBuf,
         userxattr: bool,
     },
-    /// Move the image's resolv.conf aside (see [`crate::root::ResolvConfGuard`]) and bind the
-    /// host's over the placeholder; skipped when the host has none. `inside_etc` is where the
+    /// Move the image's resolv.conf aside (see [`crate::root::ResolvConfGuard`]) and put a copy
+    /// of the host's in its place; skipped when the host has none. `inside_etc` is where the
     /// image's etc is after the pivot, for the restore at the end.
     SwapResolvConf {
         etc: PathBuf,
@@ -80,12 +197,22 @@ pub enum MountStep {
     },
 }
 
+impl MountStep {
+    /// Whether the sandbox's holder executes this step, before it makes the pid namespace: the
+    /// plan's first steps up to the base image's mount (squashfuse then runs where nothing
+    /// inside can see it).
+    pub fn runs_in_holder(&self) -> bool {
+        matches!(self, MountStep::MakePrivate | MountStep::Lower { .. })
+    }
+}
+
 impl fmt::Display for MountStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use MountStep::*;
         match self {
             MakePrivate => write!(f, "make / rprivate"),
             Mkdir { path } => write!(f, "mkdir {}", path.display()),
+            ImageMountPoint { path, .. } => write!(f, "mount point {}", path.display()),
             Touch { path } => write!(f, "touch {}", path.display()),
             Symlink { target, link } => {
                 write!(f, "symlink {} -> {}", link.display(), target.display())
@@ -95,28 +222,49 @@ impl fmt::Display for MountStep {
                 target,
                 data,
                 ..
-            } => {
-                write!(
-                    f,
-                    "mount {fstype} on {} ({})",
-                    target.display(),
-                    data.as_deref().unwrap_or("")
-                )
-            }
+            } => write!(
+                f,
+                "mount {fstype} on {} ({})",
+                target.display(),
+                data.as_deref().unwrap_or("")
+            ),
             Bind {
                 source,
                 target,
                 recursive,
-                readonly,
+                restrict,
                 ..
-            } => write!(
+            } => {
+                write!(
+                    f,
+                    "{}bind {} on {}",
+                    if *recursive { "r" } else { "" },
+                    source.display(),
+                    target.display(),
+                )?;
+                if !restrict.is_empty() {
+                    write!(f, " ({restrict})")?;
+                }
+                Ok(())
+            }
+            Restrict {
+                target, restrict, ..
+            } => write!(f, "restrict {} ({restrict})", target.display()),
+            HostEntry { source, target } => {
+                write!(
+                    f,
+                    "show host {} at {} ({HOST_RO})",
+                    source.display(),
+                    target.display()
+                )
+            }
+            FilteredEtc { source, target } => write!(
                 f,
-                "{}bind {} on {}{}",
-                if *recursive { "r" } else { "" },
+                "show host {} at {}, filtered ({HOST_RO})",
                 source.display(),
-                target.display(),
-                if *readonly { " (ro)" } else { "" }
+                target.display()
             ),
+            Mask { path } => write!(f, "mask {}", path.display()),
             Lower { image, target, via } => write!(
                 f,
                 "mount {} on {} via {via:?} (ro)",
@@ -128,18 +276,16 @@ impl fmt::Display for MountStep {
                 upper,
                 target,
                 ..
-            } => {
-                write!(
-                    f,
-                    "mount overlay on {} (lower {}, upper {})",
-                    target.display(),
-                    lower.display(),
-                    upper.display()
-                )
-            }
+            } => write!(
+                f,
+                "mount overlay on {} (lower {}, upper {}, nodev)",
+                target.display(),
+                lower.display(),
+                upper.display()
+            ),
             SwapResolvConf { etc, host, .. } => write!(
                 f,
-                "swap {}/resolv.conf for {}",
+                "swap {}/resolv.conf for a copy of {}",
                 etc.display(),
                 host.display()
             ),
@@ -149,15 +295,11 @@ impl fmt::Display for MountStep {
 }
 
 /// The whole plan for `cfg`: image root, resolv.conf, kernel filesystems, then (not jailed) the
-/// host's tree read-only with the image at /mnt/image/image-root, then the pivot.
+/// tool view with the image at /mnt/image/image-root, then the pivot.
 pub fn plan(cfg: &SandboxConfig) -> Vec<MountStep> {
     let layout = &cfg.layout;
     let root = layout.root();
     let mut steps = vec![MountStep::MakePrivate];
-    if !cfg.jailed {
-        // Copy the host's tree first, before the image mounts exist, so they are not duplicated in it.
-        steps.push(bind("/", layout.host_view(), true, true));
-    }
     steps.extend(image_root_steps(cfg));
     let inside_etc = if cfg.jailed {
         PathBuf::from("/etc")
@@ -174,7 +316,7 @@ pub fn plan(cfg: &SandboxConfig) -> Vec<MountStep> {
     let new_root = if cfg.jailed {
         root
     } else {
-        steps.extend(host_view_steps(cfg));
+        steps.extend(tool_view_steps(cfg));
         layout.host_view()
     };
     steps.push(MountStep::PivotRoot { new_root });
@@ -182,7 +324,7 @@ pub fn plan(cfg: &SandboxConfig) -> Vec<MountStep> {
 }
 
 /// Only the image root, pivoted into: what [`super::hold_root`] shows the host through
-/// `/proc/<pid>/root` (no /proc, /dev, resolv.conf on top, so a walk sees the image alone).
+/// `/proc/<holder>/root` (no /proc, /dev, resolv.conf on top, so a walk sees the image alone).
 pub fn plan_image_only(cfg: &SandboxConfig) -> Vec<MountStep> {
     let mut steps = vec![MountStep::MakePrivate];
     steps.extend(image_root_steps(cfg));
@@ -199,7 +341,7 @@ fn image_root_steps(cfg: &SandboxConfig) -> Vec<MountStep> {
         upper: layout.upper(),
         work: layout.overlay_work(),
         target: layout.root(),
-        userxattr: cfg.ids.uses_user_namespace(),
+        userxattr: cfg.ids.unprivileged_mounts(),
     };
     match &cfg.source {
         ImageSource::Mount { base, via } => vec![
@@ -212,65 +354,73 @@ fn image_root_steps(cfg: &SandboxConfig) -> Vec<MountStep> {
         ],
         ImageSource::OverlayDir { lower } => vec![overlay(lower.clone())],
         // pivot_root wants a mount point; a bind of the tree on itself makes one.
-        ImageSource::Extracted => vec![bind(layout.root(), layout.root(), false, false)],
+        ImageSource::Extracted => vec![bind(layout.root(), layout.root(), false, Restrict::NODEV)],
     }
 }
 
-/// Fresh /proc, minimal /dev, read-only /sys and a /run tmpfs under `root`.
+/// Fresh /proc, minimal /dev, read-only /sys and a /run tmpfs under the image `root`.
 fn system_mounts(root: &Path, cfg: &SandboxConfig) -> Vec<MountStep> {
-    let mut steps = proc_steps(root);
+    let mount_point = |name: &str| MountStep::ImageMountPoint {
+        path: root.join(name),
+        name: name.to_string(),
+        record: cfg.layout.made_mount_points(),
+    };
+    let mut steps = vec![mount_point("proc")];
+    steps.extend(proc_steps(root));
+    steps.push(mount_point("dev"));
     steps.extend(dev_steps(root, cfg));
-    steps.push(MountStep::Mkdir {
-        path: root.join("sys"),
-    });
+    steps.push(mount_point("sys"));
     steps.push(sys_step(root, cfg));
-    steps.push(MountStep::Mkdir {
-        path: root.join("run"),
-    });
+    steps.push(mount_point("run"));
     steps.push(tmpfs(
         root.join("run"),
         "mode=755",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     ));
+    steps.extend(mask_steps(root));
     steps
 }
 
+/// Proc mounted on `<root>/proc` (the mount point must exist), its knobs read-only.
 fn proc_steps(root: &Path) -> Vec<MountStep> {
     let proc_dir = root.join("proc");
-    let mut steps = vec![
-        MountStep::Mkdir {
-            path: proc_dir.clone(),
-        },
-        MountStep::Mount {
-            fstype: "proc",
-            target: proc_dir.clone(),
-            flags: nosuid_nodev_noexec(),
-            data: None,
-        },
-    ];
+    let mut steps = vec![MountStep::Mount {
+        fstype: "proc",
+        target: proc_dir.clone(),
+        flags: nosuid_nodev_noexec(),
+        data: None,
+    }];
     for name in PROC_READONLY {
         let path = proc_dir.join(name);
         steps.push(MountStep::Bind {
             source: path.clone(),
             target: path,
             recursive: true,
-            readonly: true,
+            restrict: Restrict::RDONLY,
             optional: true,
         });
     }
     steps
 }
 
+fn mask_steps(root: &Path) -> Vec<MountStep> {
+    MASKED
+        .iter()
+        .map(|p| MountStep::Mask {
+            path: root.join(p.trim_start_matches('/')),
+        })
+        .collect()
+}
+
+/// A tmpfs /dev (nodev: nodes made there cannot be opened) with the host's harmless devices
+/// bound in (a bind keeps its own mount's flags), a private devpts and /dev/shm.
 fn dev_steps(root: &Path, cfg: &SandboxConfig) -> Vec<MountStep> {
     let dev = root.join("dev");
-    let mut steps = vec![
-        MountStep::Mkdir { path: dev.clone() },
-        tmpfs(
-            dev.clone(),
-            "mode=755",
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        ),
-    ];
+    let mut steps = vec![tmpfs(
+        dev.clone(),
+        "mode=755",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
+    )];
     for name in DEVICES {
         steps.push(MountStep::Touch {
             path: dev.join(name),
@@ -279,7 +429,7 @@ fn dev_steps(root: &Path, cfg: &SandboxConfig) -> Vec<MountStep> {
             Path::new("/dev").join(name),
             dev.join(name),
             false,
-            false,
+            Restrict::NONE,
         ));
     }
     // gid=5 (tty) only exists inside when more than the caller's own id is mapped.
@@ -333,71 +483,176 @@ fn sys_step(root: &Path, cfg: &SandboxConfig) -> MountStep {
             flags: nosuid_nodev_noexec() | MsFlags::MS_RDONLY,
             data: None,
         },
-        Network::Host => bind("/sys", target, true, true),
+        Network::Host => bind("/sys", target, true, HOST_RO.and(Restrict::NOEXEC)),
     }
 }
 
-/// The non-jailed view (IMS default): the host's tree read-only, a writable /mnt/image (the
-/// job's signal dir) holding the image at /mnt/image/image-root, and the same kernel
-/// filesystems as inside the image.
-fn host_view_steps(cfg: &SandboxConfig) -> Vec<MountStep> {
+/// The non-jailed view (IMS default), built in a tmpfs of its own on `<work>/hostview`: the
+/// host's tools read-only, a filtered /etc, private writable dirs, the job's signal dir and the
+/// image under /mnt/image, the kernel filesystems; then the tmpfs itself is made read-only.
+fn tool_view_steps(cfg: &SandboxConfig) -> Vec<MountStep> {
     let layout = &cfg.layout;
     let view = layout.host_view();
     let under = |p: &str| view.join(p.trim_start_matches('/'));
-    let mut steps = vec![
-        tmpfs(
-            under("/mnt"),
-            "mode=755",
+    let mut steps = vec![tmpfs(
+        view.clone(),
+        "mode=755",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    )];
+    for dir in TOOL_DIRS {
+        steps.push(MountStep::HostEntry {
+            source: dir.into(),
+            target: under(dir),
+        });
+    }
+    steps.push(MountStep::Mkdir {
+        path: under("/etc"),
+    });
+    steps.push(MountStep::FilteredEtc {
+        source: "/etc".into(),
+        target: under("/etc"),
+    });
+    steps.push(MountStep::Mkdir {
+        path: under("/var"),
+    });
+    for (dir, mode) in [
+        ("/root", "mode=700"),
+        ("/home", "mode=755"),
+        ("/tmp", "mode=1777"),
+        ("/var/tmp", "mode=1777"),
+        ("/run", "mode=755"),
+        ("/mnt", "mode=755"),
+    ] {
+        steps.push(MountStep::Mkdir { path: under(dir) });
+        steps.push(tmpfs(
+            under(dir),
+            mode,
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        ),
+        ));
+    }
+    let signal_dir_restrict = Restrict::NOSUID.and(Restrict::NODEV).and(Restrict::NOEXEC);
+    steps.extend([
         MountStep::Mkdir {
             path: under(IMS_SIGNAL_DIR),
         },
-        bind(layout.signal_dir(), under(IMS_SIGNAL_DIR), false, false),
+        bind(
+            layout.signal_dir(),
+            under(IMS_SIGNAL_DIR),
+            false,
+            signal_dir_restrict,
+        ),
         MountStep::Mkdir {
             path: under(IMS_IMAGE_ROOT),
         },
-        bind(layout.root(), under(IMS_IMAGE_ROOT), true, false),
-    ];
-    steps.extend(
-        proc_steps(&view)
-            .into_iter()
-            .filter(|s| !matches!(s, MountStep::Mkdir { .. })),
-    );
-    steps.push(bind(layout.root().join("dev"), under("/dev"), true, false));
-    if cfg.network == Network::None {
-        steps.push(sys_step(&view, cfg));
-    }
-    steps.push(tmpfs(
-        under("/run"),
-        "mode=755",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        // The image's own mount is nodev already (a bind keeps it); its /dev below must not be.
+        bind(layout.root(), under(IMS_IMAGE_ROOT), true, Restrict::NONE),
+        MountStep::Mkdir {
+            path: under("/proc"),
+        },
+    ]);
+    steps.extend(proc_steps(&view));
+    steps.push(MountStep::Mkdir {
+        path: under("/dev"),
+    });
+    steps.push(bind(
+        layout.root().join("dev"),
+        under("/dev"),
+        true,
+        Restrict::NONE,
     ));
-    steps.push(tmpfs(
-        under("/tmp"),
-        "mode=1777",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-    ));
-    // root's home is writable, as in the IMS pod: Ansible keeps its remote temp files there.
-    steps.push(tmpfs(
-        under("/root"),
-        "mode=700",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-    ));
+    steps.push(MountStep::Mkdir {
+        path: under("/sys"),
+    });
+    steps.push(sys_step(&view, cfg));
+    steps.extend(mask_steps(&view));
+    steps.push(MountStep::Restrict {
+        target: view,
+        recursive: false,
+        restrict: Restrict::RDONLY,
+    });
     steps
 }
+
+/// Whether the non-jailed view shows the host's `/etc/<name>`: what the tools run there need
+/// (accounts without their passwords, name resolution, the dynamic linker's cache, time zone,
+/// release files Ansible reads, the CA bundle, shells' and Python's own configuration) and
+/// nothing that holds a secret (shadow, gshadow, sudoers, ssh with its host keys, ssl/private,
+/// machine-id, keytabs, credentials of any service).
+pub fn etc_entry_shown(name: &str) -> bool {
+    const SHOWN: [&str; 44] = [
+        "passwd",
+        "group",
+        "hosts",
+        "hostname",
+        "host.conf",
+        "nsswitch.conf",
+        "networks",
+        "protocols",
+        "services",
+        "rpc",
+        "gai.conf",
+        "resolv.conf",
+        "ld.so.cache",
+        "ld.so.conf",
+        "ld.so.conf.d",
+        "localtime",
+        "timezone",
+        "os-release",
+        "lsb-release",
+        "debian_version",
+        "alternatives",
+        "ca-certificates",
+        "ca-certificates.conf",
+        "mime.types",
+        "magic",
+        "magic.mime",
+        "profile",
+        "profile.d",
+        "bash.bashrc",
+        "bashrc",
+        "environment",
+        "inputrc",
+        "terminfo",
+        "shells",
+        "locale.alias",
+        "locale.conf",
+        "locale.gen",
+        "login.defs",
+        "mtab",
+        "xattr.conf",
+        "python3",
+        "perl",
+        "manpath.config",
+        "mke2fs.conf",
+    ];
+    SHOWN.contains(&name)
+        || name.ends_with("-release") && name != "-release"
+        || name.ends_with("_version") && name != "_version"
+        || name.strip_prefix("python3.").is_some_and(|v| !v.is_empty())
+}
+
+/// Entries below a directory of /etc that is not shown whole: the public half of the TLS trust
+/// stores (certificates, not private keys).
+pub const ETC_NESTED_SHOWN: [&str; 6] = [
+    "ssl/certs",
+    "ssl/openssl.cnf",
+    "pki/tls/certs",
+    "pki/tls/openssl.cnf",
+    "pki/ca-trust",
+    "pki/tls/cert.pem",
+];
 
 fn bind(
     source: impl Into<PathBuf>,
     target: impl Into<PathBuf>,
     recursive: bool,
-    readonly: bool,
+    restrict: Restrict,
 ) -> MountStep {
     MountStep::Bind {
         source: source.into(),
         target: target.into(),
         recursive,
-        readonly,
+        restrict,
         optional: false,
     }
 }
@@ -433,6 +688,14 @@ mod tests {
         steps.iter().position(pred).expect("step present")
     }
 
+    fn mount_point(name: &str) -> MountStep {
+        MountStep::ImageMountPoint {
+            path: Path::new("/w/root").join(name),
+            name: name.into(),
+            record: "/w/mount-points.made".into(),
+        }
+    }
+
     #[test]
     fn jailed_mount_mode_pivots_into_the_overlay() {
         let source = ImageSource::Mount {
@@ -463,8 +726,20 @@ mod tests {
             target: "/w/root".into(),
             userxattr: false,
         }));
-        // Host network: the host's /sys, read-only; never a host-view bind of / when jailed.
-        assert!(steps.contains(&bind("/sys", "/w/root/sys", true, true)));
+        // Mount points the image may lack are made only through the recording step.
+        for name in ["proc", "dev", "sys", "run"] {
+            assert!(steps.contains(&mount_point(name)), "{name}");
+        }
+        assert!(!steps.iter().any(
+            |s| matches!(s, MountStep::Mkdir { path } if path.parent() == Some(Path::new("/w/root")))
+        ));
+        // Host network: the host's /sys, read-only; never a host file outside the tool view.
+        assert!(steps.contains(&bind(
+            "/sys",
+            "/w/root/sys",
+            true,
+            HOST_RO.and(Restrict::NOEXEC)
+        )));
         assert!(
             !steps
                 .iter()
@@ -475,12 +750,16 @@ mod tests {
                 Path::new("/dev").join(d),
                 Path::new("/w/root/dev").join(d),
                 false,
-                false
+                Restrict::NONE
             )));
         }
-        assert!(steps.contains(&MountStep::Symlink {
-            target: "pts/ptmx".into(),
-            link: "/w/root/dev/ptmx".into()
+        // /dev itself is nodev: a node made there cannot be opened.
+        assert!(steps.iter().any(
+            |s| matches!(s, MountStep::Mount { fstype: "tmpfs", target, flags, .. }
+            if target == Path::new("/w/root/dev") && flags.contains(MsFlags::MS_NODEV))
+        ));
+        assert!(steps.contains(&MountStep::Mask {
+            path: "/w/root/proc/kcore".into()
         }));
         let pts = steps.iter().find_map(|s| match s {
             MountStep::Mount {
@@ -545,7 +824,7 @@ mod tests {
             Network::Host,
             IdMapping::Host,
         ));
-        assert!(steps.contains(&bind("/w/root", "/w/root", false, false)));
+        assert!(steps.contains(&bind("/w/root", "/w/root", false, Restrict::NODEV)));
         let swap = steps.iter().find_map(|s| match s {
             MountStep::SwapResolvConf {
                 etc,
@@ -566,25 +845,59 @@ mod tests {
     }
 
     #[test]
-    fn non_jailed_view_is_the_host_read_only_with_the_image_under_mnt_image() {
+    fn non_jailed_view_shows_tools_not_the_host() {
         let source = ImageSource::Mount {
             base: "/s/b.sqsh".into(),
             via: LowerVia::Squashfuse,
         };
         let steps = plan(&cfg(source, false, Network::Host, IdMapping::Host));
-        assert_eq!(steps.get(1), Some(&bind("/", "/w/hostview", true, true)));
+        // The view is a tmpfs of its own, never the host's whole tree.
+        assert!(
+            !steps
+                .iter()
+                .any(|s| matches!(s, MountStep::Bind { source, .. } if source == Path::new("/")))
+        );
+        let view_tmpfs = position(
+            &steps,
+            |s| matches!(s, MountStep::Mount { fstype: "tmpfs", target, .. } if target == Path::new("/w/hostview")),
+        );
+        for dir in TOOL_DIRS {
+            let shown = position(&steps, |s| {
+                *s == MountStep::HostEntry {
+                    source: dir.into(),
+                    target: Path::new("/w/hostview").join(&dir[1..]),
+                }
+            });
+            assert!(view_tmpfs < shown);
+        }
+        assert!(steps.contains(&MountStep::FilteredEtc {
+            source: "/etc".into(),
+            target: "/w/hostview/etc".into()
+        }));
+        for private in ["root", "home", "tmp", "var/tmp", "run", "mnt"] {
+            assert!(
+                steps.iter().any(
+                    |s| matches!(s, MountStep::Mount { fstype: "tmpfs", target, .. }
+                    if *target == Path::new("/w/hostview").join(private))
+                ),
+                "{private}"
+            );
+        }
         let signal = position(&steps, |s| {
-            *s == bind("/w/signal", "/w/hostview/mnt/image", false, false)
+            matches!(s, MountStep::Bind { source, target, restrict, .. }
+                if source == Path::new("/w/signal") && target == Path::new("/w/hostview/mnt/image")
+                    && restrict.contains(Restrict::NOEXEC) && restrict.contains(Restrict::NODEV))
         });
         let image = position(&steps, |s| {
-            *s == bind("/w/root", "/w/hostview/mnt/image/image-root", true, false)
+            *s == bind(
+                "/w/root",
+                "/w/hostview/mnt/image/image-root",
+                true,
+                Restrict::NONE,
+            )
         });
-        let mnt_tmpfs = position(
-            &steps,
-            |s| matches!(s, MountStep::Mount { fstype: "tmpfs", target, .. } if target == Path::new("/w/hostview/mnt")),
-        );
         assert!(
-            mnt_tmpfs < signal && signal < image,
+            signal < image,
             "the image mount point lives in the signal dir"
         );
         let resolv = steps.iter().find_map(|s| match s {
@@ -593,7 +906,14 @@ mod tests {
         });
         assert_eq!(resolv, Some(PathBuf::from("/mnt/image/image-root/etc")));
         assert!(steps.iter().any(|s| matches!(s, MountStep::Mount { fstype: "proc", target, .. } if target == Path::new("/w/hostview/proc"))));
-        assert!(steps.iter().any(|s| matches!(s, MountStep::Mount { fstype: "tmpfs", target, .. } if target == Path::new("/w/hostview/tmp"))));
+        let read_only = position(&steps, |s| {
+            *s == MountStep::Restrict {
+                target: "/w/hostview".into(),
+                recursive: false,
+                restrict: Restrict::RDONLY,
+            }
+        });
+        assert_eq!(read_only, steps.len() - 2, "sealed last, before the pivot");
         assert_eq!(
             steps.last(),
             Some(&MountStep::PivotRoot {
@@ -602,8 +922,49 @@ mod tests {
         );
         let shown: Vec<String> = steps.iter().map(ToString::to_string).collect();
         assert!(
-            shown.iter().any(|s| s == "rbind / on /w/hostview (ro)"),
+            shown
+                .iter()
+                .any(|s| s == "show host /usr at /w/hostview/usr (ro,nosuid,nodev)"),
             "{shown:?}"
         );
+    }
+
+    #[test]
+    fn etc_filter_lets_tools_config_through_and_keeps_secrets_out() {
+        for shown in [
+            "passwd",
+            "group",
+            "hosts",
+            "nsswitch.conf",
+            "ld.so.cache",
+            "os-release",
+            "redhat-release",
+            "debian_version",
+            "alternatives",
+            "python3.11",
+            "localtime",
+        ] {
+            assert!(etc_entry_shown(shown), "{shown}");
+        }
+        for hidden in [
+            "shadow",
+            "shadow-",
+            "gshadow",
+            "sudoers",
+            "sudoers.d",
+            "ssh",
+            "ssl",
+            "machine-id",
+            "krb5.keytab",
+            "security",
+            "-release",
+            "python3.",
+            "imsctl",
+            "docker",
+        ] {
+            assert!(!etc_entry_shown(hidden), "{hidden}");
+        }
+        assert!(ETC_NESTED_SHOWN.contains(&"ssl/certs"));
+        assert!(!ETC_NESTED_SHOWN.iter().any(|p| p.contains("private")));
     }
 }

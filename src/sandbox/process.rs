@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! imsctl (host namespaces)
-//!   └─ C1: unshare(user?, mount, pid, uts, ipc, net?); waits for the parent to write id maps
-//!        └─ C2 = pid 1 of the new pid namespace: mounts the plan, pivots, reaps, forwards
+//!   └─ C1: unshare(user?, mount, uts, ipc, net?); waits for the parent to write id maps;
+//!        │ mounts the base (squashfuse, if any, is its child: outside the new pid namespace,
+//!        │ where nothing inside can see it); unshare(pid)
+//!        └─ C2 = pid 1 of the new pid namespace: mounts the rest of the plan, pivots, reaps,
+//!             │ forwards signals
 //!             └─ the command (or shell)
 //! ```
 //!
@@ -11,6 +14,14 @@
 //! SIGTERM, kill -9), C1 dies, then C2, and the death of a pid namespace's pid 1 kills everything
 //! in it; the mount namespace dies with its last process, taking every mount (and the
 //! autoclear loop device) along. Nothing is ever mounted in the host's namespace.
+//!
+//! What the host reaches the sandbox through is C1 (the *holder*): it shares the sandbox's
+//! mount, user and other namespaces and its root after the pivot, but it is not in the new pid
+//! namespace, so nothing inside can see, signal or trace it. pid 1, which the processes inside do
+//! see, holds nothing of the host: no descriptor on a host path, no host environment (C1 wipes
+//! the inherited environment and arguments from memory before it forks pid 1), it is
+//! non-dumpable (its /proc files and ptrace need CAP_SYS_PTRACE in the initial namespace), and
+//! it confines itself ([`super::confine`]) before it starts the command.
 //!
 //! The children report back over one pipe with small tagged messages (setup error, cleanup
 //! error, exit status), each below PIPE_BUF so that writes from several processes never mix.
@@ -26,9 +37,9 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::unistd::{ForkResult, Pid, fork};
 
+use super::confine::{self, Confinement};
 use super::error::{Error, Result};
 use super::exec::{self, Executed};
-use super::idmap::IdMapping;
 use super::plan::MountStep;
 use super::{Network, SandboxConfig};
 use crate::root::ResolvConfGuard;
@@ -40,6 +51,8 @@ const TAG_STATUS: u8 = b'S';
 const TAG_PID: u8 = b'P';
 /// A holding session has its mounts in place.
 const TAG_READY: u8 = b'R';
+/// pid 1 put the image's own resolv.conf back: the host may forget the swap's state file.
+const TAG_RESOLV_RESTORED: u8 = b'V';
 /// Keep each message within PIPE_BUF (4096) so concurrent writers cannot interleave.
 const MAX_MESSAGE: usize = 3800;
 pub(super) const PATH_INSIDE: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -52,12 +65,6 @@ const FORWARDED: [Signal; 5] = [
     Signal::SIGUSR2,
     Signal::SIGCONT,
 ];
-/// Capabilities real root gives up inside: those that reach the host kernel or the host's
-/// files past the mount namespace (open_by_handle_at, module loading, remounting, raw I/O...).
-const DROPPED_CAPS: [u32; 17] = [
-    2, 16, 17, 20, 21, 22, 25, 30, 32, 33, 34, 35, 36, 38, 39, 40, 12,
-];
-const CAP_NET_ADMIN: u32 = 12;
 
 /// What to run inside.
 #[derive(Debug, Clone)]
@@ -114,7 +121,7 @@ struct Prepared<'a> {
     env: Vec<CString>,
     hostname: String,
     network: Network,
-    drop_caps: bool,
+    confinement: Confinement,
     clone_flags: CloneFlags,
     uses_userns: bool,
     many_ids: bool,
@@ -127,6 +134,8 @@ pub struct Running {
     reports: OwnedFd,
     /// Reports read ahead by [`Running::wait_ready`].
     read_ahead: Vec<u8>,
+    /// The resolv.conf swap's state file, removed once pid 1 reports the image's file is back.
+    resolv_state: std::path::PathBuf,
 }
 
 impl Running {
@@ -153,6 +162,12 @@ impl Running {
     /// Kill the session: C1's death takes pid 1 and with it the whole namespace.
     pub fn kill(&self) {
         let _ = nix::sys::signal::kill(self.c1, Signal::SIGKILL);
+    }
+
+    /// The holder (C1): the process through which the host reaches the sandbox's root
+    /// (`/proc/<holder>/root`) and namespaces (`ns/*`, `ns/pid_for_children`).
+    pub fn holder(&self) -> Pid {
+        self.c1
     }
 
     /// For a holding session: read reports until pid 1 says its mounts are ready; returns pid
@@ -202,6 +217,11 @@ impl Running {
             match tag {
                 TAG_SETUP_ERROR => setup = setup.or(Some(text)),
                 TAG_CLEANUP_ERROR => cleanup = cleanup.or(Some(text)),
+                TAG_RESOLV_RESTORED => {
+                    if let Err(e) = crate::root::resolv::forget_swap(&self.resolv_state) {
+                        cleanup = cleanup.or(Some(e.to_string()));
+                    }
+                }
                 TAG_STATUS if payload.len() == 4 => {
                     status = Some(ExitStatus::from_raw(i32::from_le_bytes([
                         payload[0], payload[1], payload[2], payload[3],
@@ -257,6 +277,7 @@ pub fn spawn(
                 c1: child,
                 reports: report_r,
                 read_ahead: Vec::new(),
+                resolv_state: cfg.layout.resolv_state(),
             };
             if prepared.uses_userns {
                 // C1 says it has unshared (or closes the pipe on failure: its report says why).
@@ -288,6 +309,9 @@ fn prepare<'a>(
     if let Some(term) = &cfg.term {
         vars.push(("TERM".into(), term.clone()));
     }
+    if let Some(lang) = &cfg.lang {
+        vars.push(("LANG".into(), lang.clone()));
+    }
     vars.extend(cfg.env.iter().cloned());
     let env = vars
         .into_iter()
@@ -304,14 +328,13 @@ fn prepare<'a>(
             return Err(Error::Config("command argument contains NUL".into()));
         }
     }
-    let mut clone_flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC;
+    // The pid namespace comes later, on its own (see `c1_main`).
+    let mut clone_flags =
+        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if cfg.network == Network::None {
         clone_flags |= CloneFlags::CLONE_NEWNET;
     }
-    let uses_userns = cfg.ids.uses_user_namespace();
+    let uses_userns = cfg.ids.creates_user_namespace();
     if uses_userns {
         clone_flags |= CloneFlags::CLONE_NEWUSER;
     }
@@ -321,7 +344,7 @@ fn prepare<'a>(
         env,
         hostname: cfg.hostname.clone(),
         network: cfg.network,
-        drop_caps: cfg.ids == IdMapping::Host,
+        confinement: cfg.confinement,
         clone_flags,
         uses_userns,
         many_ids: cfg.ids.maps_many_ids(),
@@ -334,7 +357,8 @@ fn child_exit(outcome: std::thread::Result<()>) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// C1: enters the new namespaces, lets the parent map ids, forks pid 1 and waits for it.
+/// C1: enters the new namespaces, lets the parent map ids, mounts the base, forks pid 1 into a
+/// new pid namespace and waits for it.
 fn c1_main(
     p: &Prepared<'_>,
     parent: Pid,
@@ -352,6 +376,19 @@ fn c1_main(
         send(report, TAG_SETUP_ERROR, e.to_string().as_bytes());
         return;
     }
+    // The host's working directory must not travel into the sandbox with pid 1 (or squashfuse):
+    // at "/", the pivot moves it onto the new root. And pid 1 is a copy of this memory: nothing
+    // of the caller's environment or arguments may be in it.
+    if let Err(e) = nix::unistd::chdir("/") {
+        return send(
+            report,
+            TAG_SETUP_ERROR,
+            Error::sys("change directory to", "/", e)
+                .to_string()
+                .as_bytes(),
+        );
+    }
+    scrub_inherited_strings();
     // The terminal's Ctrl-C is for the command, not for the sandbox's own processes.
     ignore(Signal::SIGINT);
     ignore(Signal::SIGQUIT);
@@ -376,6 +413,20 @@ fn c1_main(
         }
     }
     drop((ready, go));
+    let holder_part = p.steps.iter().take_while(|s| s.runs_in_holder()).count();
+    let fuse = match exec::execute_in_holder(&p.steps[..holder_part]) {
+        Ok(fuse) => fuse,
+        Err(e) => return send(report, TAG_SETUP_ERROR, e.to_string().as_bytes()),
+    };
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
+        return send(
+            report,
+            TAG_SETUP_ERROR,
+            Error::sys("unshare the pid namespace of", "/proc/self", e)
+                .to_string()
+                .as_bytes(),
+        );
+    }
     let (alive_r, alive_w) = match pipe("create liveness pipe") {
         Ok(p) => p,
         Err(e) => return send(report, TAG_SETUP_ERROR, e.to_string().as_bytes()),
@@ -392,15 +443,36 @@ fn c1_main(
         Ok(ForkResult::Child) => {
             drop(alive_w);
             child_exit(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-                || init_main(p, stdio, report, alive_r),
+                || init_main(p, holder_part, stdio, report, alive_r),
             )));
         }
         Ok(ForkResult::Parent { child }) => {
             drop((alive_r, stdio));
             send(report, TAG_PID, &child.as_raw().to_le_bytes());
-            while let Err(Errno::EINTR) = nix::sys::wait::waitpid(child, None) {}
+            wait_for_init(child, fuse);
             drop(alive_w);
         }
+    }
+}
+
+/// Wait for pid 1. Should squashfuse end first, the base image is gone from under everything
+/// inside: end the session. Once pid 1 is gone, so is squashfuse.
+fn wait_for_init(init: Pid, fuse: Option<Pid>) {
+    let mut fuse = fuse;
+    loop {
+        match nix::sys::wait::waitpid(None::<Pid>, None) {
+            Ok(status) if status.pid() == Some(init) => break,
+            Ok(status) if status.pid().is_some() && status.pid() == fuse => {
+                fuse = None;
+                let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
+            }
+            Err(Errno::EINTR) | Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    if let Some(fuse) = fuse {
+        let _ = nix::sys::signal::kill(fuse, Signal::SIGKILL);
+        while let Err(Errno::EINTR) = nix::sys::wait::waitpid(fuse, None) {}
     }
 }
 
@@ -446,7 +518,7 @@ pub(super) fn die_with_parent(parent_alive: impl Fn() -> bool) -> Result<()> {
 }
 
 /// C2, pid 1 of the new pid namespace.
-fn init_main(p: &Prepared<'_>, stdio: Stdio, report: RawFd, alive: OwnedFd) {
+fn init_main(p: &Prepared<'_>, done: usize, stdio: Stdio, report: RawFd, alive: OwnedFd) {
     // getppid() is 0 across the pid namespace boundary; C1's liveness is its pipe staying open.
     let c1_alive = || poll_hangup(&alive) == Some(false);
     if let Err(e) = die_with_parent(c1_alive) {
@@ -454,17 +526,20 @@ fn init_main(p: &Prepared<'_>, stdio: Stdio, report: RawFd, alive: OwnedFd) {
     }
     drop(alive);
     let mut executed = Executed::default();
-    let setup = setup_inside(p, &mut executed);
+    // Before anything of the image runs: nothing inside may read pid 1's /proc files or trace it.
+    let setup = confine::make_undumpable()
+        .and_then(|()| setup_inside(p, &p.steps[done..], &mut executed))
+        .and_then(|()| confine::confine(&p.confinement));
     if let Err(e) = setup {
         send(report, TAG_SETUP_ERROR, e.to_string().as_bytes());
         finish(report, executed, None);
         return;
     }
-    let status = supervise(p, stdio, report, executed.fuse_pid);
+    let status = supervise(p, stdio, report);
     finish(report, executed, status);
 }
 
-fn setup_inside(p: &Prepared<'_>, executed: &mut Executed) -> Result<()> {
+fn setup_inside(p: &Prepared<'_>, steps: &[MountStep], executed: &mut Executed) -> Result<()> {
     if p.uses_userns && p.many_ids {
         // Supplementary groups from the host show as nogroup inside; drop them.
         let _ = nix::unistd::setgroups(&[]);
@@ -479,14 +554,16 @@ fn setup_inside(p: &Prepared<'_>, executed: &mut Executed) -> Result<()> {
     if p.network == Network::None {
         exec::bring_loopback_up()?;
     }
-    exec::execute(p.steps, executed)
+    exec::execute(steps, executed)
 }
 
 /// Kill what the command left running, restore the image's resolv.conf, report the status.
 fn finish(report: RawFd, executed: Executed, status: Option<i32>) {
-    kill_all_but(executed.fuse_pid);
-    if let Some(Err(e)) = executed.resolv.map(ResolvConfGuard::restore) {
-        send(report, TAG_CLEANUP_ERROR, e.to_string().as_bytes());
+    kill_all();
+    match executed.resolv.map(ResolvConfGuard::restore) {
+        Some(Err(e)) => send(report, TAG_CLEANUP_ERROR, e.to_string().as_bytes()),
+        Some(Ok(())) => send(report, TAG_RESOLV_RESTORED, b""),
+        None => {}
     }
     if let Some(raw) = status {
         send(report, TAG_STATUS, &raw.to_le_bytes());
@@ -494,7 +571,7 @@ fn finish(report: RawFd, executed: Executed, status: Option<i32>) {
 }
 
 /// Fork the command and be its init: reap every child, forward signals, return its raw status.
-fn supervise(p: &Prepared<'_>, stdio: Stdio, report: RawFd, fuse_pid: Option<Pid>) -> Option<i32> {
+fn supervise(p: &Prepared<'_>, stdio: Stdio, report: RawFd) -> Option<i32> {
     let mut waited = SigSet::empty();
     waited.add(Signal::SIGCHLD);
     for s in FORWARDED {
@@ -514,6 +591,8 @@ fn supervise(p: &Prepared<'_>, stdio: Stdio, report: RawFd, fuse_pid: Option<Pid
         return None;
     }
     if matches!(p.command, Command::Hold) {
+        drop(stdio);
+        detach_standard_streams();
         return Some(hold(&waited, report));
     }
     // SAFETY: as in `spawn`; the child execs or exits.
@@ -537,13 +616,15 @@ fn supervise(p: &Prepared<'_>, stdio: Stdio, report: RawFd, fuse_pid: Option<Pid
         Ok(ForkResult::Parent { child }) => child,
     };
     drop(stdio);
+    // pid 1 keeps no stream of the caller's (a terminal would be a way to the caller's shell).
+    detach_standard_streams();
     loop {
         let Ok(sig) = waited.wait() else { continue };
         if sig != Signal::SIGCHLD {
             let _ = nix::sys::signal::kill(command_pid, sig);
             continue;
         }
-        if let Some(raw) = reap(command_pid, fuse_pid) {
+        if let Some(raw) = reap(command_pid) {
             return Some(raw);
         }
     }
@@ -567,7 +648,7 @@ fn hold(waited: &SigSet, report: RawFd) -> i32 {
 }
 
 /// Reap every exited child; the command's raw wait status once it is among them.
-fn reap(command: Pid, fuse_pid: Option<Pid>) -> Option<i32> {
+fn reap(command: Pid) -> Option<i32> {
     let mut result = None;
     loop {
         let mut raw = 0;
@@ -578,21 +659,18 @@ fn reap(command: Pid, fuse_pid: Option<Pid>) -> Option<i32> {
         }
         if pid == command.as_raw() {
             result = Some(raw);
-        } else if Some(Pid::from_raw(pid)) == fuse_pid && result.is_none() {
-            // The base image vanished under the command: nothing inside can work any more.
-            let _ = nix::sys::signal::kill(command, Signal::SIGKILL);
         }
     }
 }
 
-/// Kill every process of the namespace except pid 1 and the squashfuse server, and reap them.
-fn kill_all_but(keep: Option<Pid>) {
+/// Kill every process of the namespace but pid 1, and reap them.
+fn kill_all() {
     let own = std::process::id() as i32;
     for _ in 0..200 {
         let pids: Vec<i32> = std::fs::read_dir("/proc")
             .map(|dir| {
                 dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                    .filter(|&pid: &i32| pid != own && Some(Pid::from_raw(pid)) != keep)
+                    .filter(|&pid: &i32| pid != own)
                     .collect()
             })
             .unwrap_or_default();
@@ -624,11 +702,6 @@ fn exec_command(p: &Prepared<'_>, stdio: Stdio) -> Error {
         } => attach_streams([stdin, stdout, stderr]),
     };
     if let Err(e) = attached {
-        return e;
-    }
-    if p.drop_caps
-        && let Err(e) = drop_capabilities(p.network)
-    {
         return e;
     }
     let (argv, cwd) = match &p.command {
@@ -755,68 +828,50 @@ fn attach_streams(streams: [Option<OwnedFd>; 3]) -> Result<()> {
     Ok(())
 }
 
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-const CAP_VERSION_3: u32 = 0x2008_0522;
-
-pub(super) fn drop_capabilities(network: Network) -> Result<()> {
-    let proc_caps = Path::new("/proc/self/status");
-    let mut header = CapHeader {
-        version: CAP_VERSION_3,
-        pid: 0,
+/// Overwrite this process's copy of the strings the kernel shows as /proc/<pid>/environ and
+/// /proc/<pid>/cmdline (the caller's environment, secrets included, and its arguments): pid 1
+/// and squashfuse are forked from this memory. Only the bytes change; nothing here reads the
+/// environment afterwards (the command gets an explicit one).
+fn scrub_inherited_strings() {
+    let Some([arg_start, arg_end, env_start, env_end]) = inherited_string_areas() else {
+        return;
     };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget fills two CapData for version 3.
-    if unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &mut header as *mut CapHeader,
-            data.as_mut_ptr(),
-        )
-    } != 0
-    {
-        return Err(Error::sys("read capabilities of", proc_caps, Errno::last()));
-    }
-    for cap in DROPPED_CAPS {
-        if cap == CAP_NET_ADMIN && network == Network::None {
-            continue; // its own network namespace: harmless, and lets `ip` work
+    for (start, end) in [(env_start, env_end), (arg_start, arg_end)] {
+        if end > start {
+            // SAFETY: [start, end) is this process's own argument or environment area on its
+            // initial stack, as the kernel reports it in /proc/self/stat: mapped and writable.
+            unsafe { std::ptr::write_bytes(start as *mut u8, 0, end - start) };
         }
-        // SAFETY: prctl with integer arguments; EINVAL for a capability this kernel lacks.
-        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-        if rc != 0 && Errno::last() != Errno::EINVAL {
-            return Err(Error::sys(
-                format!("drop capability {cap} of"),
-                proc_caps,
-                Errno::last(),
-            ));
+    }
+    const NAME: &[u8] = b"imsctl-sandbox";
+    if arg_end - arg_start > NAME.len() {
+        // SAFETY: as above; the area is longer than NAME.
+        unsafe { std::ptr::copy_nonoverlapping(NAME.as_ptr(), arg_start as *mut u8, NAME.len()) };
+    }
+}
+
+/// arg_start, arg_end, env_start, env_end from /proc/self/stat (fields 48 to 51).
+fn inherited_string_areas() -> Option<[usize; 4]> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Field 2 (the command name) may hold spaces and parentheses: count from the last ')'.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<usize>().ok();
+    Some([field(48)?, field(49)?, field(50)?, field(51)?])
+}
+
+/// Point the standard streams at /dev/null (of the sandbox).
+fn detach_standard_streams() {
+    if let Ok(null) = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        for target in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors of this process.
+            unsafe { libc::dup2(null.as_raw_fd(), target) };
         }
-        let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
-        data[word].effective &= !bit;
-        data[word].permitted &= !bit;
-        data[word].inheritable &= !bit;
     }
-    // SAFETY: capset reads two CapData for version 3.
-    if unsafe {
-        libc::syscall(
-            libc::SYS_capset,
-            &mut header as *mut CapHeader,
-            data.as_ptr(),
-        )
-    } != 0
-    {
-        return Err(Error::sys("set capabilities of", proc_caps, Errno::last()));
-    }
-    Ok(())
 }
 
 fn ignore(sig: Signal) {

@@ -501,7 +501,8 @@ fn crashed_session_is_repaired_by_the_next() {
     // Simulate a session killed half-way: swapped, never restored.
     let etc = layout.root().join("etc");
     std::mem::forget(
-        crate::root::ResolvConfGuard::swap(&etc, &layout.resolv_state()).expect("swap"),
+        crate::root::ResolvConfGuard::swap(&etc, &layout.resolv_state(), b"nameserver 192.0.2.1\n")
+            .expect("swap"),
     );
     fs::write(layout.lock_file(), "999999999\n").expect("stale lock");
     assert!(
@@ -607,7 +608,7 @@ fn rootless_extract_mode_jailed_with_private_network() {
     let layout = fx.extracted("job-rootless", true);
     as_nobody(|| {
         let mut cfg = config(layout.clone(), ImageSource::Extracted, true);
-        check(cfg.ids.uses_user_namespace(), "a user namespace is used")?;
+        check(cfg.ids.creates_user_namespace(), "a user namespace is used")?;
         cfg.network = Network::None;
         let script = format!(
             "{}; id -u > /tmp/uid; cat /proc/net/dev > /tmp/net",

@@ -69,6 +69,14 @@ pub struct ExtractReport {
 /// Files with at least this many blocks have their blocks decompressed in parallel.
 const PARALLEL_BLOCKS: usize = 4;
 
+/// Whether this process is in the initial user namespace (its uid map is the identity): only
+/// there does root set any owner and trusted.* xattrs.
+fn in_initial_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(true)
+}
+
 /// How many failures an error message lists before it only counts.
 const SHOWN_FAILURES: usize = 10;
 
@@ -86,7 +94,7 @@ pub fn extract(image: &Image, dest: &Path, opts: &ExtractOptions) -> Result<Extr
         root: root.as_fd(),
         opts,
         set_owners: opts.owners.unwrap_or(euid == 0),
-        privileged: euid == 0,
+        privileged: euid == 0 && in_initial_user_namespace(),
         euid,
         egid,
         counters: Counters::default(),
@@ -523,7 +531,12 @@ impl Ctx<'_> {
                 }
             };
             if rc != 0 {
-                return Err(self.io("set owner of", rel, io::Error::last_os_error()));
+                let e = io::Error::last_os_error();
+                // Root of a user namespace: owners it does not map cannot be set (EINVAL).
+                if self.privileged || e.raw_os_error() != Some(libc::EINVAL) {
+                    return Err(self.io("set owner of", rel, e));
+                }
+                bump(&self.counters.owners_not_set, 1);
             }
         } else if (meta.uid, meta.gid) != (self.euid, self.egid) {
             bump(&self.counters.owners_not_set, 1);

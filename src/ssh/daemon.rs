@@ -144,7 +144,7 @@ pub fn running_server(job: &JobRecord) -> Option<i32> {
     is_our_server(pid, job.id).then_some(pid)
 }
 
-/// The sandbox's pid 1 of the job's live server (to enter it), if one runs.
+/// The holder of the sandbox of the job's live server (to enter it), if one runs.
 pub fn running_sandbox(job: &JobRecord) -> Option<i32> {
     running_server(job)?;
     let pid = job
@@ -167,13 +167,13 @@ fn is_our_server(pid: i32, id: Uuid) -> bool {
 
 /// Run `argv` in the sandbox the job's server holds (`jobs exec` while it serves), with this
 /// process's standard streams.
-pub fn exec_in(pid1: i32, jailed: bool, argv: &[String]) -> Result<std::process::ExitStatus> {
+pub fn exec_in(
+    target: &sandbox::enter::Target,
+    argv: &[String],
+) -> Result<std::process::ExitStatus> {
     let exe = std::env::current_exe().context("failed to find this executable (/proc/self/exe)")?;
     let mut cmd = std::process::Command::new(&exe);
-    cmd.arg("internal-enter").arg("--pid").arg(pid1.to_string());
-    if jailed {
-        cmd.arg("--jail");
-    }
+    cmd.arg("internal-enter").args(target.args());
     cmd.arg("--").args(argv);
     cmd.env_clear().envs(session_env_from_host());
     cmd.status()
@@ -275,23 +275,26 @@ pub fn serve(
         .local_addr()
         .with_context(|| format!("failed to read the address bound for {listen}"))?;
     let fingerprint = keys::fingerprint(host_key.public_key());
-    let pid1 = held.pid1();
+    let holder = held.holder();
     mark(store, job.id, "ready", |c| {
         c.connection_info = connection_info(local);
         c.extra.insert(SERVER_PID.into(), std::process::id().into());
-        c.extra.insert(SANDBOX_PID.into(), pid1.into());
+        c.extra.insert(SANDBOX_PID.into(), holder.into());
         c.extra.insert(HOST_KEY.into(), fingerprint.clone().into());
     })?;
     eprintln!(
-        "imsctl ssh: job {} listening on {local} (host key {fingerprint}), sandbox pid {pid1}",
+        "imsctl ssh: job {} listening on {local} (host key {fingerprint}), sandbox holder pid {holder}",
         job.id
     );
     announce_ready()?;
     let spawner = Spawner {
         // Always this very binary, even if the file was replaced since the server started.
         exe: PathBuf::from("/proc/self/exe"),
-        pid1,
-        jailed: cfg.jailed,
+        target: sandbox::enter::Target {
+            holder,
+            jailed: cfg.jailed,
+            confinement: cfg.confinement,
+        },
     };
     let server = Server {
         accepted: Arc::new(accepted),
@@ -299,7 +302,7 @@ pub fn serve(
         activity: Arc::default(),
         local,
     };
-    let ending = run_until_signal(listener, host_key, server, &cfg, pid1);
+    let ending = run_until_signal(listener, host_key, server, &cfg, holder);
     let released = held.release();
     if matches!(ending, Ok(Ending::WorkDirGone)) {
         eprintln!("imsctl ssh: job {}: its work dir is gone; stopping", job.id);
@@ -315,7 +318,7 @@ pub fn serve(
     released?;
     if ending == Ending::SandboxGone {
         bail!(
-            "the sandbox of job {} (pid {pid1}) ended under the server",
+            "the sandbox of job {} (holder pid {holder}) ended under the server",
             job.id
         );
     }
@@ -373,7 +376,7 @@ fn run_until_signal(
     host_key: russh::keys::PrivateKey,
     mut server: Server,
     cfg: &sandbox::SandboxConfig,
-    pid1: i32,
+    holder: i32,
 ) -> Result<Ending> {
     use russh::server::Server as _;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -401,7 +404,7 @@ fn run_until_signal(
         let mut term = signal_stream(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = signal_stream(tokio::signal::unix::SignalKind::interrupt())?;
         let mut hup = signal_stream(tokio::signal::unix::SignalKind::hangup())?;
-        let watch = watch_signal_files(cfg, pid1);
+        let watch = watch_signal_files(cfg, holder);
         tokio::pin!(running);
         tokio::pin!(watch);
         let ending = tokio::select! {
@@ -457,11 +460,11 @@ async fn settle(activity: &super::server::Activity) {
 }
 
 /// Until a signal file appears, or the job's work dir disappears (deleted with its store).
-async fn watch_signal_files(cfg: &sandbox::SandboxConfig, pid1: i32) -> Ending {
+async fn watch_signal_files(cfg: &sandbox::SandboxConfig, holder: i32) -> Ending {
     let mut tick = tokio::time::interval(SIGNAL_POLL);
     loop {
         tick.tick().await;
-        if !sandbox::enter::is_sandbox(pid1) {
+        if !sandbox::enter::is_sandbox(holder) {
             return Ending::SandboxGone;
         }
         if let Some(signal) = root::signal_raised(&cfg.layout, &cfg.source) {

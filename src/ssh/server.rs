@@ -26,9 +26,8 @@ use crate::sandbox::enter::encode_winsize;
 pub struct Spawner {
     /// This executable, run as `internal-enter`.
     pub exe: PathBuf,
-    /// pid 1 of the holding session.
-    pub pid1: i32,
-    pub jailed: bool,
+    /// The holding session, the view and the confinement of its processes.
+    pub target: crate::sandbox::enter::Target,
 }
 
 /// What a channel asked to run.
@@ -392,12 +391,7 @@ enum Outcome {
 
 fn command_for(spawner: &Spawner, start: &Start) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(&spawner.exe);
-    cmd.arg("internal-enter")
-        .arg("--pid")
-        .arg(spawner.pid1.to_string());
-    if spawner.jailed {
-        cmd.arg("--jail");
-    }
+    cmd.arg("internal-enter").args(spawner.target.args());
     match start {
         Start::Shell => {
             cmd.arg("--login-shell");

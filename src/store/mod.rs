@@ -140,16 +140,21 @@ pub fn default_store_root(
 impl Store {
     /// Open the store at `explicit` (from `--store`), or at the default location.
     pub fn locate(explicit: Option<&Path>) -> Result<Store> {
-        let root = match explicit {
-            Some(dir) => dir.to_path_buf(),
+        Store::open(Store::root_for(explicit)?)
+    }
+
+    /// Where [`Store::locate`] finds the store: `explicit`, else `IMSCTL_HOME`, else the
+    /// default for who runs this process (decided before it enters a user namespace).
+    pub fn root_for(explicit: Option<&Path>) -> Result<PathBuf> {
+        match explicit {
+            Some(dir) => Ok(dir.to_path_buf()),
             None => default_store_root(
                 std::env::var_os("IMSCTL_HOME"),
                 nix::unistd::geteuid().is_root(),
                 std::env::var_os("XDG_DATA_HOME"),
                 std::env::var_os("HOME"),
-            )?,
-        };
-        Store::open(root)
+            ),
+        }
     }
 
     /// Open (creating when missing) the store at `root`. The path is made absolute, because
