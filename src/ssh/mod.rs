@@ -1,8 +1,9 @@
 //! SSH access to a customization job (IMS options 1 and 2): a per-job server ([`daemon`]) speaking
-//! the protocol with russh ([`server`]), its keys ([`keys`]), and the SFTP server that file
-//! transfers (sftp, scp, Ansible) run inside the sandbox ([`sftp`]).
+//! the protocol with russh ([`server`]), its keys ([`keys`]), who may connect ([`throttle`]), and
+//! the SFTP server that file transfers (sftp, scp, Ansible) run inside the sandbox ([`sftp`]).
 
 pub mod daemon;
 pub mod keys;
 pub mod server;
 pub mod sftp;
+pub mod throttle;
