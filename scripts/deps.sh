@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install the system tools the tests and the demo use (as root, on Debian), only those missing:
 # the reference SquashFS tools to cross-check against, busybox for the test image, attr tools,
-# the OpenSSH client and Ansible for the SSH tests (python3: the interpreter Ansible runs on the
-# job's side, the host's in the non-jailed view), and the S3 servers of the S3 tests.
+# the OpenSSH client, Ansible and ssh-audit for the SSH tests (python3: the interpreter Ansible
+# runs on the job's side, the host's in the non-jailed view), and the S3 servers of the S3 tests.
 set -euo pipefail
 pkgs=(squashfs-tools squashfs-tools-ng squashfuse fuse3 busybox-static attr tmux xz-utils zstd file
       openssh-client python3)
@@ -28,6 +28,10 @@ if ! command -v moto_server >/dev/null 2>&1; then
 fi
 if ! command -v ansible-playbook >/dev/null 2>&1; then
     python3 -m pip install --quiet ansible-core
+fi
+# ssh-audit audits a job's SSH server in the SSH tests (0 failures, no warnings but post-quantum).
+if ! command -v ssh-audit >/dev/null 2>&1; then
+    python3 -m pip install --quiet ssh-audit
 fi
 if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
     cargo install --quiet s3s-fs@0.14.1 --features binary --locked

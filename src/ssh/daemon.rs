@@ -374,11 +374,10 @@ fn announce_ready() -> Result<()> {
 fn run_until_signal(
     listener: TcpListener,
     host_key: russh::keys::PrivateKey,
-    mut server: Server,
+    server: Server,
     cfg: &sandbox::SandboxConfig,
     holder: i32,
 ) -> Result<Ending> {
-    use russh::server::Server as _;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -389,17 +388,8 @@ fn run_until_signal(
             .context("failed to make the listening socket non-blocking")?;
         let listener = tokio::net::TcpListener::from_std(listener)
             .context("failed to register the listening socket")?;
-        let config = Arc::new(russh::server::Config {
-            keys: vec![host_key],
-            inactivity_timeout: None,
-            auth_rejection_time: Duration::from_millis(300),
-            auth_rejection_time_initial: Some(Duration::ZERO),
-            keepalive_interval: Some(Duration::from_secs(30)),
-            nodelay: true,
-            ..Default::default()
-        });
         let activity = server.activity.clone();
-        let running = server.run_on_socket(config, &listener);
+        let running = server.serve(listener, host_key);
         let stopper = running.handle();
         let mut term = signal_stream(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = signal_stream(tokio::signal::unix::SignalKind::interrupt())?;

@@ -1,6 +1,7 @@
 //! The SSH protocol side of a job's server (russh): public-key authentication against the one
 //! key of the job, and session channels (shell, exec, sftp) whose processes run inside the job's
-//! sandbox through `imsctl internal-enter` (see [`crate::sandbox::enter`]).
+//! sandbox through `imsctl internal-enter` (see [`crate::sandbox::enter`]). What it offers is
+//! [`super::config`]'s; who may connect, [`super::throttle`]'s.
 //!
 //! Each session channel is one task: it collects the pty and environment requests, starts the
 //! process on the first shell/exec/subsystem request, then pumps bytes both ways and ends with
@@ -13,12 +14,14 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use nix::pty::Winsize;
-use russh::keys::PublicKey;
+use russh::keys::{Algorithm, Certificate, PrivateKey, PublicKey};
 use russh::server::{Auth, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelMsg, Sig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::keys;
+use super::accept::{self, Serving};
+use super::throttle::{Limits, Startup, Throttle};
+use super::{config, keys};
 use crate::sandbox::enter::encode_winsize;
 
 /// How session processes are started: which sandbox, and as which view.
@@ -102,8 +105,10 @@ pub struct Connection {
     accepted: Arc<PublicKey>,
     spawner: Arc<Spawner>,
     activity: Arc<Activity>,
-    peer: Option<SocketAddr>,
+    peer: SocketAddr,
     local: SocketAddr,
+    /// Where authentication results go: the throttle counts and penalises by them.
+    startup: Arc<Startup>,
 }
 
 /// Makes a [`Connection`] per client.
@@ -115,44 +120,91 @@ pub struct Server {
     pub local: SocketAddr,
 }
 
-impl russh::server::Server for Server {
-    type Handler = Connection;
+impl Server {
+    /// Serve on `listener` with the job's host key, until stopped (see [`accept::serve`]).
+    pub fn serve(self, listener: tokio::net::TcpListener, host_key: PrivateKey) -> Serving {
+        let config = Arc::new(config::server_config(host_key));
+        let throttle = Throttle::new(Limits::default());
+        accept::serve(listener, config, throttle, move |peer, startup| {
+            self.connection(peer, startup)
+        })
+    }
 
-    fn new_client(&mut self, peer: Option<SocketAddr>) -> Connection {
-        if let Some(peer) = peer {
-            eprintln!("imsctl ssh: connection from {peer}");
-        }
+    fn connection(&self, peer: SocketAddr, startup: Arc<Startup>) -> Connection {
+        eprintln!("imsctl ssh: connection from {peer}");
         Connection {
             accepted: self.accepted.clone(),
             spawner: self.spawner.clone(),
             activity: self.activity.clone(),
             peer,
             local: self.local,
+            startup,
         }
     }
+}
 
-    fn handle_session_error(&mut self, error: russh::Error) {
-        eprintln!("imsctl ssh: session ended with an error: {error}");
+/// A refusal that lists publickey as the only way on, whatever was tried.
+fn refuse() -> Auth {
+    Auth::Reject {
+        proceed_with_methods: Some(config::methods()),
+        partial_success: false,
     }
 }
 
 impl Connection {
-    fn judge(&self, user: &str, key: &PublicKey) -> Auth {
-        if keys::same_key(key, &self.accepted) {
+    /// The job's key, signed with an accepted algorithm.
+    fn is_accepted(&self, key: &PublicKey, algorithm: &Algorithm) -> bool {
+        keys::same_key(key, &self.accepted) && config::accepts_signature(algorithm)
+    }
+
+    fn judge(&self, user: &str, key: &PublicKey, algorithm: &Algorithm) -> Auth {
+        if self.is_accepted(key, algorithm) {
             Auth::Accept
         } else {
             eprintln!(
-                "imsctl ssh: refused key {} for user {user} from {:?}",
+                "imsctl ssh: refused key {} ({algorithm}) for user {user} from {}",
                 keys::fingerprint(key),
                 self.peer
             );
-            Auth::reject()
+            self.failed()
         }
+    }
+
+    /// An authentication attempt failed: counted against the source if none succeeds.
+    fn failed(&self) -> Auth {
+        self.startup.failed();
+        refuse()
     }
 }
 
 impl russh::server::Handler for Connection {
     type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        // What clients send first to learn the methods: not an attempt.
+        Ok(refuse())
+    }
+
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        eprintln!(
+            "imsctl ssh: refused password authentication for user {user} from {}",
+            self.peer
+        );
+        Ok(self.failed())
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        _response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        eprintln!(
+            "imsctl ssh: refused keyboard-interactive authentication for user {user} from {}",
+            self.peer
+        );
+        Ok(self.failed())
+    }
 
     async fn auth_publickey_offered(
         &mut self,
@@ -160,10 +212,10 @@ impl russh::server::Handler for Connection {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         // Only a probe: refused keys are logged once their owner signs (auth_publickey).
-        Ok(if keys::same_key(offer.public_key, &self.accepted) {
+        Ok(if self.is_accepted(offer.public_key, offer.algorithm) {
             Auth::Accept
         } else {
-            Auth::reject()
+            self.failed()
         })
     }
 
@@ -172,7 +224,21 @@ impl russh::server::Handler for Connection {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.judge(user, key.public_key))
+        Ok(self.judge(user, key.public_key, key.algorithm))
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        _user: &str,
+        _certificate: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        // The job trusts one key, no certificate authority.
+        Ok(self.failed())
+    }
+
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+        self.startup.authenticated();
+        Ok(())
     }
 
     async fn channel_open_session(
@@ -280,10 +346,7 @@ pub fn accepted_env(name: &str) -> bool {
 }
 
 /// SSH_CLIENT and SSH_CONNECTION, as sshd sets them.
-fn connection_env(peer: Option<SocketAddr>, local: SocketAddr) -> Vec<(String, String)> {
-    let Some(peer) = peer else {
-        return Vec::new();
-    };
+fn connection_env(peer: SocketAddr, local: SocketAddr) -> Vec<(String, String)> {
     vec![
         (
             "SSH_CLIENT".into(),
@@ -647,4 +710,109 @@ async fn finish_channel(
     }
     let _ = tx.eof().await;
     let _ = tx.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh::client::{self, AuthResult, KeyboardInteractiveAuthResponse};
+    use russh::keys::PrivateKeyWithHashAlg;
+    use russh::keys::ssh_key::private::Ed25519Keypair;
+    use russh::{MethodKind, MethodSet};
+    use std::time::Duration;
+
+    struct TrustAnyHost;
+
+    impl client::Handler for TrustAnyHost {
+        type Error = russh::Error;
+
+        async fn check_server_key(
+            &mut self,
+            _key: &russh::keys::PublicKeyOrCertificate,
+        ) -> Result<bool, Self::Error> {
+            Ok(true)
+        }
+    }
+
+    fn key(seed: u8) -> PrivateKey {
+        PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]))
+    }
+
+    /// A job's server accepting key(1), on a loopback port; sessions would fail to start.
+    async fn serve_job() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let local = listener.local_addr().expect("address");
+        let server = Server {
+            accepted: Arc::new(key(1).public_key().clone()),
+            spawner: Arc::new(Spawner {
+                exe: PathBuf::from("/nonexistent"),
+                pid1: 0,
+                jailed: false,
+            }),
+            activity: Arc::default(),
+            local,
+        };
+        tokio::spawn(server.serve(listener, key(2)));
+        local
+    }
+
+    async fn connect(addr: SocketAddr) -> Result<client::Handle<TrustAnyHost>, russh::Error> {
+        client::connect(Arc::new(client::Config::default()), addr, TrustAnyHost).await
+    }
+
+    fn only_publickey() -> MethodSet {
+        MethodSet::from(&[MethodKind::PublicKey][..])
+    }
+
+    fn refused_naming_only_publickey(result: AuthResult) {
+        match result {
+            AuthResult::Failure {
+                remaining_methods, ..
+            } => assert_eq!(remaining_methods, only_publickey()),
+            AuthResult::Success => panic!("accepted"),
+        }
+    }
+
+    #[tokio::test]
+    async fn everything_but_the_jobs_key_is_refused_naming_only_publickey_and_costs_its_source() {
+        let addr = serve_job().await;
+        // The job's key gets in, and costs its source nothing.
+        let mut client = connect(addr).await.expect("connect");
+        let right = PrivateKeyWithHashAlg::new(Arc::new(key(1)), None);
+        assert!(matches!(
+            client.authenticate_publickey("root", right).await,
+            Ok(AuthResult::Success)
+        ));
+        drop(client);
+        for _ in 0..4 {
+            let mut client = connect(addr).await.expect("connect");
+            refused_naming_only_publickey(client.authenticate_none("root").await.expect("none"));
+            let password = client.authenticate_password("root", "root").await;
+            refused_naming_only_publickey(password.expect("password"));
+            let interactive = client
+                .authenticate_keyboard_interactive_start("root", None)
+                .await
+                .expect("keyboard-interactive");
+            match interactive {
+                KeyboardInteractiveAuthResponse::Failure {
+                    remaining_methods, ..
+                } => assert_eq!(remaining_methods, only_publickey()),
+                _ => panic!("keyboard-interactive went on"),
+            }
+            let other = PrivateKeyWithHashAlg::new(Arc::new(key(3)), None);
+            let other = client.authenticate_publickey("root", other).await;
+            refused_naming_only_publickey(other.expect("other key"));
+            let _ = client
+                .disconnect(russh::Disconnect::ByApplication, "", "")
+                .await;
+            drop(client);
+        }
+        // Four connections that failed to authenticate, about a second each (the constant
+        // rejection time): 20 s of penalty less the 3 s run down, over the 15 s minimum. The
+        // source is refused once the last connection's end is accounted for.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(connect(addr).await.is_err(), "the source is penalised");
+    }
 }

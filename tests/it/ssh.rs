@@ -659,3 +659,276 @@ fn descriptors_of_the_caller_never_reach_a_session() {
         .cmd()
         .args(["jobs", "delete", &str_field(&job, "id")]));
 }
+
+/// The OpenSSH client with the test's key and known_hosts at its default log level, so that
+/// negotiation errors show, and these options.
+fn ssh_with(s: &SshSetup, port: u16, options: &[&str]) -> Output {
+    let mut c = Command::new("ssh");
+    c.env("HOME", s.home())
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-i")
+        .arg(&s.key)
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes"])
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            s.home().join(".ssh/known_hosts").display()
+        ));
+    for option in options {
+        c.arg("-o").arg(option);
+    }
+    c.arg("root@127.0.0.1")
+        .arg("echo in")
+        .output()
+        .expect("run ssh")
+}
+
+/// Every failure, warning and note of `ssh-audit -j` but the post-quantum warnings on the
+/// classic key exchanges kept for clients before OpenSSH 9.9, and the reminder that strict
+/// key exchange protects only when both sides have it (Terrapin).
+fn audit_findings(report: &Value) -> (Vec<String>, usize) {
+    const POST_QUANTUM: &str = "does not provide protection against post-quantum attacks";
+    const TERRAPIN_REMINDER: &str =
+        "Be aware that, while this target properly supports the strict key exchange method";
+    let mut findings = Vec::new();
+    let mut post_quantum = 0;
+    for kind in ["kex", "key", "enc", "mac"] {
+        for alg in report[kind].as_array().into_iter().flatten() {
+            let name = alg["algorithm"].as_str().unwrap_or("?");
+            for level in ["fail", "warn"] {
+                for note in alg["notes"][level].as_array().into_iter().flatten() {
+                    let note = note.as_str().unwrap_or("?");
+                    if kind == "kex" && level == "warn" && note == POST_QUANTUM {
+                        post_quantum += 1;
+                    } else {
+                        findings.push(format!("({kind}) {name}: [{level}] {note}"));
+                    }
+                }
+            }
+        }
+    }
+    for note in report["additional_notes"].as_array().into_iter().flatten() {
+        let note = note.as_str().unwrap_or("?");
+        if !note.starts_with(TERRAPIN_REMINDER) {
+            findings.push(format!("(nfo) {note}"));
+        }
+    }
+    for cve in report["cves"].as_array().into_iter().flatten() {
+        findings.push(format!("(cve) {cve}"));
+    }
+    if report["recommendations"]
+        .as_object()
+        .is_some_and(|r| !r.is_empty())
+    {
+        findings.push(format!("(rec) {}", report["recommendations"]));
+    }
+    (findings, post_quantum)
+}
+
+#[test]
+fn only_publickey_and_hardened_algorithms_are_offered_and_ssh_audit_finds_nothing_else() {
+    let Some(s) = SshSetup::new("ssh_audit") else {
+        return;
+    };
+    let job = s.create_job(&[]);
+    let (_, port) = connection(&job);
+    assert_eq!(text(&s.ssh(port, "echo in").stdout), "in\n");
+
+    // A client that wants a password is told publickey is the only way.
+    let password = ssh_with(
+        &s,
+        port,
+        &["PreferredAuthentications=password,keyboard-interactive"],
+    );
+    assert_eq!(password.status.code(), Some(255));
+    let said = text(&password.stderr);
+    assert!(said.contains("Permission denied (publickey)."), "{said}");
+    assert!(password.stdout.is_empty());
+
+    // Weak algorithms are not there to be chosen.
+    for (options, refusal) in [
+        (
+            &["KexAlgorithms=diffie-hellman-group14-sha256"][..],
+            "no matching key exchange method found",
+        ),
+        (
+            &["Ciphers=aes128-ctr", "MACs=hmac-sha2-256,hmac-sha2-512"][..],
+            "no matching MAC found",
+        ),
+        (&["Ciphers=aes128-cbc"][..], "no matching cipher found"),
+    ] {
+        let out = ssh_with(&s, port, options);
+        assert_eq!(out.status.code(), Some(255), "{options:?}");
+        assert!(
+            text(&out.stderr).contains(refusal),
+            "{options:?}: {}",
+            text(&out.stderr)
+        );
+    }
+
+    // Last: its 17 connections leave this source penalised for a while, as with sshd.
+    if !have("ssh-audit") {
+        eprintln!(
+            "ssh_audit: ssh-audit not installed (scripts/deps.sh installs it); audit skipped"
+        );
+    } else {
+        let audit = Command::new("ssh-audit")
+            .args(["-j", "-p", &port.to_string(), "127.0.0.1"])
+            .output()
+            .expect("run ssh-audit");
+        let report: Value = serde_json::from_slice(&audit.stdout).unwrap_or_else(|e| {
+            panic!(
+                "ssh-audit -j: {e}: {}{}",
+                text(&audit.stdout),
+                text(&audit.stderr)
+            )
+        });
+        let (findings, post_quantum) = audit_findings(&report);
+        assert!(
+            findings.is_empty(),
+            "ssh-audit reported:\n{}",
+            findings.join("\n")
+        );
+        assert_eq!(post_quantum, 2, "curve25519-sha256 and its libssh.org name");
+        // Its exit status: 2 for warnings (the two above), 3 for failures.
+        assert_eq!(audit.status.code(), Some(2), "{report:#}");
+        let names = |kind: &str| -> Vec<String> {
+            report[kind]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| a["algorithm"].as_str().unwrap_or("?").to_string())
+                .collect()
+        };
+        assert_eq!(
+            names("kex"),
+            [
+                "mlkem768x25519-sha256",
+                "curve25519-sha256",
+                "curve25519-sha256@libssh.org",
+                "ext-info-s",
+                "kex-strict-s-v00@openssh.com"
+            ]
+        );
+        assert_eq!(names("key"), ["ssh-ed25519"]);
+        assert!(
+            names("mac").iter().all(|m| m.ends_with("-etm@openssh.com")),
+            "{:?}",
+            names("mac")
+        );
+    }
+    run(s
+        .store
+        .cmd()
+        .args(["jobs", "delete", &str_field(&job, "id")]));
+}
+
+/// A TCP connection to the server from another loopback address: another source to it.
+fn connect_from(source: std::net::Ipv4Addr, port: u16) -> TcpStream {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a new socket, owned at once; bind and connect read a sockaddr_in of `len` bytes.
+    unsafe {
+        let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+        let fd = OwnedFd::from_raw_fd(raw);
+        let local = sockaddr(source, 0);
+        let bound = libc::bind(fd.as_raw_fd(), (&raw const local).cast(), len);
+        assert_eq!(
+            bound,
+            0,
+            "bind {source}: {}",
+            std::io::Error::last_os_error()
+        );
+        let server = sockaddr(std::net::Ipv4Addr::LOCALHOST, port);
+        let connected = libc::connect(fd.as_raw_fd(), (&raw const server).cast(), len);
+        assert_eq!(connected, 0, "connect: {}", std::io::Error::last_os_error());
+        TcpStream::from(fd)
+    }
+}
+
+/// The first line the server sends: its version, or sshd's refusal; "" if it just closes.
+fn first_line(stream: &mut TcpStream) -> String {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while let Ok(1) = stream.read(&mut byte) {
+        line.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    text(&line).trim_end().to_string()
+}
+
+const FLOOD_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
+
+#[test]
+fn a_flood_from_one_source_is_refused_and_penalised_while_other_clients_are_served() {
+    let Some(s) = SshSetup::new("ssh_flood") else {
+        return;
+    };
+    let job = s.create_job(&[]);
+    let (_, port) = connection(&job);
+    let id = str_field(&job, "id");
+
+    // 50 connections at once from 127.0.0.2, none of which goes on to authenticate.
+    let mut flood: Vec<TcpStream> = (0..50).map(|_| connect_from(FLOOD_SOURCE, port)).collect();
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for stream in &mut flood {
+        let line = first_line(stream);
+        let kind = if line.starts_with("SSH-2.0-") {
+            "version".to_string()
+        } else {
+            line
+        };
+        *seen.entry(kind).or_default() += 1;
+    }
+    let count = |k: &str| seen.get(k).copied().unwrap_or(0);
+    assert_eq!(count("version"), 10, "the per-source cap: {seen:?}");
+    assert!(count("Exceeded MaxStartups") > 0, "{seen:?}");
+    assert!(
+        count("Not allowed at this time") > 0,
+        "the refusals made the source penalised: {seen:?}"
+    );
+    assert_eq!(
+        count("version") + count("Exceeded MaxStartups") + count("Not allowed at this time"),
+        50,
+        "{seen:?}"
+    );
+
+    // Meanwhile the client at 127.0.0.1 is served, and 127.0.0.2's are refused before any
+    // key exchange, even a real client with the right key.
+    assert_eq!(text(&s.ssh(port, "echo during").stdout), "during\n");
+    let from_flood = s
+        .client("ssh", port, &s.key)
+        .args(["-b", "127.0.0.2", "root@127.0.0.1", "echo in"])
+        .output()
+        .expect("ssh");
+    assert_eq!(from_flood.status.code(), Some(255));
+    assert!(from_flood.stdout.is_empty());
+
+    // The flood gone, its source is still refused for a while; the other is served.
+    drop(flood);
+    let mut again = connect_from(FLOOD_SOURCE, port);
+    assert_eq!(first_line(&mut again), "Not allowed at this time");
+    assert_eq!(text(&s.ssh(port, "echo after").stdout), "after\n");
+    let log = fs::read_to_string(s.store.work_dir(&id).join("ssh/server.log")).expect("log");
+    assert!(
+        log.contains("imsctl ssh: refusing connections from 127.0.0.2 for "),
+        "{log}"
+    );
+    run(s.store.cmd().args(["jobs", "delete", &id]));
+}
