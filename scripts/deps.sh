@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install the system tools the tests and the demo use (as root, on Debian), only those missing:
 # the reference SquashFS tools to cross-check against, busybox for the test image, attr tools,
+# gcc and a static libc for the containment probe, debootstrap for the Debian test image,
+# uidmap (newuidmap/newgidmap) for the rootless tests with a subordinate id range,
 # the OpenSSH client, Ansible and ssh-audit for the SSH tests (python3: the interpreter Ansible
 # runs on the job's side, the host's in the non-jailed view), and the S3 servers of the S3 tests.
 set -euo pipefail
 pkgs=(squashfs-tools squashfs-tools-ng squashfuse fuse3 busybox-static attr tmux xz-utils zstd file
-      openssh-client python3)
+      openssh-client python3 gcc libc6-dev debootstrap uidmap util-linux)
 need=()
 for pkg in "${pkgs[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

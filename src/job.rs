@@ -369,6 +369,13 @@ pub fn run_step_in(
     };
     let status = sandbox::run_with(cfg, argv, stdio)?;
     if !status.success() {
+        if cfg.ids.single_id_inside() {
+            bail!(
+                "{what} {}\nhint: {}",
+                describe_status(status),
+                sandbox::userns::SINGLE_ID_HINT
+            );
+        }
         bail!("{what} {}", describe_status(status));
     }
     Ok(())

@@ -82,6 +82,18 @@ impl IdMapping {
         self.creates_user_namespace() || !super::userns::in_initial_user_namespace()
     }
 
+    /// Whether root is the only id inside (a rootless caller without a subordinate range): then
+    /// nothing inside can switch to another user.
+    pub fn single_id_inside(&self) -> bool {
+        match self {
+            IdMapping::Host => {
+                !super::userns::is_real_root() && !super::userns::maps_id("uid_map", 1)
+            }
+            IdMapping::Single { .. } => true,
+            IdMapping::Ranges { .. } => false,
+        }
+    }
+
     /// Whether ids other than 0 exist inside (so `chown` and groups such as tty work).
     pub fn maps_many_ids(&self) -> bool {
         match self {

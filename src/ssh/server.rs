@@ -748,8 +748,11 @@ mod tests {
             accepted: Arc::new(key(1).public_key().clone()),
             spawner: Arc::new(Spawner {
                 exe: PathBuf::from("/nonexistent"),
-                pid1: 0,
-                jailed: false,
+                target: crate::sandbox::enter::Target {
+                    holder: 0,
+                    jailed: false,
+                    confinement: crate::sandbox::Confinement::default(),
+                },
             }),
             activity: Arc::default(),
             local,

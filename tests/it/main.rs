@@ -2,8 +2,10 @@
 //! independent tools (mksquashfs, unsquashfs, sqfsdiff, the kernel's squashfs, backhand, tar).
 
 mod common;
+mod containment;
 mod engine;
 mod repack;
+mod rootless;
 mod sftp;
 mod ssh;
 mod workflow;
