@@ -53,6 +53,7 @@ const ROUTES: &[&str] = &[
     "settimeofday",
     "sethostname",
     "mknod-host-disk",
+    "mknod-open-device",
     "host-devices",
     "raw-packet-socket",
     "raw-ip-socket",
