@@ -61,6 +61,10 @@ pub struct S3Args {
     /// md5sum metadata then costs a server-side copy). Also IMSCTL_S3_STREAM=1.
     #[arg(long = "s3-stream", global = true)]
     pub stream: bool,
+    /// How long a failing S3 request is retried (exponential backoff with jitter): seconds, or
+    /// 500ms, 30s, 2m [default: 30s; also IMSCTL_S3_RETRY_BUDGET].
+    #[arg(long, global = true, value_parser = crate::s3::config::parse_duration, value_name = "DURATION")]
+    pub retry_budget: Option<std::time::Duration>,
 }
 
 impl S3Args {
@@ -74,6 +78,7 @@ impl S3Args {
             part_size: self.part_size,
             concurrency: self.concurrency,
             stream: self.stream,
+            retry_budget: self.retry_budget,
         }
     }
 }
@@ -651,10 +656,16 @@ mod tests {
             "3",
             "--s3-endpoint",
             "http://127.0.0.1:9000",
+            "--retry-budget",
+            "2m",
             "0000",
             "s3://b/p",
         ])
         .expect("parse");
+        assert_eq!(
+            cli.global.s3.retry_budget,
+            Some(std::time::Duration::from_secs(120))
+        );
         assert_eq!(cli.global.s3.part_size, Some(32 << 20));
         assert_eq!(cli.global.s3.concurrency, Some(3));
         assert!(
