@@ -113,7 +113,7 @@ fn with_local_store(
                 true => Resume::off(),
                 false => Resume::on(Some(store.work_root().join("s3-uploads"))),
             };
-            let (record, _) = target
+            let record = target
                 .publish_from_local(&store, &args.id, &resume, ctx)
                 .with_context(|| format!("failed to publish image {} to {dest}", args.id))?;
             render_one(&record, args.format.format)?

@@ -109,6 +109,9 @@ pub(super) fn forget_state(path: Option<&Path>) {
 /// What an upload did, for tests and logs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UploadStats {
+    /// The object was already on the server, complete (an earlier run's), and was kept: this
+    /// run did not create it, so it never deletes it.
+    pub already_there: bool,
     pub parts: usize,
     /// Parts found on the server from an interrupted run and not sent again.
     pub parts_reused: usize,

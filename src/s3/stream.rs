@@ -272,6 +272,7 @@ impl StreamUpload {
                 parts_while_writing: self.parts_sent_early(),
                 after_writer: Default::default(),
                 metadata_copy,
+                already_there: false,
             },
         })
     }

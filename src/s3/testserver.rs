@@ -35,6 +35,7 @@ impl Server {
     pub fn config_via(&self, endpoint: &str) -> S3Config {
         let mut config = S3Config::for_endpoint(endpoint, KEY, SECRET).expect("config");
         config.retry = RetryPolicy {
+            budget: Duration::from_secs(10),
             attempts: 8,
             base_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(200),
@@ -46,6 +47,8 @@ impl Server {
         };
         config.part_size = 5 << 20;
         config.concurrency = 4;
+        // Loopback round trips are well under a millisecond.
+        config.lease_settle = Duration::from_millis(300);
         config
     }
 

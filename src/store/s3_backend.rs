@@ -9,10 +9,11 @@
 //! ```
 //!
 //! Two hosts never overwrite each other's records: each record is its own object, named by the
-//! image id (a fresh UUID v4 from the host that made the image), and written with
-//! `If-None-Match: *`, so the server refuses to replace an existing key (AWS, moto, recent MinIO
-//! and Ceph RGW honour it). On a server that answers 501 to the condition, the write falls back
-//! to HEAD-then-PUT: a race there needs two hosts to pick the same random UUID.
+//! image id, written only by the holder of the id's lease (`s3::guard`: exclusive whether or not
+//! the server honours conditional writes), and with `If-None-Match: *` besides. Two hosts that
+//! publish the same image id at once (the same local image copied to both) end with one
+//! registered image: the other run fails naming the holder, or, arriving after it finished,
+//! finds the same content registered and succeeds without changing anything.
 
 use std::path::Path;
 
@@ -23,7 +24,7 @@ use uuid::Uuid;
 use super::{Arch, ImageRecord, LINK_TYPE_FILE, RecordKind, Store};
 use crate::artifacts::manifest::{ArtifactKind, MANIFEST_FILE, Manifest};
 use crate::context::Context;
-use crate::s3::publish::{ArtifactFile, ImageMeta, S3ImageArtifacts, publish_s3};
+use crate::s3::publish::{ArtifactFile, ImageMeta, Registry, S3ImageArtifacts, publish_s3_to};
 use crate::s3::{Client, Resume, S3Config, S3Url};
 
 /// What `images list|describe|delete` need from a catalogue.
@@ -58,8 +59,8 @@ impl ImageCatalog for Store {
 }
 
 /// Register the record of an image `publish_s3` uploaded, in any catalogue (the local store
-/// or an S3 store). If the record cannot be written the objects are deleted: no image stays
-/// half-made.
+/// or an S3 store), then release the image id's lease. If the record cannot be written the
+/// objects this run created are deleted (unless a record exists by then: see `discard`).
 pub fn register_published(
     catalog: &dyn ImageCatalog,
     client: &Client,
@@ -70,10 +71,13 @@ pub fn register_published(
     let record = published.image_record(name, arch);
     if let Err(e) = catalog.insert_image(&record) {
         // The insert error is the one to report; objects a failed cleanup leaves have no
-        // record and no catalogue lists them.
+        // record and no catalogue lists them (`images repair` removes them).
         let _ = published.discard(client);
         return Err(e);
     }
+    // A lease left behind only makes others wait for `images repair`: not worth failing a
+    // registered image for.
+    let _ = published.release(client);
     Ok(record)
 }
 
@@ -143,13 +147,17 @@ impl S3Store {
             name: Some(name.to_string()),
             job_id,
         };
-        let published = publish_s3(
+        let registry = Registry::Bucket {
+            record_key: self.record_key(image_id),
+        };
+        let published = publish_s3_to(
             &self.client,
             &self.root,
             image_id,
             files,
             &meta,
             resume,
+            &registry,
             ctx,
         )?;
         let record = register_published(self, &self.client, &published, name, arch)?;
@@ -158,13 +166,15 @@ impl S3Store {
 
     /// `images publish ID s3://…`: copy an image of the local store here, under the same id,
     /// name and arch. The local md5s are re-used (the server checks each part's Content-MD5).
+    /// Publishing is idempotent: when the image is already registered here with the same
+    /// content (another host published the same image first), that record is the result.
     pub fn publish_from_local(
         &self,
         store: &Store,
         id: &str,
         resume: &Resume,
         ctx: &Context,
-    ) -> anyhow::Result<(ImageRecord, S3ImageArtifacts)> {
+    ) -> anyhow::Result<ImageRecord> {
         let local: ImageRecord = store.get(id)?;
         let link = local
             .link
@@ -192,7 +202,7 @@ impl S3Store {
                 files.push((kind, a.link.path.clone(), a.md5.clone()));
             }
         }
-        let files: Vec<ArtifactFile<'_>> = files
+        let artifact_files: Vec<ArtifactFile<'_>> = files
             .iter()
             .map(|(kind, path, md5)| ArtifactFile {
                 kind: *kind,
@@ -200,8 +210,73 @@ impl S3Store {
                 md5: Some(md5.clone()),
             })
             .collect();
-        self.publish_image(local.id, &local.name, local.arch, &files, None, resume, ctx)
+        let published = self.publish_image(
+            local.id,
+            &local.name,
+            local.arch,
+            &artifact_files,
+            None,
+            resume,
+            ctx,
+        );
+        match published {
+            Ok((record, _)) => Ok(record),
+            Err(e) if is_already_published(&e) => {
+                let wanted: Vec<(ArtifactKind, String)> =
+                    files.into_iter().map(|(k, _, md5)| (k, md5)).collect();
+                let record = self.same_content_registered(local.id, &wanted)?;
+                ctx.info(format!(
+                    "image {} is already registered in {} with the same content",
+                    local.id, self.root
+                ));
+                Ok(record)
+            }
+            Err(e) => Err(e),
+        }
     }
+
+    /// The record of image `id` here, if its manifest lists exactly `wanted` (kind, md5);
+    /// an error saying what differs otherwise.
+    fn same_content_registered(
+        &self,
+        id: Uuid,
+        wanted: &[(ArtifactKind, String)],
+    ) -> anyhow::Result<ImageRecord> {
+        let record = self.get_image(&id.to_string())?;
+        let link = record.link.as_ref().ok_or_else(|| {
+            anyhow!(
+                "image {id} is registered in {} without a manifest",
+                self.root
+            )
+        })?;
+        let url = S3Url::parse(&link.path)?;
+        let bytes = self.client.get_bytes(&url.key)?;
+        let theirs = Manifest::parse(&bytes, Path::new(&link.path))?;
+        for kind in ArtifactKind::ALL {
+            let mine = wanted
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, m)| m.as_str());
+            let there = theirs.artifact(kind).map(|a| a.md5.as_str());
+            if mine.map(str::to_ascii_lowercase) != there.map(str::to_ascii_lowercase) {
+                bail!(
+                    "image {id} is already registered in {} with other content ({kind}: md5 {} \
+                     there, {} here); delete it first to replace it",
+                    self.root,
+                    there.unwrap_or("none"),
+                    mine.unwrap_or("none")
+                );
+            }
+        }
+        Ok(record)
+    }
+}
+
+fn is_already_published(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<crate::s3::Error>(),
+        Some(crate::s3::Error::AlreadyPublished(_))
+    )
 }
 
 impl ImageCatalog for S3Store {
