@@ -235,6 +235,10 @@ impl Client {
             let mut done = 0u64;
             let result = loop {
                 if done == len {
+                    // Read on to the body's end (nothing is left): only a body read to its end
+                    // gives the connection back to the pool; else every range opens a new one.
+                    let mut probe = [0u8; 1];
+                    let _ = reader.read(&mut probe);
                     break Ok(());
                 }
                 let want = usize::try_from((len - done).min(buf.len() as u64)).unwrap_or(buf.len());

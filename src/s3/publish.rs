@@ -610,30 +610,27 @@ pub fn import_image(
                 ),
             });
         }
-        paths.push((kind, dest));
+        paths.push((kind, dest, got.md5));
     }
-    let path_of = |k: ArtifactKind| {
-        paths
-            .iter()
-            .find(|(kind, _)| *kind == k)
-            .map(|(_, p)| p.as_path())
-    };
-    let rootfs = path_of(ArtifactKind::Rootfs).ok_or_else(|| Error::Integrity {
-        target: manifest_url.clone(),
-        what: "the manifest lists no rootfs".into(),
-    })?;
+    if !paths
+        .iter()
+        .any(|(kind, _, _)| *kind == ArtifactKind::Rootfs)
+    {
+        return Err(Error::Integrity {
+            target: manifest_url.clone(),
+            what: "the manifest lists no rootfs".into(),
+        });
+    }
     let name = name
         .map(str::to_string)
         .or(fetched_name)
         .unwrap_or_else(|| src_image_name(&manifest_key));
-    let record = store.register_image(
-        &name,
-        arch,
-        rootfs,
-        path_of(ArtifactKind::Kernel),
-        path_of(ArtifactKind::Initrd),
-    )?;
-    Ok(record)
+    // Hashed while downloading, fsynced once as they are moved into the store.
+    let files: Vec<(ArtifactKind, &Path, &str)> = paths
+        .iter()
+        .map(|(kind, path, md5)| (*kind, path.as_path(), md5.as_str()))
+        .collect();
+    Ok(store.register_downloaded(&name, arch, &files)?)
 }
 
 /// The component before `manifest.json` (the image id in the IMS layout).
