@@ -330,9 +330,6 @@ impl Client {
             for (k, v) in &meta_headers {
                 action.headers_mut().insert(k.as_str(), v.as_str());
             }
-            if if_none_match {
-                action.headers_mut().insert("if-none-match", "*");
-            }
             action.sign(SIGNATURE_LIFETIME)
         };
         let content_md5 = content_md5(body);
@@ -344,6 +341,8 @@ impl Client {
         if let Some(ct) = content_type {
             headers.push(("content-type", ct));
         }
+        // Sent, not signed: a server (or proxy) that drops the condition must still accept
+        // the signature, so that `guard` can tell it ignores conditional writes.
         if if_none_match {
             headers.push(("if-none-match", "*"));
         }

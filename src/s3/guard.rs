@@ -258,18 +258,9 @@ impl LocalClaim {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
         let name = format!("{}\n{}\n{key}", client.config().endpoint, client.bucket());
         let path = dir.join(format!("lease-{}.json", hex(&Md5::digest(name.as_bytes()))));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
-        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((_, Errno::EWOULDBLOCK)) => {
+        let lock = match try_lock(&path)? {
+            Some(lock) => lock,
+            None => {
                 let holder = std::fs::read(&path)
                     .ok()
                     .and_then(|b| serde_json::from_slice::<LocalToken>(&b).ok())
@@ -282,7 +273,6 @@ impl LocalClaim {
                     path.display()
                 )));
             }
-            Err((_, errno)) => return Err(Error::io("lock", &path, errno.into())),
         };
         let previous = std::fs::read(&path)
             .ok()
@@ -315,6 +305,36 @@ impl LocalClaim {
     /// The publication is over: the next one starts with a fresh token.
     fn forget(&self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Take an exclusive flock on `path` (created if missing) without waiting: None when another
+/// process (or another open of the file in this one) holds it. The lock is on the file that is
+/// at `path` once locked: a holder that removes the file when done cannot leave a waiter
+/// holding a lock on the removed inode.
+pub(super) fn try_lock(path: &Path) -> Result<Option<Flock<File>>> {
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| Error::io("open", path, e))?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, Errno::EWOULDBLOCK)) => return Ok(None),
+            Err((_, errno)) => return Err(Error::io("lock", path, errno.into())),
+        };
+        let held = lock.metadata().map_err(|e| Error::io("stat", path, e))?;
+        match std::fs::metadata(path) {
+            Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => return Ok(Some(lock)),
+            // Removed or replaced by the previous holder after we opened it: lock the new one.
+            _ => continue,
+        }
     }
 }
 

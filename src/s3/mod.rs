@@ -25,6 +25,8 @@ pub use multipart::{Resume, UploadOptions, UploadStats, UploadedObject, upload_f
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_shared;
+#[cfg(test)]
 pub(crate) mod testserver;
 
 pub use publish::{

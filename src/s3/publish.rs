@@ -268,6 +268,9 @@ impl<'c> Publication<'c> {
             }
             Ok(None)
         };
+        // The first request is a write (the probe, unless its answer is cached): a missing
+        // bucket, a read-only key or a wrong region fail here, at once, with the server's code.
+        super::guard::conditional_writes(client, dest)?;
         if let Some(why) = taken()? {
             return Err(Error::AlreadyPublished(why));
         }
