@@ -70,7 +70,7 @@ fn store_at(config: &S3Config, bucket: &str, prefix: &str) -> S3Store {
 fn publish_twice_at_once(config: &S3Config, direct: &Client, bucket: &str, run: usize) -> bool {
     let dir = tempfile::tempdir().expect("tempdir");
     let (a, id) = local_image(dir.path(), (6 << 20) + 1000);
-    let b = copy_store(&a.root().to_path_buf(), &dir.path().join("B"));
+    let b = copy_store(a.root(), &dir.path().join("B"));
     let prefix = format!("run{run}");
     let outcomes: Vec<anyhow::Result<ImageRecord>> = std::thread::scope(|scope| {
         let handles: Vec<_> = [&a, &b]
