@@ -436,6 +436,38 @@ pub enum ImagesCommand {
     /// Upload an image of the local store to s3://BUCKET[/PREFIX]/ID (the IMS layout) and
     /// register it in that bucket's catalogue.
     Publish(PublishArgs),
+    /// S3 catalogue (--store s3://…): remove what runs that died left behind: artifacts and
+    /// manifests without a record, their multipart uploads, and stale leases.
+    Repair(RepairArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RepairArgs {
+    /// Leases younger than this belong to runs that may still be going on: their image is left
+    /// alone. 0 when you know no publish is running.
+    #[arg(long, default_value = "1h", value_parser = parse_age, value_name = "DURATION")]
+    pub older_than: std::time::Duration,
+    /// Only list what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `30m`, `1h`, `2d`, or what `--retry-budget` takes.
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let (number, unit) = match (t.strip_suffix('h'), t.strip_suffix('d')) {
+        (Some(n), _) => (n, 3600.0),
+        (_, Some(n)) => (n, 86_400.0),
+        _ => return crate::s3::config::parse_duration(t),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 0, 30m, 1h, 2d)"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("{text:?}: expected a positive duration"));
+    }
+    Ok(std::time::Duration::from_secs_f64(value * unit))
 }
 
 #[derive(Args, Debug, Clone)]

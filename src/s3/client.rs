@@ -674,6 +674,15 @@ impl Client {
     /// Multipart uploads in progress for exactly `key`, oldest first. rusty-s3 has no action
     /// for ListMultipartUploads, so the request is presigned with its public `signing::sign`.
     pub fn list_multipart_uploads(&self, key: &str) -> Result<Vec<PendingUpload>> {
+        let mut uploads = self.list_multipart_uploads_under(key)?;
+        uploads.retain(|u| u.key == key);
+        Ok(uploads)
+    }
+
+    /// Multipart uploads in progress for every key under `prefix`, oldest first (up to the
+    /// 1,000 of one page, which is far more than a catalogue leaves behind).
+    pub fn list_multipart_uploads_under(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
+        let key = prefix;
         let sign = || match self.credentials() {
             Some(c) => rusty_s3::signing::sign(
                 &jiff::Timestamp::now(),
@@ -707,7 +716,7 @@ impl Client {
                     "an upload without key or id",
                 ));
             };
-            if k == key {
+            if k.starts_with(key) {
                 uploads.push(PendingUpload {
                     key: k,
                     upload_id: id,

@@ -155,8 +155,7 @@ impl Lease {
         let held = |other: &LeaseInfo| {
             Error::Busy(format!(
                 "image {id} is being published to {root} by another run ({}); lease {} \
-                 (if that run is dead: `imsctl --store {root} images repair --older-than 0` \
-                 or `imsctl --store {root} images delete {id}`)",
+                 (if that run is dead: `imsctl --store {root} images repair --older-than 0`)",
                 other.describe(),
                 client.target(&key)
             ))

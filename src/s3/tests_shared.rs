@@ -523,3 +523,139 @@ fn a_download_reuses_its_connections() {
         );
     }
 }
+
+#[test]
+fn orphans_are_republished_deleted_and_repaired() {
+    let Some(server) = testserver::moto() else {
+        return;
+    };
+    let (bucket, direct) = server.fresh_bucket();
+    let catalogue = store_at(&server.config(), &bucket, "site");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (local, kept) = local_image(dir.path(), 100_000);
+    catalogue
+        .publish_from_local(&local, &kept.to_string(), &Resume::off(), &quiet())
+        .expect("publish");
+    let rootfs = random_file(dir.path(), "orphan-rootfs", 100_000, 3);
+    let files = [ArtifactFile {
+        kind: ArtifactKind::Rootfs,
+        path: &rootfs,
+        md5: None,
+    }];
+    // A run that died after its manifest and before its record: objects and lease stay.
+    let orphan_with_lease = |id: Uuid| {
+        let registry = publish::Registry::Bucket {
+            record_key: format!("site/records/images/{id}.json"),
+        };
+        let published = publish::publish_s3_to(
+            &direct,
+            catalogue.root(),
+            id,
+            &files,
+            &ImageMeta::default(),
+            &Resume::off(),
+            &registry,
+            &quiet(),
+        )
+        .expect("publish without a record");
+        std::mem::forget(published);
+    };
+    let keys_of = |id: Uuid| -> Vec<String> {
+        direct
+            .list_objects(&format!("site/{id}/"))
+            .expect("list")
+            .into_iter()
+            .map(|o| o.key)
+            .collect()
+    };
+
+    // Republishing over an orphan manifest (its run's lease gone) replaces it.
+    let id = Uuid::new_v4();
+    orphan_with_lease(id);
+    direct
+        .delete_object(&lease_key(catalogue.root(), id))
+        .expect("drop the lease");
+    catalogue
+        .publish_image(
+            id,
+            "again",
+            Arch::X86_64,
+            &files,
+            None,
+            &Resume::off(),
+            &quiet(),
+        )
+        .expect("republish over an orphan");
+    assert_eq!(
+        catalogue.get_image(&id.to_string()).expect("get").name,
+        "again"
+    );
+
+    // `images delete ID` of an orphan: refused while its lease is there, then done.
+    let orphan = Uuid::new_v4();
+    orphan_with_lease(orphan);
+    let err = catalogue
+        .delete_orphan(&orphan.to_string())
+        .expect_err("lease held");
+    assert!(err.to_string().contains("is being published"), "{err}");
+
+    // An abandoned multipart upload of another id, without a lease.
+    let abandoned = Uuid::new_v4();
+    let key = format!("site/{abandoned}/rootfs");
+    let upload = direct.create_multipart(&key, &[]).expect("create");
+    direct
+        .upload_part(&key, &upload, 1, &[7u8; 1000])
+        .expect("part");
+
+    // Repair leaves what a live run may own (a fresh lease), then, told no run is alive,
+    // removes the orphan, its lease and the upload, and nothing of the registered images.
+    let actions = catalogue
+        .repair(Duration::from_secs(3600), false)
+        .expect("repair");
+    assert!(
+        actions.iter().all(|a| !a.contains(&orphan.to_string())),
+        "{actions:?}"
+    );
+    assert!(
+        actions.iter().any(|a| a.contains(&upload)),
+        "the abandoned upload: {actions:?}"
+    );
+    let dry = catalogue.repair(Duration::ZERO, true).expect("dry run");
+    assert!(!keys_of(orphan).is_empty(), "a dry run removes nothing");
+    let actions = catalogue.repair(Duration::ZERO, false).expect("repair");
+    assert_eq!(dry, actions);
+    assert!(keys_of(orphan).is_empty(), "{actions:?}");
+    assert!(
+        direct
+            .head_object(&lease_key(catalogue.root(), orphan))
+            .expect("head")
+            .is_none()
+    );
+    assert!(
+        direct
+            .list_multipart_uploads_under("site/")
+            .expect("list")
+            .is_empty()
+    );
+    for registered in [kept, id] {
+        let record = catalogue.get_image(&registered.to_string()).expect("kept");
+        let report = verify_s3_image(&direct, &record, VerifyMode::Deep, &quiet()).expect("v");
+        assert!(report.is_ok(), "{:?}", report.entries);
+    }
+    assert!(
+        catalogue
+            .repair(Duration::ZERO, false)
+            .expect("again")
+            .is_empty()
+    );
+
+    // `images delete ID` of an orphan without a lease removes its objects.
+    let late = Uuid::new_v4();
+    orphan_with_lease(late);
+    direct
+        .delete_object(&lease_key(catalogue.root(), late))
+        .expect("drop the lease");
+    let removed = catalogue.delete_orphan(&late.to_string()).expect("delete");
+    assert!(removed[0].ends_with("manifest.json"), "{removed:?}");
+    assert!(keys_of(late).is_empty());
+}

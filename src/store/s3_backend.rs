@@ -24,7 +24,10 @@ use uuid::Uuid;
 use super::{Arch, ImageRecord, LINK_TYPE_FILE, RecordKind, Store};
 use crate::artifacts::manifest::{ArtifactKind, MANIFEST_FILE, Manifest};
 use crate::context::Context;
-use crate::s3::publish::{ArtifactFile, ImageMeta, Registry, S3ImageArtifacts, publish_s3_to};
+use crate::s3::guard::{LeaseInfo, lease_key, leases_prefix, read_lease};
+use crate::s3::publish::{
+    ArtifactFile, ImageMeta, META_JOB_ID, Registry, S3ImageArtifacts, publish_s3_to,
+};
 use crate::s3::{Client, Resume, S3Config, S3Url};
 
 /// What `images list|describe|delete` need from a catalogue.
@@ -269,6 +272,181 @@ impl S3Store {
             }
         }
         Ok(record)
+    }
+}
+
+/// What a run left under one image id, found by `S3Store::leftovers`.
+#[derive(Debug, Default)]
+struct Leftovers {
+    /// Objects under `<id>/`.
+    keys: Vec<String>,
+    /// Multipart uploads of keys under `<id>/`: (key, upload id).
+    uploads: Vec<(String, String)>,
+    lease: Option<LeaseInfo>,
+}
+
+impl S3Store {
+    fn image_prefix(&self, id: Uuid) -> String {
+        format!("{}/", self.image_location(id).key)
+    }
+
+    /// Objects, uploads and lease of image `id`. A server that cannot list uploads (501)
+    /// has none to show.
+    fn leftovers(&self, id: Uuid) -> anyhow::Result<Leftovers> {
+        let prefix = self.image_prefix(id);
+        let keys = self
+            .client
+            .list_objects(&prefix)?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        let uploads = match self.client.list_multipart_uploads_under(&prefix) {
+            Ok(all) => all.into_iter().map(|u| (u.key, u.upload_id)).collect(),
+            Err(e) if e.status() == Some(501) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let lease = read_lease(&self.client, &lease_key(&self.root, id))?;
+        Ok(Leftovers {
+            keys,
+            uploads,
+            lease,
+        })
+    }
+
+    /// Remove what `leftovers` found (manifest first, lease last); one line per thing.
+    fn remove_leftovers(
+        &self,
+        id: Uuid,
+        found: &Leftovers,
+        dry_run: bool,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut done = Vec::new();
+        let mut keys: Vec<&String> = found.keys.iter().collect();
+        keys.sort_by_key(|k| !k.ends_with(MANIFEST_FILE));
+        for key in keys {
+            if !dry_run {
+                self.client.delete_object(key)?;
+            }
+            done.push(format!("object {}", self.client.target(key)));
+        }
+        for (key, upload) in &found.uploads {
+            if !dry_run {
+                self.client.abort_multipart(key, upload)?;
+            }
+            done.push(format!(
+                "multipart upload {upload} of {}",
+                self.client.target(key)
+            ));
+        }
+        if let Some(lease) = &found.lease {
+            let key = lease_key(&self.root, id);
+            if !dry_run {
+                self.client.delete_object(&key)?;
+            }
+            done.push(format!(
+                "lease {} ({})",
+                self.client.target(&key),
+                lease.describe()
+            ));
+        }
+        Ok(done)
+    }
+
+    /// `images delete ID` of an id without a record: remove what a publish that died left
+    /// under it (an orphan manifest and artifacts, multipart uploads). Refused while a run holds
+    /// the id's lease. Returns one line per object removed (none: nothing was there).
+    pub fn delete_orphan(&self, id: &str) -> anyhow::Result<Vec<String>> {
+        let id = Store::parse_id(RecordKind::Image, id)?;
+        let found = self.leftovers(id)?;
+        if let Some(lease) = &found.lease {
+            bail!(
+                "image {id} has no record in {} and is being published ({}); if that run is \
+                 dead: `imsctl --store {} images repair --older-than 0`",
+                self.root,
+                lease.describe(),
+                self.root
+            );
+        }
+        if self.client.head_object(&self.record_key(id))?.is_some() {
+            bail!("image {id} was registered meanwhile in {}", self.root);
+        }
+        self.remove_leftovers(id, &found, false)
+    }
+
+    /// `images repair`: for every image id under this catalogue without a record and without a
+    /// lease younger than `older_than`, remove its objects, multipart uploads and lease; remove
+    /// stale leases of registered images. Images published by a job (their record lives in a
+    /// build host's local store, their rootfs says `x-shasta-ims-job-id`) are kept.
+    pub fn repair(
+        &self,
+        older_than: std::time::Duration,
+        dry_run: bool,
+    ) -> anyhow::Result<Vec<String>> {
+        let registered: std::collections::BTreeSet<Uuid> =
+            self.list_images()?.into_iter().map(|r| r.id).collect();
+        let mut ids = std::collections::BTreeSet::new();
+        let top = if self.root.key.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.root.key)
+        };
+        for object in self.client.list_objects(&top)? {
+            let rest = object.key.strip_prefix(&top).unwrap_or(&object.key);
+            let first = rest.split('/').next().unwrap_or_default();
+            let first = first.strip_suffix(".json").unwrap_or(first);
+            if let Ok(id) = Uuid::parse_str(first) {
+                ids.insert(id);
+            }
+        }
+        for lease in self.client.list_objects(&leases_prefix(&self.root))? {
+            let name = lease.key.rsplit('/').next().unwrap_or_default();
+            if let Ok(id) = Uuid::parse_str(name.trim_end_matches(".json")) {
+                ids.insert(id);
+            }
+        }
+        match self.client.list_multipart_uploads_under(&top) {
+            Ok(uploads) => {
+                for upload in uploads {
+                    let rest = upload.key.strip_prefix(&top).unwrap_or(&upload.key);
+                    if let Some(Ok(id)) = rest.split('/').next().map(Uuid::parse_str) {
+                        ids.insert(id);
+                    }
+                }
+            }
+            Err(e) if e.status() == Some(501) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut done = Vec::new();
+        for id in ids {
+            let mut found = self.leftovers(id)?;
+            if found.lease.as_ref().is_some_and(|l| l.age() < older_than) {
+                continue;
+            }
+            if registered.contains(&id) {
+                // Its objects are the image's: only a stale lease (and uploads) go.
+                found.keys.clear();
+            } else if self.published_by_a_job(id, &found)? {
+                continue;
+            }
+            done.extend(self.remove_leftovers(id, &found, dry_run)?);
+        }
+        Ok(done)
+    }
+
+    /// Does the image's rootfs (or any object) name the job that published it?
+    fn published_by_a_job(&self, id: Uuid, found: &Leftovers) -> anyhow::Result<bool> {
+        let rootfs = format!(
+            "{}{}",
+            self.image_prefix(id),
+            ArtifactKind::Rootfs.file_name()
+        );
+        if !found.keys.contains(&rootfs) {
+            return Ok(false);
+        }
+        Ok(self
+            .client
+            .head_object(&rootfs)?
+            .is_some_and(|info| info.metadata.contains_key(META_JOB_ID)))
     }
 }
 
