@@ -61,6 +61,10 @@ pub struct S3Args {
     /// md5sum metadata then costs a server-side copy). Also IMSCTL_S3_STREAM=1.
     #[arg(long = "s3-stream", global = true)]
     pub stream: bool,
+    /// How long a failing S3 request is retried (exponential backoff with jitter): seconds, or
+    /// 500ms, 30s, 2m [default: 30s; also IMSCTL_S3_RETRY_BUDGET].
+    #[arg(long, global = true, value_parser = crate::s3::config::parse_duration, value_name = "DURATION")]
+    pub retry_budget: Option<std::time::Duration>,
 }
 
 impl S3Args {
@@ -74,6 +78,7 @@ impl S3Args {
             part_size: self.part_size,
             concurrency: self.concurrency,
             stream: self.stream,
+            retry_budget: self.retry_budget,
         }
     }
 }
@@ -444,6 +449,38 @@ pub enum ImagesCommand {
     /// Upload an image of the local store to s3://BUCKET[/PREFIX]/ID (the IMS layout) and
     /// register it in that bucket's catalogue.
     Publish(PublishArgs),
+    /// S3 catalogue (--store s3://…): remove what runs that died left behind: artifacts and
+    /// manifests without a record, their multipart uploads, and stale leases.
+    Repair(RepairArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RepairArgs {
+    /// Leases younger than this belong to runs that may still be going on: their image is left
+    /// alone. 0 when you know no publish is running.
+    #[arg(long, default_value = "1h", value_parser = parse_age, value_name = "DURATION")]
+    pub older_than: std::time::Duration,
+    /// Only list what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `30m`, `1h`, `2d`, or what `--retry-budget` takes.
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let (number, unit) = match (t.strip_suffix('h'), t.strip_suffix('d')) {
+        (Some(n), _) => (n, 3600.0),
+        (_, Some(n)) => (n, 86_400.0),
+        _ => return crate::s3::config::parse_duration(t),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 0, 30m, 1h, 2d)"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("{text:?}: expected a positive duration"));
+    }
+    Ok(std::time::Duration::from_secs_f64(value * unit))
 }
 
 #[derive(Args, Debug, Clone)]
@@ -664,10 +701,16 @@ mod tests {
             "3",
             "--s3-endpoint",
             "http://127.0.0.1:9000",
+            "--retry-budget",
+            "2m",
             "0000",
             "s3://b/p",
         ])
         .expect("parse");
+        assert_eq!(
+            cli.global.s3.retry_budget,
+            Some(std::time::Duration::from_secs(120))
+        );
         assert_eq!(cli.global.s3.part_size, Some(32 << 20));
         assert_eq!(cli.global.s3.concurrency, Some(3));
         assert!(

@@ -107,6 +107,9 @@ struct Input<'a> {
     kind: ArtifactKind,
     src: &'a Path,
     transfer: Transfer,
+    /// The file's md5 when the caller computed it already (a download hashed on the way): a
+    /// file moved in is then not read again.
+    known_md5: Option<&'a str>,
 }
 
 /// Publish a customized image's artifacts to the local store under `image_id`. The rootfs is
@@ -128,16 +131,19 @@ pub fn publish_local(
                 kind: ArtifactKind::Rootfs,
                 src: rootfs,
                 transfer: Transfer::LinkOrCopy,
+                known_md5: None,
             },
             Input {
                 kind: ArtifactKind::Kernel,
                 src: kernel,
                 transfer: Transfer::Copy,
+                known_md5: None,
             },
             Input {
                 kind: ArtifactKind::Initrd,
                 src: initrd,
                 transfer: Transfer::Copy,
+                known_md5: None,
             },
         ],
     )
@@ -160,12 +166,14 @@ impl Store {
             kind: ArtifactKind::Rootfs,
             src: rootfs,
             transfer: Transfer::Move,
+            known_md5: None,
         }];
         if let Some(kernel) = kernel {
             inputs.push(Input {
                 kind: ArtifactKind::Kernel,
                 src: kernel,
                 transfer: Transfer::Copy,
+                known_md5: None,
             });
         }
         if let Some(initrd) = initrd {
@@ -173,9 +181,46 @@ impl Store {
                 kind: ArtifactKind::Initrd,
                 src: initrd,
                 transfer: Transfer::Copy,
+                known_md5: None,
             });
         }
-        let artifacts = publish(self, Uuid::new_v4(), &inputs)?;
+        self.register_inputs(name, arch, rootfs, &inputs)
+    }
+
+    /// `images import s3://…`, store side: files this process downloaded (into the store's
+    /// work area) and hashed on the way, each `(kind, path, md5)`, rootfs first. They are moved
+    /// in, not read again; each is fsynced once, here.
+    pub fn register_downloaded(
+        &self,
+        name: &str,
+        arch: Arch,
+        files: &[(ArtifactKind, &Path, &str)],
+    ) -> Result<ImageRecord> {
+        let inputs: Vec<Input<'_>> = files
+            .iter()
+            .map(|(kind, path, md5)| Input {
+                kind: *kind,
+                src: path,
+                transfer: Transfer::Move,
+                known_md5: Some(md5),
+            })
+            .collect();
+        let rootfs = inputs
+            .iter()
+            .find(|i| i.kind == ArtifactKind::Rootfs)
+            .map(|i| i.src)
+            .ok_or_else(|| Error::Invalid("an image needs a rootfs".into()))?;
+        self.register_inputs(name, arch, rootfs, &inputs)
+    }
+
+    fn register_inputs(
+        &self,
+        name: &str,
+        arch: Arch,
+        rootfs: &Path,
+        inputs: &[Input<'_>],
+    ) -> Result<ImageRecord> {
+        let artifacts = publish(self, Uuid::new_v4(), inputs)?;
         let record = artifacts.image_record(name, arch);
         if let Err(e) = self.insert(&record) {
             // Hand the rootfs back before the artifacts go; both are best effort, the insert
@@ -316,7 +361,10 @@ fn transfer<'a>(input: &Input<'a>, staged: &Path, handover: &mut Handover<'a>) -
         Transfer::Copy => false,
     };
     let md5 = if placed_without_copy {
-        md5_file(staged)?
+        match input.known_md5 {
+            Some(md5) => md5.to_ascii_lowercase(),
+            None => md5_file(staged)?,
+        }
     } else {
         let mut out = create_new_file(staged)?;
         let md5 = copy_with_md5(src, &mut out, staged)?;

@@ -37,6 +37,9 @@ pub fn run(
         ImagesCommand::Import(args) => {
             render_one(&import(store, args, convert)?, args.format.format)?
         }
+        ImagesCommand::Repair(_) => anyhow::bail!(
+            "images repair cleans an S3 catalogue: run it with --store s3://BUCKET[/PREFIX]"
+        ),
         // S3 work is dispatched to commands::s3 before reaching here.
         ImagesCommand::Publish(args) => {
             anyhow::bail!(

@@ -75,9 +75,33 @@ fn with_s3_store(
         ImagesCommand::Describe(args) => {
             render_one(&store.get_image(&args.id)?, args.format.format)?
         }
-        ImagesCommand::Delete(args) => {
-            store.delete_image(&args.id)?;
-            String::new()
+        ImagesCommand::Delete(args) => match store.delete_image(&args.id) {
+            Ok(_) => String::new(),
+            // No record: what a publish that died left under the id, if anything.
+            Err(e) if is_no_such_image(&e) => {
+                let removed = store.delete_orphan(&args.id)?;
+                if removed.is_empty() {
+                    return Err(e);
+                }
+                removed.iter().map(|line| format!("{line}\n")).collect()
+            }
+            Err(e) => return Err(e),
+        },
+        ImagesCommand::Repair(args) => {
+            let actions = store.repair(args.older_than, args.dry_run)?;
+            let verb = if args.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            };
+            let mut text: String = actions
+                .iter()
+                .map(|line| format!("{verb} {line}\n"))
+                .collect();
+            if actions.is_empty() {
+                text = format!("{root}: nothing to repair\n");
+            }
+            text
         }
         ImagesCommand::Verify(args) => {
             let record = store.get_image(&args.id)?;
@@ -94,6 +118,10 @@ fn with_s3_store(
             args.id
         ),
     })
+}
+
+fn is_no_such_image(e: &anyhow::Error) -> bool {
+    e.to_string().starts_with("no image with id")
 }
 
 fn with_local_store(
@@ -113,7 +141,7 @@ fn with_local_store(
                 true => Resume::off(),
                 false => Resume::on(Some(store.work_root().join("s3-uploads"))),
             };
-            let (record, _) = target
+            let record = target
                 .publish_from_local(&store, &args.id, &resume, ctx)
                 .with_context(|| format!("failed to publish image {} to {dest}", args.id))?;
             render_one(&record, args.format.format)?
@@ -143,6 +171,9 @@ fn with_local_store(
             let client = Client::new(config, &url.bucket)?;
             verify(ctx, &client, &record, args.deep, out)?;
             String::new()
+        }
+        ImagesCommand::Repair(_) => {
+            bail!("images repair cleans an S3 catalogue: run it with --store s3://BUCKET[/PREFIX]")
         }
         other => bail!("{other:?} does not involve S3"),
     })

@@ -72,12 +72,21 @@ pub struct S3Options {
     pub concurrency: Option<usize>,
     /// Upload a rootfs while it is packed (`--s3-stream`; see [`S3Config::stream_uploads`]).
     pub stream: bool,
+    /// `--retry-budget` (else IMSCTL_S3_RETRY_BUDGET, else 30 s).
+    pub retry_budget: Option<Duration>,
 }
 
-/// Retries of one request: exponential backoff with full jitter, capped.
+/// Default of `--retry-budget`: how long a failing request keeps being retried.
+pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(30);
+
+/// Retries of one request: exponential backoff with full jitter, within a total time budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Attempts in all, the first one included.
+    /// A request that fails with a transient error is retried until this long after its first
+    /// failure (the last attempt starts at the latest then).
+    pub budget: Duration,
+    /// At most this many attempts in all, the first one included (tests cap it; the budget is
+    /// what bounds a real run).
     pub attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
@@ -85,13 +94,38 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        // 8 attempts over up to ~25 s: rides out a server restart or a short network outage.
+        // 30 s of retries, delays drawn from [0, min(5 s, 200 ms·2^n)]: rides out a server
+        // restart or a network outage of up to ~25 s (the last delay may land near the end).
         RetryPolicy {
-            attempts: 8,
+            budget: DEFAULT_RETRY_BUDGET,
+            attempts: u32::MAX,
             base_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(8),
+            max_delay: Duration::from_secs(5),
         }
     }
+}
+
+/// A duration as given on the command line or in IMSCTL_S3_RETRY_BUDGET: seconds (`30`,
+/// `2.5`), or with a unit (`500ms`, `30s`, `2m`).
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 30, 30s, 500ms, 2m)"))?;
+    if !value.is_finite() || value < 0.0 || value * scale > 86_400.0 {
+        return Err(format!("{text:?}: expected 0 to 24 hours"));
+    }
+    Ok(Duration::from_secs_f64(value * scale))
 }
 
 /// Network timeouts. A stalled connection must fail (and be retried), never hang.
@@ -135,7 +169,17 @@ pub struct S3Config {
     /// 1.5 s of copy against ~0.3 s saved); it pays when the upload is network-bound and the
     /// server copies fast (a remote S3).
     pub stream_uploads: bool,
+    /// On servers that ignore conditional writes, how long a lease claim waits before reading
+    /// the lease back (see `guard`); a claim's read-then-write must take under half of it.
+    pub lease_settle: Duration,
+    /// Where the conditional-write probe's result is cached (`$IMSCTL_CACHE_DIR`, else
+    /// `$XDG_CACHE_HOME/imsctl`, else `~/.cache/imsctl`); None: probe once per run.
+    pub cache_dir: Option<PathBuf>,
 }
+
+/// Default of `S3Config::lease_settle`: long beside a loopback or LAN round trip, short beside a
+/// publication.
+pub const DEFAULT_LEASE_SETTLE: Duration = Duration::from_secs(1);
 
 impl S3Config {
     /// Resolve the configuration from options, the process environment and `~/.aws`.
@@ -217,6 +261,13 @@ impl S3Config {
             )));
         }
 
+        let retry_budget = match (options.retry_budget, var("IMSCTL_S3_RETRY_BUDGET")) {
+            (Some(budget), _) => budget,
+            (None, Some(text)) => parse_duration(&text)
+                .map_err(|e| Error::Config(format!("IMSCTL_S3_RETRY_BUDGET: {e}")))?,
+            (None, None) => DEFAULT_RETRY_BUDGET,
+        };
+
         Ok(S3Config {
             endpoint,
             custom_endpoint,
@@ -226,11 +277,19 @@ impl S3Config {
             ca_bundle,
             part_size,
             concurrency,
-            retry: RetryPolicy::default(),
+            retry: RetryPolicy {
+                budget: retry_budget,
+                ..RetryPolicy::default()
+            },
             timeouts: Timeouts::default(),
             stream_uploads: options.stream
                 || var("IMSCTL_S3_STREAM")
                     .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes")),
+            lease_settle: DEFAULT_LEASE_SETTLE,
+            cache_dir: var("IMSCTL_CACHE_DIR")
+                .map(PathBuf::from)
+                .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("imsctl")))
+                .or_else(|| home.as_ref().map(|h| h.join(".cache/imsctl"))),
         })
     }
 
@@ -249,6 +308,8 @@ impl S3Config {
             retry: RetryPolicy::default(),
             timeouts: Timeouts::default(),
             stream_uploads: false,
+            lease_settle: DEFAULT_LEASE_SETTLE,
+            cache_dir: None,
         })
     }
 

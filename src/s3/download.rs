@@ -105,9 +105,9 @@ fn fill(
     if let Some(e) = first_error.into_inner().ok().flatten() {
         return Err(e);
     }
-    let md5 = md5?;
-    file.sync_all().map_err(|e| Error::io("sync", dest, e))?;
-    Ok(Downloaded { size, md5 })
+    // Not fsynced here: the caller syncs the file once, when it commits it (the store does,
+    // as it moves a download in).
+    Ok(Downloaded { size, md5: md5? })
 }
 
 /// Hash the file range by range, in order, as the ranges complete.

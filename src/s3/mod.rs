@@ -9,6 +9,7 @@
 pub mod client;
 pub mod config;
 pub mod download;
+pub mod guard;
 pub mod multipart;
 pub mod publish;
 pub mod stream;
@@ -23,6 +24,8 @@ pub use download::{Downloaded, download_file, md5_of_object};
 pub use multipart::{Resume, UploadOptions, UploadStats, UploadedObject, upload_file};
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_shared;
 #[cfg(test)]
 pub(crate) mod testserver;
 
@@ -64,6 +67,12 @@ pub enum Error {
     Store(#[from] crate::store::Error),
     #[error("interrupted")]
     Cancelled,
+    /// Another run holds the image id (its lease, or this store's lock): nothing was changed.
+    #[error("{0}")]
+    Busy(String),
+    /// The image id is already registered or published there.
+    #[error("{0}")]
+    AlreadyPublished(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -109,6 +109,9 @@ pub(super) fn forget_state(path: Option<&Path>) {
 /// What an upload did, for tests and logs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UploadStats {
+    /// The object was already on the server, complete (an earlier run's), and was kept: this
+    /// run did not create it, so it never deletes it.
+    pub already_there: bool,
     pub parts: usize,
     /// Parts found on the server from an interrupted run and not sent again.
     pub parts_reused: usize,
@@ -240,6 +243,7 @@ fn multipart(
         part_size,
         md5: md5.to_string(),
     };
+    let _state_lock = lock_state(client, key, state_file.as_deref())?;
     let found = match options.resume.enabled {
         true => find_resumable(client, key, state_file.as_deref(), &wanted)?,
         false => Found::default(),
@@ -351,6 +355,33 @@ pub(super) fn find_resumable(
         // Gone between the two listings (completed or aborted elsewhere): try an older one.
     }
     Ok(Found::default())
+}
+
+/// Lock an upload's state file for the whole upload (`<state>.lock`, kept): two runs sharing
+/// a state directory never drive the same multipart upload; the second fails at once, naming
+/// the lock.
+pub(super) fn lock_state(
+    client: &Client,
+    key: &str,
+    state_file: Option<&Path>,
+) -> Result<Option<nix::fcntl::Flock<File>>> {
+    let Some(state) = state_file else {
+        return Ok(None);
+    };
+    if let Some(dir) = state.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+    }
+    let mut lock_path = state.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    match super::guard::try_lock(&lock_path)? {
+        Some(lock) => Ok(Some(lock)),
+        None => Err(Error::Busy(format!(
+            "{} is being uploaded by another imsctl process sharing {}",
+            client.target(key),
+            lock_path.display()
+        ))),
+    }
 }
 
 /// An upload to continue.

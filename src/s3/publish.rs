@@ -3,23 +3,26 @@
 //! Publish uploads the artifacts (each with `md5sum` user metadata and the `x-shasta-ims-*`
 //! names), HEADs each to check size and md5sum, and only then writes the manifest (itself
 //! checked the same way): a manifest in the bucket means a complete image. The caller registers
-//! the record only after `publish_s3` returned. On failure everything this run uploaded is
-//! deleted and its multipart uploads aborted; a run killed outright leaves its multipart upload
-//! for the next run to resume.
+//! the record only after `publish_s3` returned, then releases the image id's lease (see
+//! `guard`): only the lease holder writes `<id>/*`. On failure the objects this run created are
+//! deleted, and only while the lease is still ours and no record exists for the id; its
+//! multipart uploads are aborted. A run killed outright leaves its multipart upload and its lease
+//! for the next run of the same store to resume.
 //!
 //! Import downloads a manifest's artifacts with parallel ranged GETs, checks their md5s against
 //! the manifest and registers them as a new image in the local store.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
 use super::client::Client;
 use super::download::{download_file, md5_of_object};
+use super::guard::Lease;
 use super::multipart::{
-    MD5SUM_META, Resume, UploadOptions, UploadedObject, check_uploaded, upload_file,
+    MD5SUM_META, Resume, UploadOptions, UploadStats, UploadedObject, check_uploaded, upload_file,
 };
 use super::stream::{Settled, StreamOptions, StreamUpload};
 use super::{Error, Result, S3Url};
@@ -53,8 +56,29 @@ pub struct ArtifactFile<'a> {
     pub md5: Option<String>,
 }
 
-/// A published image in S3.
+/// Where an image's record lives, which decides what an existing manifest means and when
+/// deleting is allowed.
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Registry {
+    /// Elsewhere (a local store): an existing manifest is a published image.
+    Elsewhere,
+    /// At `record_key` in the same bucket (an S3 catalogue): a manifest without a record is
+    /// what a run that died left, and is replaced; once the record exists nothing is deleted.
+    Bucket { record_key: String },
+}
+
+impl Registry {
+    /// Is the image registered? An error answers "maybe", which forbids deleting.
+    fn registered(&self, client: &Client) -> Result<bool> {
+        match self {
+            Registry::Elsewhere => Ok(false),
+            Registry::Bucket { record_key } => Ok(client.head_object(record_key)?.is_some()),
+        }
+    }
+}
+
+/// A published image in S3.
+#[derive(Clone, Debug)]
 pub struct S3ImageArtifacts {
     pub image_id: Uuid,
     /// `s3://bucket/[prefix/]<image-id>`.
@@ -64,6 +88,10 @@ pub struct S3ImageArtifacts {
     pub manifest_link: Link,
     /// The artifacts as uploaded (sizes, md5s, upload statistics), in upload order.
     pub objects: Vec<UploadedObject>,
+    registry: Registry,
+    /// The image id's lease, held until the record is registered (`release`) or the objects
+    /// are discarded.
+    lease: Arc<Mutex<Option<Lease>>>,
 }
 
 impl S3ImageArtifacts {
@@ -89,16 +117,56 @@ impl S3ImageArtifacts {
         ImageRecord::with_id(self.image_id, name, arch, Some(self.manifest_link.clone()))
     }
 
-    /// Delete the objects (when the record could not be registered). Manifest first, so a
-    /// half-deleted image is never mistaken for a complete one.
-    pub fn discard(&self, client: &Client) -> Result<()> {
-        let mut keys: Vec<&str> = self.objects.iter().map(|o| o.key.as_str()).collect();
-        keys.sort_by_key(|k| !k.ends_with(MANIFEST_FILE));
-        for key in keys {
-            client.delete_object(key)?;
-        }
-        Ok(())
+    fn take_lease(&self) -> Option<Lease> {
+        self.lease.lock().ok().and_then(|mut l| l.take())
     }
+
+    /// The record is registered: give up the image id's lease.
+    pub fn release(&self, client: &Client) -> Result<()> {
+        match self.take_lease() {
+            Some(lease) => lease.release(client),
+            None => Ok(()),
+        }
+    }
+
+    /// The record could not be registered: delete the objects this run created (the manifest
+    /// first, so a half-deleted image is never mistaken for a complete one), but nothing at all
+    /// once a record exists for the id or once the lease is no longer ours.
+    pub fn discard(&self, client: &Client) -> Result<()> {
+        let lease = self.take_lease();
+        let created: Vec<&str> = self
+            .objects
+            .iter()
+            .filter(|o| !o.stats.already_there)
+            .map(|o| o.key.as_str())
+            .collect();
+        let result = delete_if_still_ours(client, &self.registry, lease.as_ref(), created);
+        if let Some(lease) = lease {
+            let _ = lease.release(client);
+        }
+        result
+    }
+}
+
+/// Delete `keys` (manifest first) if `lease` is still ours and the image is not registered.
+fn delete_if_still_ours(
+    client: &Client,
+    registry: &Registry,
+    lease: Option<&Lease>,
+    mut keys: Vec<&str>,
+) -> Result<()> {
+    if registry.registered(client)? {
+        return Ok(());
+    }
+    match lease {
+        Some(lease) if lease.still_ours(client)? => {}
+        _ => return Ok(()),
+    }
+    keys.sort_by_key(|k| !k.ends_with(MANIFEST_FILE));
+    for key in keys {
+        client.delete_object(key)?;
+    }
+    Ok(())
 }
 
 /// Publish `files` as image `image_id` under `dest` (bucket and optional prefix; the client must
@@ -113,12 +181,29 @@ pub fn publish_s3(
     resume: &Resume,
     ctx: &Context,
 ) -> Result<S3ImageArtifacts> {
+    let registry = Registry::Elsewhere;
+    publish_s3_to(client, dest, image_id, files, meta, resume, &registry, ctx)
+}
+
+/// As [`publish_s3`], for an image whose record goes to `registry`.
+#[allow(clippy::too_many_arguments)]
+pub fn publish_s3_to(
+    client: &Client,
+    dest: &S3Url,
+    image_id: Uuid,
+    files: &[ArtifactFile<'_>],
+    meta: &ImageMeta,
+    resume: &Resume,
+    registry: &Registry,
+    ctx: &Context,
+) -> Result<S3ImageArtifacts> {
     if !files.iter().any(|f| f.kind == ArtifactKind::Rootfs) {
         return Err(Error::Config(format!(
             "image {image_id}: nothing to publish without a rootfs"
         )));
     }
-    let mut publication = Publication::begin(client, dest, image_id, meta, resume)?;
+    let mut publication =
+        Publication::begin_for(client, dest, image_id, meta, resume, registry.clone())?;
     for file in files {
         publication.upload(file, ctx)?;
     }
@@ -126,8 +211,9 @@ pub fn publish_s3(
 }
 
 /// An image on its way into S3: artifacts go up one by one (or streamed while they are being
-/// written), the manifest last, once every artifact is in place and checked. Dropped without
-/// [`Publication::finish`] (an error on the way), it deletes what it uploaded.
+/// written), the manifest last, once every artifact is in place and checked. The image id's
+/// lease (see `guard`) is held from `begin` on. Dropped without [`Publication::finish`] (an
+/// error on the way), it deletes what it created, if the lease is still ours.
 pub struct Publication<'c> {
     client: &'c Client,
     image_id: Uuid,
@@ -136,12 +222,14 @@ pub struct Publication<'c> {
     metadata: Vec<(String, String)>,
     resume: Resume,
     artifacts: Vec<(ArtifactKind, UploadedObject)>,
-    finished: bool,
+    registry: Registry,
+    /// Ours until `finish` hands it to the result, or `drop` releases it.
+    lease: Option<Lease>,
 }
 
 impl<'c> Publication<'c> {
-    /// Start publishing image `image_id` under `dest`; an image already published there (its
-    /// manifest exists) is an error.
+    /// Start publishing image `image_id` under `dest`, its record kept elsewhere (a local
+    /// store); an image already published there (its manifest exists) is an error.
     pub fn begin(
         client: &'c Client,
         dest: &S3Url,
@@ -149,13 +237,60 @@ impl<'c> Publication<'c> {
         meta: &ImageMeta,
         resume: &Resume,
     ) -> Result<Publication<'c>> {
+        Self::begin_for(client, dest, image_id, meta, resume, Registry::Elsewhere)
+    }
+
+    /// Start publishing image `image_id` under `dest`, its record going to `registry`: check
+    /// that it is not published yet, claim its lease, and check again (a run that finished
+    /// between the two).
+    pub fn begin_for(
+        client: &'c Client,
+        dest: &S3Url,
+        image_id: Uuid,
+        meta: &ImageMeta,
+        resume: &Resume,
+        registry: Registry,
+    ) -> Result<Publication<'c>> {
         let location = dest.with_key(dest.join(&image_id.to_string()));
         let manifest_key = format!("{}/{MANIFEST_FILE}", location.key);
-        if client.head_object(&manifest_key)?.is_some() {
-            return Err(Error::Config(format!(
-                "image {image_id} is already published at {location} (its manifest exists); \
-                 delete it first"
-            )));
+        let taken = || -> Result<Option<String>> {
+            if registry.registered(client)? {
+                return Ok(Some(format!(
+                    "image {image_id} is already registered in {dest}"
+                )));
+            }
+            let manifest_rules = registry == Registry::Elsewhere;
+            if manifest_rules && client.head_object(&manifest_key)?.is_some() {
+                return Ok(Some(format!(
+                    "image {image_id} is already published at {location} (its manifest \
+                     exists); delete it first"
+                )));
+            }
+            Ok(None)
+        };
+        // The first request is a write (the probe, unless its answer is cached): a missing
+        // bucket, a read-only key or a wrong region fail here, at once, with the server's code.
+        super::guard::conditional_writes(client, dest)?;
+        if let Some(why) = taken()? {
+            return Err(Error::AlreadyPublished(why));
+        }
+        let origin = resume
+            .state_dir
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        let state_dir = resume.state_dir.as_deref().filter(|_| resume.enabled);
+        let lease = Lease::acquire(client, dest, image_id, state_dir, &origin)?;
+        match taken() {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                let _ = lease.release(client);
+                return Err(Error::AlreadyPublished(why));
+            }
+            Err(e) => {
+                let _ = lease.release(client);
+                return Err(e);
+            }
         }
         let mut metadata = vec![(META_IMAGE_ID.to_string(), image_id.to_string())];
         if let Some(name) = &meta.name {
@@ -171,7 +306,8 @@ impl<'c> Publication<'c> {
             metadata,
             resume: resume.clone(),
             artifacts: Vec::new(),
-            finished: false,
+            registry,
+            lease: Some(lease),
         })
     }
 
@@ -254,8 +390,20 @@ impl<'c> Publication<'c> {
                 extra: ExtraFields::new(),
             })
             .collect();
+        // A writer that lost its claim (a stalled run on a server without conditional writes)
+        // must not write the manifest over the holder's.
+        let still_ours = match &self.lease {
+            Some(lease) => lease.still_ours(self.client)?,
+            None => false,
+        };
+        if !still_ours {
+            return Err(Error::Busy(format!(
+                "image {}: another run took over its lease while this one uploaded; this run \
+                 leaves {} to it",
+                self.image_id, self.location
+            )));
+        }
         let (manifest, manifest_link, manifest_object) = self.put_manifest(entries)?;
-        self.finished = true;
         let mut objects: Vec<UploadedObject> =
             self.artifacts.drain(..).map(|(_, object)| object).collect();
         objects.push(manifest_object);
@@ -265,6 +413,8 @@ impl<'c> Publication<'c> {
             manifest,
             manifest_link,
             objects,
+            registry: self.registry.clone(),
+            lease: Arc::new(Mutex::new(self.lease.take())),
         })
     }
 
@@ -311,15 +461,21 @@ impl<'c> Publication<'c> {
 }
 
 impl Drop for Publication<'_> {
-    /// Not finished: delete what this run uploaded. A failed delete leaves objects without a
-    /// manifest, which no catalogue lists and `images delete` or a rerun replaces.
+    /// Not finished: delete what this run created, if the lease is still ours and no record
+    /// exists, then release the lease. A failed delete leaves objects without a manifest, which
+    /// no catalogue lists and `images repair`, `images delete` or a rerun replaces.
     fn drop(&mut self) {
-        if self.finished {
+        let Some(lease) = self.lease.take() else {
             return;
-        }
-        for (_, object) in self.artifacts.iter().rev() {
-            let _ = self.client.delete_object(&object.key);
-        }
+        };
+        let created: Vec<&str> = self
+            .artifacts
+            .iter()
+            .filter(|(_, o)| !o.stats.already_there)
+            .map(|(_, o)| o.key.as_str())
+            .collect();
+        let _ = delete_if_still_ours(self.client, &self.registry, Some(&lease), created);
+        let _ = lease.release(self.client);
     }
 }
 
@@ -353,7 +509,10 @@ fn upload_one(
                 size,
                 md5,
                 etag: info.etag,
-                stats: Default::default(),
+                stats: UploadStats {
+                    already_there: true,
+                    ..Default::default()
+                },
             });
         }
     }
@@ -454,30 +613,27 @@ pub fn import_image(
                 ),
             });
         }
-        paths.push((kind, dest));
+        paths.push((kind, dest, got.md5));
     }
-    let path_of = |k: ArtifactKind| {
-        paths
-            .iter()
-            .find(|(kind, _)| *kind == k)
-            .map(|(_, p)| p.as_path())
-    };
-    let rootfs = path_of(ArtifactKind::Rootfs).ok_or_else(|| Error::Integrity {
-        target: manifest_url.clone(),
-        what: "the manifest lists no rootfs".into(),
-    })?;
+    if !paths
+        .iter()
+        .any(|(kind, _, _)| *kind == ArtifactKind::Rootfs)
+    {
+        return Err(Error::Integrity {
+            target: manifest_url.clone(),
+            what: "the manifest lists no rootfs".into(),
+        });
+    }
     let name = name
         .map(str::to_string)
         .or(fetched_name)
         .unwrap_or_else(|| src_image_name(&manifest_key));
-    let record = store.register_image(
-        &name,
-        arch,
-        rootfs,
-        path_of(ArtifactKind::Kernel),
-        path_of(ArtifactKind::Initrd),
-    )?;
-    Ok(record)
+    // Hashed while downloading, fsynced once as they are moved into the store.
+    let files: Vec<(ArtifactKind, &Path, &str)> = paths
+        .iter()
+        .map(|(kind, path, md5)| (*kind, path.as_path(), md5.as_str()))
+        .collect();
+    Ok(store.register_downloaded(&name, arch, &files)?)
 }
 
 /// The component before `manifest.json` (the image id in the IMS layout).

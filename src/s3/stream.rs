@@ -62,6 +62,8 @@ pub struct StreamUpload {
     part_size: u64,
     metadata: Vec<(String, String)>,
     state_file: Option<PathBuf>,
+    /// Held until the upload is done (see `multipart::lock_state`).
+    _state_lock: Option<nix::fcntl::Flock<File>>,
     resumed: bool,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
@@ -110,6 +112,7 @@ impl StreamUpload {
         let mut metadata = options.metadata.clone();
         metadata.retain(|(k, _)| !k.eq_ignore_ascii_case(MD5SUM_META));
         let state_file = options.resume.state_file(client, key);
+        let state_lock = super::multipart::lock_state(client, key, state_file.as_deref())?;
         // A streamed upload is started before its size and md5 are known: its state says so.
         let wanted = UploadState {
             upload_id: String::new(),
@@ -163,6 +166,7 @@ impl StreamUpload {
             part_size,
             metadata,
             state_file,
+            _state_lock: state_lock,
             resumed,
             shared,
             workers: Vec::new(),
@@ -272,6 +276,7 @@ impl StreamUpload {
                 parts_while_writing: self.parts_sent_early(),
                 after_writer: Default::default(),
                 metadata_copy,
+                already_there: false,
             },
         })
     }

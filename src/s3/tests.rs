@@ -285,12 +285,8 @@ fn publish_list_verify_import_delete() {
             &Resume::on(None),
             &quiet(),
         );
-        assert!(
-            again
-                .expect_err("exists")
-                .to_string()
-                .contains("already published")
-        );
+        let again = again.expect_err("exists").to_string();
+        assert!(again.contains("already registered"), "{again}");
 
         // Delete: record, then artifacts.
         host_b.delete_image(&id.to_string()).expect("delete");
@@ -597,8 +593,17 @@ fn a_killed_publish_resumes() {
             md5: None,
         }];
         // s3s-fs cannot list uploads in progress: the state file the child wrote names it.
-        // On moto the rerun finds it with ListMultipartUploads, without the state file.
-        let state = (server.name == "s3s-fs").then(|| dir.path().join("state"));
+        // On moto the rerun finds it with ListMultipartUploads: its upload state file goes,
+        // the lease token (the same store's claim on the id) stays.
+        let state = dir.path().join("state");
+        if server.name != "s3s-fs" {
+            for entry in std::fs::read_dir(&state).expect("state dir").flatten() {
+                if !entry.file_name().to_string_lossy().starts_with("lease-") {
+                    std::fs::remove_file(entry.path()).expect("forget the upload");
+                }
+            }
+        }
+        let state = Some(state);
         let published = publish_s3(
             &client,
             &dest,
@@ -714,7 +719,10 @@ fn local_catalogue_with_s3_artifacts() {
         let report =
             verify_s3_image(&client, &stored, VerifyMode::Metadata, &quiet()).expect("verify");
         assert!(report.is_ok(), "{:?}", report.entries);
-        // A second registration of the same id fails and takes its objects with it.
+        // A second registration of the same id fails and deletes nothing: the objects belong
+        // to the registered image (the lease went with the first registration).
+        let before = keys_under(&client, "boot/");
+        assert_eq!(before.len(), 4, "the IMS layout only: {before:?}");
         let err = crate::store::s3_backend::register_published(
             &local,
             &client,
@@ -724,7 +732,9 @@ fn local_catalogue_with_s3_artifacts() {
         )
         .expect_err("duplicate");
         assert!(err.to_string().contains("already exists"), "{err}");
-        assert!(keys_under(&client, "boot/").is_empty());
+        assert_eq!(keys_under(&client, "boot/"), before);
+        let report = verify_s3_image(&client, &stored, VerifyMode::Deep, &quiet()).expect("verify");
+        assert!(report.is_ok(), "{:?}", report.entries);
     });
 }
 

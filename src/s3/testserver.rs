@@ -24,6 +24,8 @@ pub struct Server {
     pub addr: SocketAddr,
     child: Child,
     _dir: Option<tempfile::TempDir>,
+    /// How to start it again on the same port and data (s3s-fs keeps its data on disk).
+    command: Option<(PathBuf, Vec<std::ffi::OsString>)>,
 }
 
 impl Server {
@@ -35,6 +37,7 @@ impl Server {
     pub fn config_via(&self, endpoint: &str) -> S3Config {
         let mut config = S3Config::for_endpoint(endpoint, KEY, SECRET).expect("config");
         config.retry = RetryPolicy {
+            budget: Duration::from_secs(10),
             attempts: 8,
             base_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(200),
@@ -46,6 +49,8 @@ impl Server {
         };
         config.part_size = 5 << 20;
         config.concurrency = 4;
+        // Loopback round trips are well under a millisecond.
+        config.lease_settle = Duration::from_millis(300);
         config
     }
 
@@ -72,6 +77,30 @@ impl Server {
         let client = Client::new(&self.config(), &bucket).expect("client");
         client.create_bucket().expect("create bucket");
         (bucket, client)
+    }
+}
+
+impl Server {
+    /// Stop the server, wait `down`, start it again on the same port with the same data: a
+    /// server restart in the middle of whatever the caller runs meanwhile. Only for servers that
+    /// keep their data on disk (s3s-fs); false for the others.
+    pub fn restart_after(&mut self, down: Duration) -> bool {
+        let Some((program, args)) = self.command.clone() else {
+            return false;
+        };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        thread::sleep(down);
+        let Ok(child) = Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        else {
+            return false;
+        };
+        self.child = child;
+        wait_listening(self.addr, &mut self.child)
     }
 }
 
@@ -143,6 +172,7 @@ pub fn moto() -> Option<Server> {
         addr,
         child,
         _dir: None,
+        command: None,
     })
 }
 
@@ -158,10 +188,22 @@ pub fn s3s_fs() -> Option<Server> {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let mut child = Command::new(program)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", KEY, "--secret-key", SECRET])
-        .arg(dir.path())
+    let args: Vec<std::ffi::OsString> = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--access-key",
+        KEY,
+        "--secret-key",
+        SECRET,
+    ]
+    .iter()
+    .map(Into::into)
+    .chain([dir.path().as_os_str().to_owned()])
+    .collect();
+    let mut child = Command::new(&program)
+        .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -178,6 +220,7 @@ pub fn s3s_fs() -> Option<Server> {
         addr,
         child,
         _dir: Some(dir),
+        command: Some((program, args)),
     })
 }
 
@@ -198,7 +241,14 @@ pub enum Fault {
     Stall(Duration),
     /// Wait this long, then pass the request on (slows an upload down).
     Delay(Duration),
+    /// Answer at once with this status and S3 error code, without reading the request body,
+    /// and close: as Garage refuses a PUT on a read-only key (and as AWS answers a request
+    /// signed for the wrong region, naming the bucket's region).
+    Reject(u16, &'static str),
 }
+
+/// The region `Fault::Reject` names for `AuthorizationHeaderMalformed`.
+pub const REJECT_REGION: &str = "eu-north-1";
 
 /// The start of a request, as the fault plan sees it.
 #[derive(Clone, Debug)]
@@ -234,6 +284,8 @@ pub struct FaultProxy {
     pub counters: Arc<Counters>,
     plan: Arc<Mutex<Arc<Plan>>>,
     stop: Arc<AtomicBool>,
+    /// Drop `If-None-Match` from every request: a server that ignores conditional writes.
+    strip_conditions: Arc<AtomicBool>,
 }
 
 impl FaultProxy {
@@ -244,17 +296,20 @@ impl FaultProxy {
         let pass: Arc<Plan> = Arc::new(|_: &RequestInfo, _: u64| Fault::Pass);
         let plan = Arc::new(Mutex::new(pass));
         let stop = Arc::new(AtomicBool::new(false));
+        let strip_conditions = Arc::new(AtomicBool::new(false));
         {
             let (counters, plan, stop) = (counters.clone(), plan.clone(), stop.clone());
+            let strip = strip_conditions.clone();
             thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
                     let Ok(conn) = conn else { continue };
-                    let (counters, plan) = (counters.clone(), plan.clone());
+                    let (counters, plan, strip) = (counters.clone(), plan.clone(), strip.clone());
                     thread::spawn(move || {
-                        let _ = handle(conn, upstream, &counters, &plan);
+                        let strip = strip.load(Ordering::Relaxed);
+                        let _ = handle(conn, upstream, &counters, &plan, strip);
                     });
                 }
             });
@@ -264,7 +319,16 @@ impl FaultProxy {
             counters,
             plan,
             stop,
+            strip_conditions,
         }
+    }
+
+    /// A proxy that passes everything but `If-None-Match`: the server behind it then behaves
+    /// like one that ignores conditional writes (Garage, older MinIO and Ceph).
+    pub fn without_conditional_writes(upstream: SocketAddr) -> FaultProxy {
+        let proxy = FaultProxy::start(upstream);
+        proxy.strip_conditions.store(true, Ordering::Relaxed);
+        proxy
     }
 
     pub fn endpoint(&self) -> String {
@@ -292,6 +356,7 @@ fn handle(
     upstream: SocketAddr,
     counters: &Counters,
     plan: &Mutex<Arc<Plan>>,
+    strip_conditions: bool,
 ) -> std::io::Result<()> {
     client.set_read_timeout(Some(Duration::from_secs(60)))?;
     let (head, rest) = read_head(&mut client)?;
@@ -305,7 +370,9 @@ fn handle(
     let mut headers = Vec::new();
     for line in lines.filter(|l| !l.is_empty()) {
         let lower = line.to_ascii_lowercase();
-        if lower.starts_with("connection:") {
+        if lower.starts_with("connection:")
+            || (strip_conditions && lower.starts_with("if-none-match:"))
+        {
             continue;
         }
         if let Some(v) = lower.strip_prefix("content-length:") {
@@ -346,6 +413,39 @@ fn handle(
         }
         Fault::Stall(d) => {
             thread::sleep(d);
+            return Ok(());
+        }
+        Fault::Reject(status, code) => {
+            let region = format!("<Region>{REJECT_REGION}</Region>");
+            let body = format!(
+                "<Error><Code>{code}</Code><Message>refused by the test proxy</Message>{}</Error>",
+                if code == "AuthorizationHeaderMalformed" {
+                    region.as_str()
+                } else {
+                    ""
+                }
+            );
+            // AWS names the bucket's region in a header too (the only place a HEAD has).
+            let region_header = match code {
+                "AuthorizationHeaderMalformed" => {
+                    format!("x-amz-bucket-region: {REJECT_REGION}\r\n")
+                }
+                _ => String::new(),
+            };
+            let body = if info.method == "HEAD" {
+                String::new()
+            } else {
+                body
+            };
+            let _ = write!(
+                client,
+                "HTTP/1.1 {status} Refused\r\nContent-Length: {}\r\nContent-Type: application/xml\r\n\
+                 {region_header}Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            // Hang up without reading the body: closing a socket with unread data sends a
+            // reset, so a client still sending its body sees its send break (EPIPE, reset).
+            let _ = client.shutdown(Shutdown::Write);
             return Ok(());
         }
         Fault::Delay(d) => thread::sleep(d),
@@ -454,4 +554,109 @@ fn read_head(stream: &mut TcpStream) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
         }
         data.extend_from_slice(&buf[..n]);
     }
+}
+
+/// A plain TCP relay on loopback (no HTTP parsing, connections kept alive) that counts the
+/// connections it accepts and can go down for a while: connections refused and open ones cut,
+/// as when a server is stopped and started again.
+pub struct Relay {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicU64>,
+    down: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    pub fn start(upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let addr = listener.local_addr().expect("addr");
+        let relay = Relay {
+            addr,
+            connections: Arc::new(AtomicU64::new(0)),
+            down: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(AtomicBool::new(false)),
+            live: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (connections, down, stop, live) = (
+            relay.connections.clone(),
+            relay.down.clone(),
+            relay.stop.clone(),
+            relay.live.clone(),
+        );
+        thread::spawn(move || {
+            let mut listener = Some(listener);
+            while !stop.load(Ordering::Relaxed) {
+                if down.load(Ordering::Relaxed) {
+                    // Closed: connecting is refused, as with a stopped server.
+                    listener = None;
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                let Some(l) = listener.as_ref() else {
+                    listener = TcpListener::bind(addr).ok();
+                    if let Some(l) = &listener {
+                        let _ = l.set_nonblocking(true);
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = l.set_nonblocking(true);
+                match l.accept() {
+                    Ok((conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        connections.fetch_add(1, Ordering::Relaxed);
+                        let Ok(server) = TcpStream::connect(upstream) else {
+                            continue;
+                        };
+                        if let (Ok(a), Ok(b), Ok(mut all)) =
+                            (conn.try_clone(), server.try_clone(), live.lock())
+                        {
+                            all.push(a);
+                            all.push(b);
+                        }
+                        spawn_pipe(&conn, &server);
+                        spawn_pipe(&server, &conn);
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        relay
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Go down now for `length` (returns at once).
+    pub fn outage(&self, length: Duration) {
+        self.down.store(true, Ordering::Relaxed);
+        if let Ok(mut all) = self.live.lock() {
+            for stream in all.drain(..) {
+                reset(&stream);
+            }
+        }
+        let down = self.down.clone();
+        thread::spawn(move || {
+            thread::sleep(length);
+            down.store(false, Ordering::Relaxed);
+        });
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn spawn_pipe(from: &TcpStream, to: &TcpStream) {
+    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+        return;
+    };
+    thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Write);
+    });
 }
