@@ -227,9 +227,11 @@ pub fn create(ctx: &Context, store: &Store, spec: &CreateSpec) -> Result<JobReco
     }
     let mut job = JobRecord::new_customize(image.id, &spec.image_root_archive_name, image.arch);
     if let Some(k) = &spec.kernel_file_name {
+        artifacts::boot::check_boot_file_name(k, "kernel")?;
         job.kernel_file_name = k.clone();
     }
     if let Some(i) = &spec.initrd_file_name {
+        artifacts::boot::check_boot_file_name(i, "initrd")?;
         job.initrd_file_name = i.clone();
     }
     let names_given = spec.kernel_file_name.is_some() || spec.initrd_file_name.is_some();

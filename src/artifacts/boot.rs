@@ -117,8 +117,26 @@ pub fn find_boot_files(
     })
 }
 
+/// Check a boot file name a user gave: a path below /boot (`vmlinuz`, `efi/Image`), never one
+/// that leaves it (`..`) or starts elsewhere (`/etc/passwd`).
+pub fn check_boot_file_name(name: &str, what: &str) -> Result<()> {
+    let path = Path::new(name);
+    let below_boot = !name.is_empty()
+        && !name.contains('\0')
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if below_boot {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "{what} file name {name:?} must name a file below /boot (no '..', not absolute, not empty)"
+    )))
+}
+
 /// A name the user gave: it must exist (as a regular file, after the image's symlinks).
 fn require(root: &Path, name: &str, what: &str) -> Result<Found> {
+    check_boot_file_name(name, what)?;
     existing(root, name)?.ok_or_else(|| {
         Error::Invalid(format!(
             "{what} /boot/{name} not found in the image at {} (missing, dangling or not a regular file)",
@@ -337,6 +355,24 @@ mod tests {
         let path = root.join(rel);
         fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         fs::write(path, rel.as_bytes()).expect("write");
+    }
+
+    #[test]
+    fn boot_file_names_stay_below_boot() {
+        for good in ["vmlinuz", "efi/Image", "vmlinuz-6.1.0-13-amd64"] {
+            assert!(check_boot_file_name(good, "kernel").is_ok(), "{good}");
+        }
+        for bad in ["../../../etc/passwd", "/etc/passwd", "", "a/../../x", "."] {
+            let err = check_boot_file_name(bad, "kernel").expect_err(bad).to_string();
+            assert!(err.contains("below /boot"), "{bad}: {err}");
+        }
+        // And find_boot_files refuses such a name even when the image has the file.
+        let (_dir, root) = image();
+        file(&root, "etc/passwd");
+        file(&root, "boot/initrd");
+        let err = find_boot_files(&root, Arch::X86_64, Some("../etc/passwd"), None)
+            .expect_err("outside /boot");
+        assert!(err.to_string().contains("below /boot"), "{err}");
     }
 
     #[test]
