@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
@@ -21,9 +22,12 @@ pub fn write_atomically<T>(dest: &Path, fill: impl FnOnce(&Path) -> Result<T>) -
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // 0666 minus the umask, as open(2) of a new file and mksquashfs give: tempfile's own 0600
+    // would make the output unreadable to, say, a boot server running as another user.
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(0o666))
         .tempfile_in(dir)
         .with_context(|| format!("failed to create a temporary file in {}", dir.display()))?;
     let value = fill(tmp.path())?;
@@ -100,6 +104,32 @@ mod tests {
         write_x(&new).expect("regular file");
         assert_eq!(fs::read(&new).expect("read"), b"x");
         assert!(leftovers(dir.path()).is_empty());
+    }
+
+    /// The process umask, read without changing it (umask(2) would, for every thread).
+    fn current_umask() -> u32 {
+        let status = fs::read_to_string("/proc/self/status").expect("status");
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .expect("Umask line");
+        u32::from_str_radix(line.trim(), 8).expect("octal umask")
+    }
+
+    #[test]
+    fn the_output_gets_0666_minus_the_umask() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("out");
+        let mode_while_writing = write_atomically(&dest, |tmp| {
+            Ok(fs::metadata(tmp).expect("stat").permissions().mode() & 0o7777)
+        })
+        .expect("write");
+        let want = 0o666 & !current_umask();
+        assert_eq!(mode_while_writing, want);
+        assert_eq!(
+            fs::metadata(&dest).expect("stat").permissions().mode() & 0o7777,
+            want
+        );
     }
 
     #[test]

@@ -352,6 +352,10 @@ fn write_new_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = create_new_file(path)?;
     file.write_all(bytes)
         .map_err(|e| Error::io("write", path, e))?;
+    // Exactly 0644 like the other artifacts: the umask (077, say) must not hide the manifest
+    // from the other users the store serves.
+    file.set_permissions(fs::Permissions::from_mode(0o644))
+        .map_err(|e| Error::io("set permissions of", path, e))?;
     file.sync_all().map_err(|e| Error::io("sync", path, e))
 }
 

@@ -99,3 +99,68 @@ fn convert_and_pack_refuse_to_replace_a_fifo_a_symlink_or_a_device() {
     run(imsctl().arg("convert").arg(&tar).arg(&regular));
     assert_eq!(&fs::read(&regular).expect("read")[..4], b"hsqs");
 }
+
+/// `cmd` run with this umask.
+fn with_umask(cmd: &mut Command, mask: libc::mode_t) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: umask(2) is async-signal-safe and touches nothing but the child's own mask.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(mask);
+            Ok(())
+        })
+    }
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).expect("stat").permissions().mode() & 0o7777
+}
+
+#[test]
+fn outputs_are_0666_minus_the_umask_as_mksquashfs_makes_them() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let tar = small_tar(work.path());
+    let tree = work.path().join("tree");
+    for mask in [0o022, 0o027, 0o077] {
+        let converted = work.path().join(format!("convert-{mask:o}.sqsh"));
+        let packed = work.path().join(format!("pack-{mask:o}.sqsh"));
+        let reference = work.path().join(format!("mksquashfs-{mask:o}.sqsh"));
+        run(with_umask(
+            imsctl().arg("convert").arg(&tar).arg(&converted),
+            mask,
+        ));
+        run(with_umask(
+            imsctl().arg("pack").arg(&tree).arg(&packed),
+            mask,
+        ));
+        run(with_umask(
+            Command::new("mksquashfs")
+                .arg(&tree)
+                .arg(&reference)
+                .args(["-quiet", "-no-progress"]),
+            mask,
+        ));
+        let want = 0o666 & !mask;
+        assert_eq!(mode_of(&reference), want, "mksquashfs, umask {mask:o}");
+        assert_eq!(mode_of(&converted), want, "convert, umask {mask:o}");
+        assert_eq!(mode_of(&packed), want, "pack, umask {mask:o}");
+    }
+
+    // The store's artifacts are 0644 whatever the umask: the store is read by other users
+    // (a boot server) by design.
+    let store = work.path().join("store");
+    let out = run(with_umask(
+        imsctl()
+            .arg("--store")
+            .arg(&store)
+            .args(["images", "import", "--format", "json"])
+            .arg(&tar),
+        0o077,
+    ));
+    let record: serde_json::Value = serde_json::from_str(&out).expect("record json");
+    let id = record["id"].as_str().expect("id");
+    let artifacts = store.join("artifacts").join(id);
+    assert_eq!(mode_of(&artifacts.join("rootfs")), 0o644);
+    assert_eq!(mode_of(&artifacts.join("manifest.json")), 0o644);
+}
