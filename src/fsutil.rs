@@ -7,6 +7,8 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::interrupt::{Kind, TempGuard};
+
 /// Write an output file through a temporary file in the same directory, renamed into place only
 /// when `fill` succeeds: an interrupted or failed run never leaves a half-written output.
 ///
@@ -24,16 +26,31 @@ pub fn write_atomically<T>(dest: &Path, fill: impl FnOnce(&Path) -> Result<T>) -
         .unwrap_or_default();
     // 0666 minus the umask, as open(2) of a new file and mksquashfs give: tempfile's own 0600
     // would make the output unreadable to, say, a boot server running as another user.
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .permissions(fs::Permissions::from_mode(0o666))
-        .tempfile_in(dir)
-        .with_context(|| format!("failed to create a temporary file in {}", dir.display()))?;
-    let value = fill(tmp.path())?;
-    // Checked again: whatever appeared at the path while we worked is not ours to replace.
-    check_output_path(dest)?;
-    tmp.persist(dest)
+    // Registered for removal should a signal end the process before the rename.
+    let (tmp, guard) = TempGuard::create(Kind::File, || {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .permissions(fs::Permissions::from_mode(0o666))
+            .tempfile_in(dir)?;
+        let path = tmp.path().to_path_buf();
+        Ok((tmp, path))
+    })
+    .with_context(|| format!("failed to create a temporary file in {}", dir.display()))?;
+    // Checked again after the work: whatever appeared at the path meanwhile is not ours to
+    // replace.
+    let filled = fill(tmp.path()).and_then(|value| check_output_path(dest).map(|()| value));
+    let value = match filled {
+        Ok(value) => value,
+        Err(e) => {
+            // The file goes before its registration does.
+            drop(tmp);
+            drop(guard);
+            return Err(e);
+        }
+    };
+    guard
+        .release_with(|| tmp.persist(dest))
         .with_context(|| format!("failed to rename the finished file to {}", dest.display()))?;
     Ok(value)
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 
-pub use dir::{DirOptions, DirReport, dir_into};
+pub use dir::{DirOptions, DirReport, LeftOut, dir_into};
 pub use tar::{TarOptions, TarReport, decompressing, open_compressed, tar_into};
 
 use crate::squashfs;

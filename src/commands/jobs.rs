@@ -135,7 +135,8 @@ fn source_image(ctx: &Context, store: &Store, src: &str) -> Result<ImageRecord> 
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| src.to_string());
-        let convert = |s: &str, dest: &Path| import_source(ctx, s, dest);
+        let convert =
+            |s: &str, dest: &Path, leave_out: &[&Path]| import_source(ctx, s, dest, leave_out);
         let args = crate::cli::ImportArgs {
             src: src.to_string(),
             name: Some(name),

@@ -35,6 +35,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::interrupt::{Kind, TempGuard};
 pub use lock::StoreLock;
 pub use records::{
     Arch, ChangeReport, ImageRecord, JobRecord, JobStatus, JobType, LINK_TYPE_FILE, Link,
@@ -495,11 +496,15 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32, replace: bool) 
     let dir = path
         .parent()
         .ok_or_else(|| Error::Invalid(format!("{}: no parent directory", path.display())))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("create a temporary file in", dir, e))?;
+    let (mut tmp, guard) = TempGuard::create(Kind::File, || {
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .suffix(".part")
+            .tempfile_in(dir)?;
+        let path = tmp.path().to_path_buf();
+        Ok((tmp, path))
+    })
+    .map_err(|e| Error::io("create a temporary file in", dir, e))?;
     tmp.write_all(bytes)
         .map_err(|e| Error::io("write", tmp.path(), e))?;
     tmp.as_file()
@@ -508,11 +513,13 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32, replace: bool) 
     tmp.as_file()
         .sync_all()
         .map_err(|e| Error::io("sync", tmp.path(), e))?;
-    let persisted = if replace {
-        tmp.persist(path)
-    } else {
-        tmp.persist_noclobber(path)
-    };
+    let persisted = guard.release_with(|| {
+        if replace {
+            tmp.persist(path)
+        } else {
+            tmp.persist_noclobber(path)
+        }
+    });
     persisted.map_err(|e| Error::io("rename into place", path, e.error))?;
     sync_dir(dir)
 }
