@@ -123,7 +123,10 @@ pub fn dir_into(root: &Path, sink: &mut dyn EntrySink, opts: &DirOptions) -> Res
     };
     let xattrs = walker.xattrs(XattrSource::Fd(root_fd.as_fd()), b"")?;
     let meta = walker.meta(&st, xattrs, b"");
-    walker.sink.set_root_meta(meta);
+    walker
+        .sink
+        .set_root_meta(meta)
+        .map_err(|e| Error::sink(b".", e))?;
     walker.report.entries += 1;
     walker.walk(root_fd, &mut Vec::new())?;
 

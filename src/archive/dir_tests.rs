@@ -240,7 +240,9 @@ fn errors_name_the_path_and_the_operation() {
     /// Refuses one path, as a writer refuses a conflicting entry.
     struct Refusing;
     impl squashfs::EntrySink for Refusing {
-        fn set_root_meta(&mut self, _: squashfs::Meta) {}
+        fn set_root_meta(&mut self, _: squashfs::Meta) -> squashfs::Result<()> {
+            Ok(())
+        }
         fn add_dir(&mut self, _: &[u8], _: squashfs::Meta) -> squashfs::Result<()> {
             Ok(())
         }
@@ -283,7 +285,9 @@ struct Discarding {
 }
 
 impl squashfs::EntrySink for Discarding {
-    fn set_root_meta(&mut self, _: squashfs::Meta) {}
+    fn set_root_meta(&mut self, _: squashfs::Meta) -> squashfs::Result<()> {
+        Ok(())
+    }
     fn add_dir(&mut self, _: &[u8], _: squashfs::Meta) -> squashfs::Result<()> {
         self.entries += 1;
         Ok(())

@@ -441,7 +441,9 @@ impl Converter<'_, '_> {
                     "names the image root but is not a directory",
                 ));
             }
-            self.sink.set_root_meta(meta);
+            self.sink
+                .set_root_meta(meta)
+                .map_err(|e| Error::sink(b".", e))?;
             self.report.entries += 1;
             return Ok(name);
         };

@@ -617,7 +617,9 @@ fn numeric_fields() {
 struct Discarding;
 
 impl crate::squashfs::EntrySink for Discarding {
-    fn set_root_meta(&mut self, _: Meta) {}
+    fn set_root_meta(&mut self, _: Meta) -> crate::squashfs::Result<()> {
+        Ok(())
+    }
     fn add_dir(&mut self, _: &[u8], _: Meta) -> crate::squashfs::Result<()> {
         Ok(())
     }
@@ -719,4 +721,29 @@ fn tar_and_tree_pack_to_the_same_image_as_mksquashfs_lists() {
         "{ours}"
     );
     assert_eq!(ours, listing(&reference));
+}
+
+/// A pax xattr past Linux's 64 KiB: the member and the xattr are named when the image is
+/// written, not when a later read of the image fails.
+#[test]
+fn an_xattr_value_over_64_kib_is_refused_naming_the_member() {
+    use crate::squashfs::writer::{Writer, WriterOptions};
+    let dir = tmp();
+    let path = dir.path().join("big-xattr.tar");
+    python_tar(
+        &path,
+        "add('etc/', type=tarfile.DIRTYPE)\n\
+         add('etc/ok', b'x', pax_headers={'SCHILY.xattr.user.fine': 'v' * 65536})\n\
+         add('etc/big', b'x', pax_headers={'SCHILY.xattr.user.huge': 'v' * 102400})\n",
+    );
+    let img = dir.path().join("out.sqsh");
+    let mut writer = Writer::create(&img, WriterOptions::default()).expect("writer");
+    let mut input = open_compressed(&path).expect("open");
+    let err = tar_into(&mut input, &mut writer, &TarOptions::default())
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("'etc/big'") && err.contains("user.huge") && err.contains("102400"),
+        "{err}"
+    );
 }

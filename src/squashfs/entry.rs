@@ -36,7 +36,7 @@ pub enum Special {
 /// Paths are relative, '/'-separated byte strings with no empty, '.' or '..' components; the
 /// root directory itself is `set_root_meta`.
 pub trait EntrySink {
-    fn set_root_meta(&mut self, meta: Meta);
+    fn set_root_meta(&mut self, meta: Meta) -> super::Result<()>;
     fn add_dir(&mut self, path: &[u8], meta: Meta) -> super::Result<()>;
     /// Reads `data` to its end; the file's size is what was read.
     fn add_file(

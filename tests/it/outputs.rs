@@ -357,3 +357,42 @@ fn an_interrupted_convert_or_import_leaves_no_temp_file() {
         "no record"
     );
 }
+
+#[test]
+fn an_oversized_xattr_fails_the_conversion_not_every_later_read() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let tar = work.path().join("big-xattr.tar");
+    let script = "import tarfile, io, sys\n\
+                  t = tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT)\n\
+                  i = tarfile.TarInfo('etc/big'); i.size = 1\n\
+                  i.pax_headers = {'SCHILY.xattr.user.huge': 'v' * 102400}\n\
+                  t.addfile(i, io.BytesIO(b'x'))\nt.close()\n";
+    run(Command::new("python3").arg("-c").arg(script).arg(&tar));
+    let out = work.path().join("out");
+    fs::create_dir(&out).expect("mkdir");
+    let image = out.join("image.sqsh");
+    let failed = run_failing(imsctl().arg("convert").arg(&tar).arg(&image));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("etc/big") && stderr.contains("user.huge"),
+        "{stderr}"
+    );
+    assert!(!image.exists());
+    assert!(temp_leftovers(&out).is_empty());
+
+    let store = work.path().join("store");
+    let failed = run_failing(
+        imsctl()
+            .arg("--store")
+            .arg(&store)
+            .args(["images", "import"])
+            .arg(&tar),
+    );
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("user.huge"), "{stderr}");
+    assert_eq!(
+        fs::read_dir(store.join("images")).expect("readdir").count(),
+        0,
+        "nothing registered"
+    );
+}

@@ -179,6 +179,7 @@ impl Writer {
         tail: Option<RawTail>,
     ) -> Result<()> {
         tree::components(path)?;
+        self.check_xattrs(path, &meta)?;
         let file = self.data.add_file_raw(size, blocks, tail)?;
         self.tree.add_leaf(path, meta, Kind::File(file))
     }
@@ -282,16 +283,37 @@ fn write_tail(
     Ok(sb)
 }
 
+impl Writer {
+    /// Refuse, naming the entry, an xattr no Linux could read back: an image that imports
+    /// fine and then fails every later read of that entry is worse than no image (tar2sqfs
+    /// refuses too). Dropped xattrs (`--no-xattrs`) are not looked at.
+    fn check_xattrs(&self, path: &[u8], meta: &Meta) -> Result<()> {
+        if !self.opts.xattrs {
+            return Ok(());
+        }
+        for x in &meta.xattrs {
+            if let Some(problem) = super::format::xattr_problem(&x.name, x.value.len()) {
+                return Err(Error::bad_entry(path, problem));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl EntrySink for Writer {
-    fn set_root_meta(&mut self, meta: Meta) {
+    fn set_root_meta(&mut self, meta: Meta) -> Result<()> {
+        self.check_xattrs(b".", &meta)?;
         self.tree.root_meta(meta);
+        Ok(())
     }
     fn add_dir(&mut self, path: &[u8], meta: Meta) -> Result<()> {
+        self.check_xattrs(path, &meta)?;
         self.tree.add_dir(path, meta)
     }
     fn add_file(&mut self, path: &[u8], meta: Meta, data: &mut dyn Read) -> Result<()> {
         // Validate before consuming data, so a bad name costs no work.
         tree::components(path)?;
+        self.check_xattrs(path, &meta)?;
         let file = self.data.add_file(path, data)?;
         self.tree.add_leaf(path, meta, Kind::File(file))
     }
@@ -302,10 +324,12 @@ impl EntrySink for Writer {
                 "symlink target must be 1 to 4095 bytes",
             ));
         }
+        self.check_xattrs(path, &meta)?;
         self.tree
             .add_leaf(path, meta, Kind::Symlink(target.to_vec()))
     }
     fn add_special(&mut self, path: &[u8], meta: Meta, kind: Special) -> Result<()> {
+        self.check_xattrs(path, &meta)?;
         self.tree.add_leaf(path, meta, Kind::Special(kind))
     }
     fn add_hardlink(&mut self, path: &[u8], target: &[u8]) -> Result<()> {
@@ -338,7 +362,7 @@ mod tests {
     /// Build an image with the writer API alone: every entry type, sizes around block limits.
     pub(crate) fn sample_image(path: &Path, opts: WriterOptions) -> Summary {
         let mut w = Writer::create(path, opts).unwrap();
-        w.set_root_meta(meta(0o755, 0));
+        w.set_root_meta(meta(0o755, 0)).unwrap();
         w.add_dir(b"etc", meta(0o755, 0)).unwrap();
         w.add_file(b"etc/hostname", meta(0o644, 0), &mut &b"node\n"[..])
             .unwrap();
@@ -568,4 +592,104 @@ mod tests {
 fn write_sample_for_manual_inspection() {
     let p = std::path::Path::new("/tmp/sample.sqsh");
     tests::sample_image(p, WriterOptions::default());
+}
+
+#[cfg(test)]
+mod xattr_limit_tests {
+    use super::*;
+    use crate::squashfs::Xattr;
+    use crate::squashfs::reader::Image;
+
+    fn with_xattr(name: &str, len: usize) -> Meta {
+        Meta {
+            mode: 0o644,
+            xattrs: vec![Xattr {
+                name: name.as_bytes().to_vec(),
+                value: vec![b'v'; len],
+            }],
+            ..Meta::default()
+        }
+    }
+
+    /// What the reader hands back for `path`.
+    fn xattrs_read_back(img: &Path, path: &[u8]) -> Vec<Xattr> {
+        let image = Image::open(img).expect("open");
+        let mut found = None;
+        image
+            .walk(&mut |p, inode| {
+                if p == path {
+                    found = Some(inode.meta.xattrs.clone());
+                }
+                Ok(())
+            })
+            .expect("walk");
+        found.expect("entry in the image")
+    }
+
+    #[test]
+    fn the_writer_refuses_what_the_reader_could_not_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("x.sqsh");
+        let mut w = Writer::create(&img, WriterOptions::default()).unwrap();
+        // At the limits: accepted, and read back whole.
+        let longest_name = format!("user.{}", "n".repeat(255 - 5));
+        w.add_file(b"max-value", with_xattr("user.big", 65536), &mut &b"x"[..])
+            .unwrap();
+        w.add_dir(b"max-name", with_xattr(&longest_name, 1))
+            .unwrap();
+        // Past them: refused, naming the entry and the xattr, before any data is read.
+        let mut data = &b"never read"[..];
+        let err = w
+            .add_file(
+                b"etc/too-big",
+                with_xattr("user.big", 100 * 1024),
+                &mut data,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("etc/too-big") && err.contains("user.big") && err.contains("102400"),
+            "{err}"
+        );
+        assert_eq!(data.len(), 10, "no data consumed");
+        let long_name = format!("user.{}", "n".repeat(251));
+        let cases: [(&[u8], Meta, &str); 3] = [
+            (b"d", with_xattr(&long_name, 1), "256 bytes"),
+            (b"s", with_xattr("system.posix_acl_access", 1), "namespaces"),
+            (b"u", with_xattr("user.", 1), "namespaces"),
+        ];
+        for (path, meta, needle) in cases {
+            let err = w.add_dir(path, meta).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        let err = w
+            .set_root_meta(with_xattr("trusted.x", 70000))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("70000"), "{err}");
+        w.finish().unwrap();
+
+        assert_eq!(xattrs_read_back(&img, b"max-value")[0].value.len(), 65536);
+        assert_eq!(
+            xattrs_read_back(&img, b"max-name")[0].name,
+            longest_name.as_bytes()
+        );
+        assert!(
+            xattrs_read_back(&img, b"").is_empty(),
+            "the refused root xattr is not there"
+        );
+    }
+
+    #[test]
+    fn dropped_xattrs_are_not_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = WriterOptions {
+            xattrs: false,
+            ..WriterOptions::default()
+        };
+        let mut w = Writer::create(&dir.path().join("x.sqsh"), opts).unwrap();
+        w.add_file(b"f", with_xattr("user.big", 100 * 1024), &mut &b"x"[..])
+            .unwrap();
+        w.finish().unwrap();
+    }
 }
