@@ -30,7 +30,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::path::{normalize_member_path, parent_of};
 use super::{Error, LossTally, Result, lossy, xattr_storable};
-use crate::squashfs::{EntrySink, Meta, Special, Xattr};
+use crate::squashfs::{EntrySink, Meta, Special, Xattr, check_segments};
 
 /// How to read a tar stream.
 #[derive(Clone, Debug)]
@@ -745,13 +745,23 @@ impl Converter<'_, '_> {
                     .sparse
                     .map(format, &mut data)
                     .map_err(|what| data.failure_or(name, what))?;
-                let mut sparse = SparseReader::new(&mut data, map, real_size)
-                    .map_err(|what| Error::member(name, what))?;
-                let added = self.sink.add_file(path, meta, &mut sparse);
-                if let Some(failure) = sparse.failure.take() {
+                check_segments(&map, real_size).map_err(|what| Error::member(name, what))?;
+                // The holes are handed over as a map: never read, hashed nor compressed.
+                let mut stored = MapData::new(&mut data, &map);
+                let added = self
+                    .sink
+                    .add_sparse_file(path, meta, real_size, &map, &mut stored);
+                if let Some(failure) = stored.failure.take() {
                     return Err(data.failure_or(name, failure));
                 }
-                (added, Some(sparse.pos))
+                if added.is_ok() && has_more(&mut data) {
+                    // Data past what the map lists means a map that lies.
+                    return Err(data.failure_or(
+                        name,
+                        "sparse member holds more data than its map lists".into(),
+                    ));
+                }
+                (added, Some(real_size))
             }
         };
         if let Some(failure) = data.failure.take() {
@@ -1158,91 +1168,56 @@ fn read_sparse_map_v1(data: &mut dyn Read) -> Result<Vec<(u64, u64)>, String> {
     pairs(&numbers[1..]).ok_or_else(|| "GNU sparse 1.0 map is incomplete".into())
 }
 
-/// Expands a sparse member: zeros for the holes, the stored segments in between.
-struct SparseReader<'r> {
-    data: &'r mut dyn Read,
-    segments: Vec<(u64, u64)>,
-    next: usize,
-    pos: u64,
-    size: u64,
-    /// The first failure, kept to name the cause even when the sink rewords it.
+/// The stored data of a sparse member: exactly the bytes its map lists. The first failure is
+/// kept, to name the member with the real cause even when the sink rewords it.
+struct MapData<'d> {
+    data: &'d mut dyn Read,
+    left: u64,
     failure: Option<String>,
 }
 
-impl<'r> SparseReader<'r> {
-    fn new(data: &'r mut dyn Read, segments: Vec<(u64, u64)>, size: u64) -> Result<Self, String> {
-        let mut end = 0u64;
-        for &(offset, len) in &segments {
-            let seg_end = offset
-                .checked_add(len)
-                .ok_or("sparse map segment overflows")?;
-            if offset < end || seg_end > size {
-                return Err(format!(
-                    "sparse map segment {offset}+{len} overlaps another or lies past the size {size}"
-                ));
-            }
-            end = seg_end;
-        }
-        Ok(SparseReader {
+impl<'d> MapData<'d> {
+    fn new(data: &'d mut dyn Read, map: &[(u64, u64)]) -> Self {
+        MapData {
             data,
-            segments,
-            next: 0,
-            pos: 0,
-            size,
+            left: map.iter().map(|&(_, len)| len).sum(),
             failure: None,
-        })
+        }
     }
 }
 
-impl Read for SparseReader<'_> {
+impl Read for MapData<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.expand(buf).inspect_err(|e| {
-            self.failure.get_or_insert_with(|| e.to_string());
-        })
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let result = match self.data.read(&mut buf[..want]) {
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "sparse member data ends before its map does",
+            )),
+            other => other,
+        };
+        match result {
+            Ok(n) => {
+                self.left -= n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                self.failure.get_or_insert_with(|| e.to_string());
+                Err(e)
+            }
+        }
     }
 }
 
-impl SparseReader<'_> {
-    fn expand(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while let Some(&(offset, len)) = self.segments.get(self.next) {
-            if self.pos < offset {
-                return Ok(zeros(buf, offset - self.pos, &mut self.pos));
-            }
-            let left = offset + len - self.pos;
-            if left == 0 {
-                self.next += 1;
-                continue;
-            }
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = self.data.read(&mut buf[..want])?;
-            if n == 0 && want > 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "sparse member data ends before its map does",
-                ));
-            }
-            self.pos += n as u64;
-            return Ok(n);
-        }
-        // The stored data must be used up exactly: anything left means a map that lies.
-        let mut probe = [0u8; 1];
-        if self.data.read(&mut probe)? != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "sparse member holds more data than its map lists",
-            ));
-        }
-        Ok(zeros(buf, self.size - self.pos, &mut self.pos))
-    }
-}
-
-fn zeros(buf: &mut [u8], available: u64, pos: &mut u64) -> usize {
-    let n = buf
-        .len()
-        .min(usize::try_from(available).unwrap_or(usize::MAX));
-    buf[..n].fill(0);
-    *pos += n as u64;
-    n
+/// Whether `data` has bytes left (a read error counts as none: the reader keeps it).
+fn has_more(data: &mut dyn Read) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(data.read(&mut probe), Ok(n) if n > 0)
 }
 
 /// A member's data with its length enforced: reading past the archive's end is an error, not

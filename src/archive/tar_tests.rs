@@ -850,3 +850,48 @@ fn malformed_pax_sizes_and_overlong_names_are_refused() {
     python_tar(&path, &format!("add('d/{}', b'x')", "n".repeat(255)));
     convert(&path).expect("a 255-byte name");
 }
+
+/// Through the real writer, each GNU sparse format (holes handed over as a map) gives the image
+/// the tree gives (holes read as zeros), byte for byte.
+#[test]
+fn sparse_members_pack_like_the_tree_through_the_writer() {
+    use crate::squashfs::writer::{Writer, WriterOptions};
+    let fx = fixture(false);
+    let from_tree = fx.work.join("tree.sqsh");
+    let mut writer = Writer::create(&from_tree, WriterOptions::default()).expect("writer");
+    dir_into(
+        &fx.root,
+        &mut writer,
+        &DirOptions {
+            xattrs: false,
+            ..DirOptions::default()
+        },
+    )
+    .expect("dir_into");
+    writer.finish().expect("finish");
+    for version in ["0.0", "0.1", "1.0"] {
+        let tar = fx.work.join(format!("pax-{version}.tar"));
+        tar_of(
+            &fx.root,
+            &tar,
+            &[
+                "--format=posix",
+                "--sparse",
+                &format!("--sparse-version={version}"),
+            ],
+        );
+        let img = fx.work.join(format!("pax-{version}.sqsh"));
+        let mut writer = Writer::create(&img, WriterOptions::default()).expect("writer");
+        let mut input = open_compressed(&tar).expect("open");
+        let opts = TarOptions {
+            xattrs: false,
+            ..TarOptions::default()
+        };
+        tar_into(&mut input, &mut writer, &opts).expect("tar_into");
+        writer.finish().expect("finish");
+        assert!(
+            fs::read(&img).expect("read") == fs::read(&from_tree).expect("read"),
+            "sparse {version}: the image differs from the tree's"
+        );
+    }
+}

@@ -18,7 +18,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use compress::{Algorithm, Compressor};
-pub use entry::{EntrySink, Meta, Special, Xattr};
+pub use entry::{EntrySink, Meta, SparseExpand, Special, Xattr, check_segments};
 
 /// Errors of the engine. Each names the operation and the file it was about.
 #[derive(Debug, thiserror::Error)]

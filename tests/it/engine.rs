@@ -373,3 +373,57 @@ fn tar_replacements_match_gnu_tar_extraction() {
         "nothing written through the symlink"
     );
 }
+
+/// A pax-sparse member of 1 TiB: the holes become sparse blocks without being read, so the
+/// conversion is quick (not asserted: the result is) and the image tiny.
+#[test]
+fn a_terabyte_sparse_member_converts_to_a_tiny_image() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    let size: u64 = 1 << 40;
+    let file = tree.join("disk.img");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::create(&file).unwrap();
+        f.set_len(size).unwrap();
+        f.write_all_at(b"start", 0).unwrap();
+        f.write_all_at(b"middle", size / 2 + 12345).unwrap();
+        f.write_all_at(b"end", size - 3).unwrap();
+    }
+    let tarball = work.path().join("sparse.tar");
+    run(Command::new("tar")
+        .args(["--sparse", "--format=pax", "--numeric-owner", "-C"])
+        .arg(&tree)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("disk.img"));
+    let img = work.path().join("sparse.sqsh");
+    let started = std::time::Instant::now();
+    run(imsctl().arg("convert").arg(&tarball).arg(&img));
+    eprintln!("1 TiB sparse member converted in {:?}", started.elapsed());
+    let listing = unsquashfs_lln(&img);
+    assert!(
+        listing.contains(&format!(" {size} ")) && listing.contains("squashfs-root/disk.img"),
+        "{listing}"
+    );
+    let image_size = fs::metadata(&img).unwrap().len();
+    assert!(
+        image_size < 1 << 20,
+        "the holes are sparse blocks, not data: {image_size} bytes"
+    );
+    if is_root() {
+        use std::os::unix::fs::FileExt;
+        let mnt = KernelMount::new(&img);
+        let f = fs::File::open(mnt.path().join("disk.img")).unwrap();
+        let read = |at: u64, len: usize| {
+            let mut buf = vec![0u8; len];
+            f.read_exact_at(&mut buf, at).unwrap();
+            buf
+        };
+        assert_eq!(read(0, 5), b"start");
+        assert_eq!(read(size / 2 + 12345, 6), b"middle");
+        assert_eq!(read(size - 3, 3), b"end");
+        assert_eq!(read(size / 4, 4096), vec![0u8; 4096]);
+    }
+}

@@ -335,6 +335,20 @@ impl EntrySink for Writer {
     fn add_hardlink(&mut self, path: &[u8], target: &[u8]) -> Result<()> {
         self.tree.add_hardlink(path, target)
     }
+    fn add_sparse_file(
+        &mut self,
+        path: &[u8],
+        meta: Meta,
+        size: u64,
+        segments: &[(u64, u64)],
+        data: &mut dyn Read,
+    ) -> Result<()> {
+        tree::components(path)?;
+        self.check_xattrs(path, &meta)?;
+        super::check_segments(segments, size).map_err(|what| Error::bad_entry(path, what))?;
+        let file = self.data.add_sparse_file(path, size, segments, data)?;
+        self.tree.add_leaf(path, meta, Kind::File(file))
+    }
 }
 
 #[cfg(test)]
@@ -691,5 +705,172 @@ mod xattr_limit_tests {
         w.add_file(b"f", with_xattr("user.big", 100 * 1024), &mut &b"x"[..])
             .unwrap();
         w.finish().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod sparse_tests {
+    use super::*;
+    use crate::squashfs::SparseExpand;
+
+    fn expanded(size: u64, segments: &[(u64, u64)], data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        SparseExpand::new(&mut &data[..], segments, size)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    /// Sparse maps of every shape: holes first or last, segments across block boundaries,
+    /// zero-length end markers, short last pieces, data that is all zeros.
+    fn cases(block: u64) -> Vec<(u64, Vec<(u64, u64)>)> {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut cases = vec![
+            (0, vec![]),
+            (0, vec![(0, 0)]),
+            (1000, vec![(1000, 0)]),
+            (3 * block, vec![(3 * block, 0)]),
+            (3 * block + 17, vec![(0, 5), (3 * block + 10, 7)]),
+            (5 * block, vec![(block - 3, 6), (4 * block, block)]),
+            (block / 2, vec![(10, 20)]),
+            (
+                40 * block + 1,
+                vec![(0, block), (20 * block + 5, 3 * block)],
+            ),
+        ];
+        for _ in 0..12 {
+            let size = rng.u64(0..20 * block);
+            let mut segments = Vec::new();
+            let mut at = 0;
+            while at < size && segments.len() < 6 {
+                let offset = rng.u64(at..=size);
+                let len = rng.u64(0..=(size - offset).min(2 * block));
+                segments.push((offset, len));
+                at = offset + len;
+            }
+            cases.push((size, segments));
+        }
+        cases
+    }
+
+    fn image(opts: &WriterOptions, sparse: bool, dir: &Path, name: &str) -> Vec<u8> {
+        let block = u64::from(opts.block_size);
+        let path = dir.join(name);
+        let mut w = Writer::create(&path, opts.clone()).unwrap();
+        let mut rng = fastrand::Rng::with_seed(5);
+        for (i, (size, segments)) in cases(block).into_iter().enumerate() {
+            let stored: u64 = segments.iter().map(|s| s.1).sum();
+            // Some files hold only zeros in their data: they are holes all the same.
+            let data: Vec<u8> = if i % 5 == 4 {
+                vec![0; stored as usize]
+            } else {
+                (0..stored).map(|_| rng.u8(..)).collect()
+            };
+            for copy in 0..2 {
+                // Twice: the second is a duplicate of the first.
+                let path = format!("f{i}-{copy}");
+                let meta = Meta {
+                    mode: 0o644,
+                    ..Meta::default()
+                };
+                if sparse {
+                    w.add_sparse_file(path.as_bytes(), meta, size, &segments, &mut &data[..])
+                        .unwrap();
+                } else {
+                    let full = expanded(size, &segments, &data);
+                    w.add_file(path.as_bytes(), meta, &mut &full[..]).unwrap();
+                }
+            }
+        }
+        w.finish().unwrap();
+        std::fs::read(&path).unwrap()
+    }
+
+    #[test]
+    fn a_sparse_file_gives_the_image_of_its_expanded_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut variants = vec![WriterOptions::default()];
+        let mut o = WriterOptions::new(Algorithm::Zstd, Some(3), 4096).unwrap();
+        variants.push(o.clone());
+        o.fragments = false;
+        variants.push(o.clone());
+        o.fragments = true;
+        o.tail_ends = true;
+        variants.push(o);
+        for (v, opts) in variants.iter().enumerate() {
+            let dense = image(opts, false, dir.path(), &format!("dense-{v}.sqsh"));
+            let sparse = image(opts, true, dir.path(), &format!("sparse-{v}.sqsh"));
+            assert!(dense == sparse, "options {v}: images differ");
+        }
+    }
+
+    #[test]
+    fn a_bad_map_or_short_data_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(&dir.path().join("x.sqsh"), WriterOptions::default()).unwrap();
+        let meta = Meta::default();
+        let err = w
+            .add_sparse_file(
+                b"overlap",
+                meta.clone(),
+                100,
+                &[(0, 50), (40, 10)],
+                &mut &[0u8; 60][..],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("overlap") && err.contains("overlaps another"),
+            "{err}"
+        );
+        let err = w
+            .add_sparse_file(b"past", meta.clone(), 100, &[(90, 20)], &mut &[1u8; 20][..])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("past the size 100"), "{err}");
+        let err = w
+            .add_sparse_file(b"short", meta, 1 << 20, &[(0, 1000)], &mut &[1u8; 10][..])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("short") && err.contains("ends before its map"),
+            "{err}"
+        );
+    }
+
+    /// A terabyte of holes costs no reading: the map alone says where the data is.
+    #[test]
+    fn holes_are_never_read() {
+        struct Exact<'a>(&'a [u8]);
+        impl Read for Exact<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.0.read(buf)
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("tib.sqsh");
+        let mut w = Writer::create(&img, WriterOptions::default()).unwrap();
+        let size = 1u64 << 40;
+        let data = b"startend";
+        let segments = [(0, 5), (size - 3, 3)];
+        let started = std::time::Instant::now();
+        w.add_sparse_file(b"tib", Meta::default(), size, &segments, &mut Exact(data))
+            .unwrap();
+        let summary = w.finish().unwrap();
+        eprintln!("1 TiB sparse file written in {:?}", started.elapsed());
+        assert!(summary.bytes_used < 1 << 20, "{} bytes", summary.bytes_used);
+        let image = crate::squashfs::reader::Image::open(&img).unwrap();
+        let mut size_read = None;
+        image
+            .walk(&mut |p, inode| {
+                if p == b"tib"
+                    && let crate::squashfs::reader::InodeKind::File(f) = &inode.kind
+                {
+                    size_read = Some(f.size);
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(size_read, Some(size));
     }
 }
