@@ -3,6 +3,7 @@
 
 mod common;
 mod engine;
+mod messages;
 mod outputs;
 mod repack;
 mod sftp;

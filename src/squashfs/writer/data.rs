@@ -149,6 +149,13 @@ pub(crate) struct DataWriter {
     pub duplicate_tails: u64,
 }
 
+/// The compression threads to start for `requested` (0: one per core): at most 4 per core and
+/// [`super::MAX_THREADS`], since more only contend (the output is the same for any count).
+pub(crate) fn compression_threads(requested: usize, cores: usize) -> usize {
+    let wanted = if requested == 0 { cores } else { requested };
+    wanted.clamp(1, (4 * cores).min(super::MAX_THREADS))
+}
+
 /// One file's data on its way in: what is known so far, its block run, the run's dedup hash.
 #[derive(Default)]
 struct FileBuild {
@@ -197,11 +204,8 @@ const FRAG_CACHE_BLOCKS: usize = 32;
 
 impl DataWriter {
     pub fn new(file: File, path: PathBuf, cfg: DataConfig) -> Result<Self> {
-        let threads = if cfg.threads == 0 {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
-        } else {
-            cfg.threads
-        };
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = compression_threads(cfg.threads, cores);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("sqfs-compress-{i}"))

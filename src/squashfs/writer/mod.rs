@@ -24,6 +24,9 @@ pub use data::RawTail;
 use data::{DataConfig, DataWriter};
 use tree::{Kind, Tree};
 
+/// The most compression threads a writer takes (`--threads`); it starts at most 4 per core.
+pub const MAX_THREADS: usize = 256;
+
 /// The bytes at the front of an image that [`Writer::finish`] writes last: the superblock and
 /// the compressor options (at most a metadata block header and 64 bytes of options).
 pub const HEADER_MAX: u64 = SUPERBLOCK_SIZE as u64 + 2 + 64;
@@ -42,7 +45,7 @@ pub struct WriterOptions {
     pub tail_ends: bool,
     pub xattrs: bool,
     pub exportable: bool,
-    /// Compression threads; 0 means one per core.
+    /// Compression threads; 0 means one per core. Capped at 4 per core and [`MAX_THREADS`].
     pub threads: usize,
     /// When packing a customized root, copy unchanged files' compressed blocks from the base
     /// image (only used by the customize workflow; `--full-repack` turns it off).
@@ -705,6 +708,20 @@ mod xattr_limit_tests {
         w.add_file(b"f", with_xattr("user.big", 100 * 1024), &mut &b"x"[..])
             .unwrap();
         w.finish().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod thread_tests {
+    use super::data::compression_threads;
+
+    #[test]
+    fn thread_counts_are_capped() {
+        assert_eq!(compression_threads(0, 2), 2);
+        assert_eq!(compression_threads(3, 2), 3);
+        assert_eq!(compression_threads(100_000, 2), 8);
+        assert_eq!(compression_threads(100_000, 128), super::MAX_THREADS);
+        assert_eq!(compression_threads(0, 1), 1);
     }
 }
 
