@@ -82,7 +82,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("imsctl: error: {e:#}");
+            eprintln!("imsctl: error: {}", imsctl::output::error_text(&e));
             ExitCode::FAILURE
         }
     }

@@ -1,7 +1,7 @@
 //! `imsctl convert | pack | extract | ls`: the SquashFS engine's own commands.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, IsTerminal, Read, Write};
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
@@ -155,7 +155,7 @@ fn print_summary(ctx: &Context, output: &Path, s: &Summary, secs: f64) {
     if ctx.verbose > 0 || ctx.progress {
         eprintln!(
             "imsctl: wrote {} ({} inodes, {:.1} MiB of files into {:.1} MiB, {} duplicate files) in {:.1}s",
-            output.display(),
+            crate::output::escape_controls(&output.display().to_string()),
             s.inodes,
             s.file_bytes as f64 / 1048576.0,
             s.bytes_used as f64 / 1048576.0,
@@ -225,8 +225,14 @@ pub fn extract(ctx: &Context, args: &ExtractArgs) -> Result<()> {
 pub fn ls(_ctx: &Context, args: &LsArgs) -> Result<()> {
     let image = Image::open(&args.image)?;
     let stdout = std::io::stdout();
+    // Exact bytes into a pipe (as unsquashfs -lln prints them), escaped names on a terminal.
+    let names = if stdout.is_terminal() {
+        listing::Names::Escaped
+    } else {
+        listing::Names::Exact
+    };
     let mut out = BufWriter::new(stdout.lock());
-    listing::list(&image, &mut out)?;
+    listing::list_with(&image, &mut out, names)?;
     out.flush().context("failed to write the listing")?;
     Ok(())
 }

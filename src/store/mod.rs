@@ -45,12 +45,12 @@ pub use records::{
 /// Errors of the store and of the artifact code. Each names what it was about.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("failed to {op} {}: {source}", path.display())]
+    /// The OS error is part of the message and not also a `source()`: printed once.
+    #[error("failed to {op} {}: {cause}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("invalid {kind} id {id:?}: not a UUID")]
     BadId { kind: RecordKind, id: String },
@@ -68,11 +68,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> Self {
         Error::Io {
             op,
             path: path.into(),
-            source,
+            cause,
         }
     }
 
@@ -323,7 +323,7 @@ impl Store {
         bytes.push(b'\n');
         let path = self.record_path(R::KIND, record.id());
         match write_atomic(&path, &bytes, 0o644, replace) {
-            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+            Err(Error::Io { cause, .. }) if cause.kind() == io::ErrorKind::AlreadyExists => {
                 Err(Error::AlreadyExists {
                     kind: R::KIND,
                     id: record.id(),
