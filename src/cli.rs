@@ -570,8 +570,9 @@ pub struct PackOptions {
     /// Leave out the NFS export table.
     #[arg(long)]
     pub no_exports: bool,
-    /// Compression threads (default: one per core).
-    #[arg(long, default_value_t = 0)]
+    /// Compression threads, 1 to 256 (default, or 0: one per core; more than 4 per core are
+    /// not started, as they only contend).
+    #[arg(long, default_value_t = 0, value_parser = parse_threads)]
     pub threads: usize,
     /// Customize jobs: compress every file again instead of copying unchanged files' blocks
     /// from the base image (needed to change compressor, level or block size; also for comparison).
@@ -652,6 +653,22 @@ pub struct ExtractArgs {
 pub struct LsArgs {
     /// SquashFS image.
     pub image: PathBuf,
+}
+
+/// `--threads`: 0 (one per core) to [`MAX_THREADS`](crate::squashfs::writer::MAX_THREADS).
+/// 100000 threads would spend minutes starting and contending before any work.
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    use crate::squashfs::writer::MAX_THREADS;
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of threads"))?;
+    if n > MAX_THREADS {
+        return Err(format!(
+            "{n} threads is more than the {MAX_THREADS} imsctl allows (0 means one per core)"
+        ));
+    }
+    Ok(n)
 }
 
 /// Parse `131072`, `128K`, `1M`.
@@ -771,6 +788,63 @@ mod tests {
         };
         assert!(a.ssh_containers_jail);
         assert!(!a.env.enable_debug);
+    }
+
+    #[test]
+    fn threads_are_bounded_everywhere_they_are_accepted() {
+        assert_eq!(parse_threads("0"), Ok(0));
+        assert_eq!(parse_threads("256"), Ok(256));
+        let err = parse_threads("100000").expect_err("too many");
+        assert!(err.contains("100000") && err.contains("256"), "{err}");
+        for argv in [
+            &["imsctl", "pack", "d", "o", "--threads", "100000"][..],
+            &["imsctl", "convert", "i", "o", "--threads", "100000"],
+            &[
+                "imsctl",
+                "customize",
+                "x",
+                "--name",
+                "n",
+                "--threads",
+                "100000",
+            ],
+            &["imsctl", "jobs", "complete", "j", "--threads", "100000"],
+            &[
+                "imsctl",
+                "jobs",
+                "exec",
+                "j",
+                "--threads",
+                "100000",
+                "--",
+                "true",
+            ],
+            &["imsctl", "jobs", "shell", "j", "--threads", "100000"],
+            &[
+                "imsctl",
+                "jobs",
+                "create",
+                "--artifact-id",
+                "a",
+                "--image-root-archive-name",
+                "n",
+                "--threads",
+                "100000",
+            ],
+            &["imsctl", "jobs", "ssh", "j", "--threads", "100000"],
+            &[
+                "imsctl",
+                "internal-ssh-server",
+                "j",
+                "--listen",
+                "127.0.0.1:0",
+                "--threads",
+                "100000",
+            ],
+        ] {
+            let err = Cli::try_parse_from(argv).expect_err("refused").to_string();
+            assert!(err.contains("more than the 256"), "{argv:?}: {err}");
+        }
     }
 
     #[test]

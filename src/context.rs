@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::output::escape_controls;
+
 #[derive(Clone, Debug)]
 pub struct Context {
     /// `--store` / `IMSCTL_HOME` as given; resolved to the default by the store module.
@@ -36,14 +38,14 @@ impl Context {
     /// since nothing may be lost silently.
     pub fn warn_all(&self, warnings: &[String]) {
         for w in warnings {
-            eprintln!("imsctl: warning: {w}");
+            eprintln!("imsctl: warning: {}", escape_controls(w));
         }
     }
 
     /// A step log line on stderr, shown with `-v`.
     pub fn info(&self, msg: impl AsRef<str>) {
         if self.verbose > 0 {
-            eprintln!("imsctl: {}", msg.as_ref());
+            eprintln!("imsctl: {}", escape_controls(msg.as_ref()));
         }
     }
 

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod context;
 pub mod fsutil;
+pub mod interrupt;
 pub mod job;
 pub mod output;
 pub mod repack;

@@ -54,9 +54,10 @@ fn main() -> ExitCode {
                 commands::s3::run_images(&ctx, &cli.global.s3, &cmd, &mut stdout.lock())
             }
             Ok(false) => with_store(&ctx, |store, out| {
-                let convert = |src: &str, dest: &std::path::Path| {
-                    commands::squashfs::import_source(&ctx, src, dest)
-                };
+                let convert =
+                    |src: &str, dest: &std::path::Path, leave_out: &[&std::path::Path]| {
+                        commands::squashfs::import_source(&ctx, src, dest, leave_out)
+                    };
                 commands::images::run(store, &cmd, &convert, out)
             }),
             Err(e) => Err(e),
@@ -85,7 +86,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("imsctl: error: {e:#}");
+            eprintln!("imsctl: error: {}", imsctl::output::error_text(&e));
             ExitCode::FAILURE
         }
     }

@@ -6,6 +6,8 @@
 //! ims_python_helper write JSON. A list is a JSON array. Unset optional fields are absent.
 //! TOML keeps the field order of IMS's examples; a list is a `[[results]]` array of tables.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io;
 
 use serde::Serialize;
@@ -13,13 +15,97 @@ use serde_json::ser::{Formatter, PrettyFormatter};
 
 use crate::cli::OutputFormat;
 
-/// Errors rendering a value (only a record that cannot be expressed at all fails).
+/// Errors rendering a value (only a record that cannot be expressed at all fails). The cause
+/// is part of the message, not also a `source()`: printed once.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot render as JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error("cannot render as TOML: {0}")]
-    Toml(#[from] toml::ser::Error),
+    Toml(toml::ser::Error),
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Json(e)
+    }
+}
+
+impl From<toml::ser::Error> for Error {
+    fn from(e: toml::ser::Error) -> Self {
+        Error::Toml(e)
+    }
+}
+
+/// Text for a terminal with every control character escaped, so that a file name holding a
+/// newline cannot forge a line of output and one holding ESC cannot drive the terminal:
+/// `\n`, `\t`, `\r`, `\\` for a backslash, `\xNN` for other C0 controls and DEL,
+/// `\u{NNNN}` for C1 controls and the bidirectional overrides (as Rust's `escape_debug` and
+/// GNU `ls -b` do). Machine-readable output (`--format json`, the change report) is exact.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        push_escaped(&mut out, c);
+    }
+    Cow::Owned(out)
+}
+
+/// A name that may not be UTF-8, for a terminal: as [`escape_controls`], with each byte that
+/// is not UTF-8 as `\xNN`.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            push_escaped(&mut out, c);
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+fn needs_escape(c: char) -> bool {
+    c == '\\'
+        || c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    match c {
+        '\\' => out.push_str("\\\\"),
+        '\n' => out.push_str("\\n"),
+        '\t' => out.push_str("\\t"),
+        '\r' => out.push_str("\\r"),
+        c if needs_escape(c) && (c as u32) < 0x80 => {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        }
+        c if needs_escape(c) => {
+            let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+        }
+        c => out.push(c),
+    }
+}
+
+/// An error as the user reads it: the message and its chain of causes joined by ": ", a
+/// cause whose text the message already holds left out (an error type that prints its source
+/// itself must not get it printed twice), control characters escaped.
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if part.is_empty() || text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    escape_controls(&text).into_owned()
 }
 
 /// JSON exactly as Python's `json.dumps(value, sort_keys=True, indent=4)` writes it (no
@@ -157,6 +243,101 @@ impl Formatter for PythonFormatter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_for_terminals() {
+        assert_eq!(escape_controls("plain /path/é"), "plain /path/é");
+        assert!(matches!(escape_controls("plain"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape_controls("a\nb\tc\rd\u{1b}[31m\u{7f}\\e\u{85}\u{202e}"),
+            "a\\nb\\tc\\rd\\x1b[31m\\x7f\\\\e\\u{0085}\\u{202e}"
+        );
+        assert_eq!(escape_bytes(b"ok\xff\xfe/\n"), "ok\\xff\\xfe/\\n");
+    }
+
+    #[test]
+    fn each_cause_prints_once() {
+        let enoent = || std::io::Error::from_raw_os_error(libc::ENOENT);
+        let errors: Vec<anyhow::Error> = vec![
+            crate::squashfs::Error::io("open", "/x.sqsh", enoent()).into(),
+            crate::archive::Error::io("open archive", "/x.tar", enoent()).into(),
+            crate::archive::Error::sink(
+                b"etc/x",
+                crate::squashfs::Error::io("read", "etc/x", enoent()),
+            )
+            .into(),
+            crate::store::Error::io("read", "/store/x", enoent()).into(),
+            crate::s3::Error::io("read", "/x", enoent()).into(),
+            crate::sandbox::Error::io("mount", "/x", enoent()).into(),
+            anyhow::Error::new(enoent()).context("failed to open /x"),
+            anyhow::Error::from(crate::squashfs::Error::io("open", "/x.sqsh", enoent()))
+                .context("failed to import /x.sqsh"),
+        ];
+        for e in errors {
+            let text = error_text(&e);
+            assert_eq!(
+                text.matches("No such file or directory (os error 2)")
+                    .count(),
+                1,
+                "{text}"
+            );
+            // The types no longer hand the cause to the chain as well.
+            assert_eq!(format!("{e:#}").matches("(os error 2)").count(), 1, "{e:#}");
+        }
+    }
+
+    #[test]
+    fn sandbox_errors_holding_others_print_each_cause_once() {
+        let enoent = || std::io::Error::from_raw_os_error(libc::ENOENT);
+        let populate = || crate::sandbox::Error::Populate {
+            path: "/work/root".into(),
+            source: Box::new(crate::squashfs::Error::io("open", "/base.sqsh", enoent())),
+        };
+        let text = error_text(&populate().into());
+        assert_eq!(
+            text,
+            "failed to populate image root /work/root: failed to open /base.sqsh: \
+             No such file or directory (os error 2)"
+        );
+        let both = crate::sandbox::Error::Both {
+            run: Box::new(populate()),
+            cleanup: Box::new(crate::sandbox::Error::io("unmount", "/work/root", enoent())),
+        };
+        let text = error_text(&both.into());
+        assert_eq!(
+            text.matches("(os error 2)").count(),
+            2,
+            "one per failure: {text}"
+        );
+        assert!(
+            text.contains("/base.sqsh") && text.contains("unmount"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_name_with_a_newline_or_escape_is_escaped_in_an_error() {
+        let e: anyhow::Error =
+            crate::archive::Error::member(b"evil\n\x1b[2Jname", "path escapes the image root")
+                .into();
+        assert_eq!(
+            error_text(&e),
+            "tar member 'evil\\n\\x1b[2Jname': path escapes the image root"
+        );
+    }
+
+    #[test]
+    fn the_writer_names_an_entry_once() {
+        let e: anyhow::Error = crate::archive::Error::sink(
+            b"etc/big",
+            crate::squashfs::Error::bad_entry(b"etc/big", "xattr 'user.huge' is too big"),
+        )
+        .into();
+        assert_eq!(
+            error_text(&e),
+            "cannot add 'etc/big' to the image: xattr 'user.huge' is too big"
+        );
+    }
     use crate::store::{Arch, ImageRecord, Link, PublicKeyRecord, Timestamp};
 
     fn image() -> ImageRecord {

@@ -333,7 +333,7 @@ fn kind_of(inode: &Inode) -> EntryKind {
 }
 
 impl EntrySink for BaseAwareSink<'_> {
-    fn set_root_meta(&mut self, meta: Meta) {
+    fn set_root_meta(&mut self, meta: Meta) -> crate::squashfs::Result<()> {
         // The root of an overlay is always in the upper dir; its attributes are the base's
         // unless the extraction index says it changed.
         let meta = match self.by_path.get(&b""[..]) {
@@ -345,7 +345,7 @@ impl EntrySink for BaseAwareSink<'_> {
             }
             _ => self.changed_meta(meta),
         };
-        self.writer.set_root_meta(meta);
+        self.writer.set_root_meta(meta)
     }
 
     fn add_dir(&mut self, path: &[u8], meta: Meta) -> crate::squashfs::Result<()> {

@@ -28,6 +28,9 @@ pub struct DirOptions {
     pub one_file_system: bool,
     /// Pass xattrs to the sink (on by default).
     pub xattrs: bool,
+    /// Entries never walked: the image being written and the store when they lie inside the
+    /// tree (mksquashfs leaves its own output out the same way).
+    pub leave_out: Vec<LeftOut>,
 }
 
 impl Default for DirOptions {
@@ -35,6 +38,33 @@ impl Default for DirOptions {
         DirOptions {
             one_file_system: false,
             xattrs: true,
+            leave_out: Vec::new(),
+        }
+    }
+}
+
+/// An entry a walk leaves out, known by device and inode rather than by name: names alias
+/// (symlinks, bind mounts, `a/../b`), an inode does not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeftOut {
+    pub dev: u64,
+    pub ino: u64,
+    /// What it is, for the warning ("the image being written").
+    pub what: String,
+}
+
+impl LeftOut {
+    /// The entry at `path` (a symlink is followed), or `None` when there is nothing.
+    pub fn at(path: &Path, what: impl Into<String>) -> Result<Option<LeftOut>> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(path) {
+            Ok(meta) => Ok(Some(LeftOut {
+                dev: meta.dev(),
+                ino: meta.ino(),
+                what: what.into(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("stat", path, e)),
         }
     }
 }
@@ -51,6 +81,8 @@ pub struct DirReport {
     /// Mount points not entered (directories, added empty) or left out (bind-mounted files)
     /// because of `one_file_system`.
     pub mount_points: u64,
+    /// Entries of `DirOptions::leave_out` met in the tree and left out (one warning each).
+    pub left_out: u64,
     /// Xattrs outside the namespaces SquashFS stores, left out; see `warnings`.
     pub skipped_xattrs: u64,
     /// Mtimes outside SquashFS' 32-bit unsigned range, clamped.
@@ -72,6 +104,12 @@ pub fn dir_into(root: &Path, sink: &mut dyn EntrySink, opts: &DirOptions) -> Res
     )
     .map_err(|e| Error::io("open directory", root, e.into()))?;
     let st = fstat(&root_fd).map_err(|e| Error::io("stat", root, e.into()))?;
+    if let Some(left_out) = left_out(opts, &st) {
+        return Err(Error::Unsupported {
+            path: root.to_path_buf(),
+            what: format!("is {}, which cannot be packed into itself", left_out.what),
+        });
+    }
     let mut walker = Walker {
         root,
         sink,
@@ -85,7 +123,10 @@ pub fn dir_into(root: &Path, sink: &mut dyn EntrySink, opts: &DirOptions) -> Res
     };
     let xattrs = walker.xattrs(XattrSource::Fd(root_fd.as_fd()), b"")?;
     let meta = walker.meta(&st, xattrs, b"");
-    walker.sink.set_root_meta(meta);
+    walker
+        .sink
+        .set_root_meta(meta)
+        .map_err(|e| Error::sink(b".", e))?;
     walker.report.entries += 1;
     walker.walk(root_fd, &mut Vec::new())?;
 
@@ -161,6 +202,15 @@ impl Walker<'_> {
     fn add_entry(&mut self, dir: BorrowedFd<'_>, name: &CStr, rel: &mut Vec<u8>) -> Result<()> {
         let st = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(|e| Error::io("stat", self.abs(rel), e.into()))?;
+        if let Some(left_out) = left_out(self.opts, &st) {
+            self.report.left_out += 1;
+            self.report.warnings.push(format!(
+                "left out '{}': it is {}",
+                String::from_utf8_lossy(rel),
+                left_out.what
+            ));
+            return Ok(());
+        }
         let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
         if kind == SFlag::S_IFDIR {
             return self.add_dir(dir, name, rel, &st);
@@ -329,6 +379,13 @@ impl Walker<'_> {
         out.sort();
         Ok(out)
     }
+}
+
+/// The `leave_out` entry this stat names, if any.
+fn left_out<'o>(opts: &'o DirOptions, st: &FileStat) -> Option<&'o LeftOut> {
+    opts.leave_out
+        .iter()
+        .find(|x| x.dev == st.st_dev && x.ino == st.st_ino)
 }
 
 fn special_kind(kind: SFlag, rdev: u64) -> Special {

@@ -240,7 +240,9 @@ fn errors_name_the_path_and_the_operation() {
     /// Refuses one path, as a writer refuses a conflicting entry.
     struct Refusing;
     impl squashfs::EntrySink for Refusing {
-        fn set_root_meta(&mut self, _: squashfs::Meta) {}
+        fn set_root_meta(&mut self, _: squashfs::Meta) -> squashfs::Result<()> {
+            Ok(())
+        }
         fn add_dir(&mut self, _: &[u8], _: squashfs::Meta) -> squashfs::Result<()> {
             Ok(())
         }
@@ -273,7 +275,8 @@ fn errors_name_the_path_and_the_operation() {
     let err = dir_into(dir.path(), &mut Refusing, &DirOptions::default())
         .expect_err("refused")
         .to_string();
-    assert_eq!(err, "cannot add 'd/f' to the image: d/f: refused");
+    // The entry is named once, not again by the writer's own message.
+    assert_eq!(err, "cannot add 'd/f' to the image: refused");
 }
 
 /// Reads every file to the end and keeps nothing: for timing the walk itself.
@@ -283,7 +286,9 @@ struct Discarding {
 }
 
 impl squashfs::EntrySink for Discarding {
-    fn set_root_meta(&mut self, _: squashfs::Meta) {}
+    fn set_root_meta(&mut self, _: squashfs::Meta) -> squashfs::Result<()> {
+        Ok(())
+    }
     fn add_dir(&mut self, _: &[u8], _: squashfs::Meta) -> squashfs::Result<()> {
         self.entries += 1;
         Ok(())
@@ -329,5 +334,59 @@ fn time_walk() {
         report.entries,
         report.bytes,
         start.elapsed()
+    );
+}
+
+#[test]
+fn left_out_entries_are_known_by_inode_not_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    fs::create_dir_all(root.join("var/store/work")).expect("mkdir");
+    fs::write(root.join("var/store/work/out.tmp"), b"growing").expect("write");
+    fs::write(root.join("kept"), b"x").expect("write");
+    fs::write(root.join("image.sqsh"), b"old image").expect("write");
+    // Named through a symlink elsewhere: still the same inode.
+    let alias = dir.path().join("store-alias");
+    std::os::unix::fs::symlink(root.join("var/store"), &alias).expect("symlink");
+    let opts = DirOptions {
+        leave_out: [
+            LeftOut::at(&alias, "the store").expect("stat"),
+            LeftOut::at(&root.join("image.sqsh"), "the output").expect("stat"),
+            LeftOut::at(&dir.path().join("missing"), "nothing").expect("stat"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        ..DirOptions::default()
+    };
+    assert_eq!(opts.leave_out.len(), 2, "a missing path leaves nothing out");
+    let (sink, report) = walk(&root, &opts);
+    assert!(sink.find("kept").is_some());
+    assert!(matches!(sink.get("var"), Rec::Dir(..)));
+    assert!(sink.find("var/store").is_none());
+    assert!(sink.find("var/store/work/out.tmp").is_none());
+    assert!(sink.find("image.sqsh").is_none());
+    assert_eq!(report.left_out, 2);
+    let warnings = report.warnings.join("\n");
+    assert!(
+        warnings.contains("left out 'var/store': it is the store")
+            && warnings.contains("left out 'image.sqsh': it is the output"),
+        "{warnings}"
+    );
+
+    // The root itself left out: an error, not an empty image.
+    let opts = DirOptions {
+        leave_out: LeftOut::at(&root, "the store")
+            .expect("stat")
+            .into_iter()
+            .collect(),
+        ..DirOptions::default()
+    };
+    let err = dir_into(&root, &mut RecordingSink::default(), &opts)
+        .expect_err("the root is left out")
+        .to_string();
+    assert!(
+        err.contains(&root.display().to_string()) && err.contains("is the store"),
+        "{err}"
     );
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 
-pub use dir::{DirOptions, DirReport, dir_into};
+pub use dir::{DirOptions, DirReport, LeftOut, dir_into};
 pub use tar::{TarOptions, TarReport, decompressing, open_compressed, tar_into};
 
 use crate::squashfs;
@@ -19,12 +19,12 @@ use crate::squashfs;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A filesystem operation failed (opening an archive, walking a directory tree).
-    #[error("failed to {op} {}: {source}", path.display())]
+    /// The OS error is part of the message and not also a `source()`: printed once.
+    #[error("failed to {op} {}: {cause}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// The archive stream is unreadable or malformed at `offset` (a byte offset in the
     /// uncompressed tar stream), between members.
@@ -41,15 +41,22 @@ pub enum Error {
     #[error("{}: {what}", path.display())]
     Unsupported { path: PathBuf, what: String },
     /// The sink (the SquashFS writer) refused an entry.
-    #[error("cannot add '{entry}' to the image: {source}")]
+    #[error("cannot add '{entry}' to the image: {}", sink_cause(.entry, .cause))]
     Sink {
         entry: String,
-        #[source]
-        source: squashfs::Error,
+        cause: squashfs::Error,
     },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The writer's reason, without the entry's name when it only repeats ours.
+fn sink_cause(entry: &str, cause: &squashfs::Error) -> String {
+    match cause {
+        squashfs::Error::BadEntry { entry: named, what } if named == entry => what.clone(),
+        other => other.to_string(),
+    }
+}
 
 fn after_member(after: &Option<String>) -> String {
     match after {
@@ -59,11 +66,11 @@ fn after_member(after: &Option<String>) -> String {
 }
 
 impl Error {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> Self {
         Error::Io {
             op,
             path: path.into(),
-            source,
+            cause,
         }
     }
     pub(crate) fn member(member: &[u8], what: impl Into<String>) -> Self {
@@ -72,10 +79,10 @@ impl Error {
             what: what.into(),
         }
     }
-    pub(crate) fn sink(entry: &[u8], source: squashfs::Error) -> Self {
+    pub(crate) fn sink(entry: &[u8], cause: squashfs::Error) -> Self {
         Error::Sink {
             entry: lossy(entry),
-            source,
+            cause,
         }
     }
 }

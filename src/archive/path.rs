@@ -13,7 +13,13 @@ pub enum PathProblem {
     Escapes,
     /// Contains a NUL byte (possible in pax records), which no filesystem name can hold.
     Nul,
+    /// Has a component longer than NAME_MAX (255 bytes), which no Linux filesystem takes
+    /// (GNU tar: "File name too long").
+    TooLong,
 }
+
+/// The longest name one path component may have on Linux (NAME_MAX).
+pub const NAME_MAX: usize = 255;
 
 impl fmt::Display for PathProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -21,6 +27,7 @@ impl fmt::Display for PathProblem {
             PathProblem::Absolute => "absolute path escapes the image root",
             PathProblem::Escapes => "path escapes the image root",
             PathProblem::Nul => "path contains a NUL byte",
+            PathProblem::TooLong => "a name in the path is longer than 255 bytes (NAME_MAX)",
         })
     }
 }
@@ -39,6 +46,7 @@ pub fn normalize_member_path(raw: &[u8]) -> Result<Option<Vec<u8>>, PathProblem>
         match component {
             b"" | b"." => continue,
             b".." => return Err(PathProblem::Escapes),
+            name if name.len() > NAME_MAX => return Err(PathProblem::TooLong),
             name => {
                 if !out.is_empty() {
                     out.push(b'/');
@@ -90,6 +98,16 @@ mod tests {
         assert_eq!(norm("/etc/passwd"), Err(PathProblem::Absolute));
         assert_eq!(norm("//x"), Err(PathProblem::Absolute));
         assert_eq!(normalize_member_path(b"a\0b"), Err(PathProblem::Nul));
+    }
+
+    #[test]
+    fn refuses_a_component_over_name_max() {
+        let longest = "n".repeat(NAME_MAX);
+        assert_eq!(
+            norm(&format!("d/{longest}")),
+            Ok(Some(format!("d/{longest}")))
+        );
+        assert_eq!(norm(&format!("d/{longest}x/f")), Err(PathProblem::TooLong));
     }
 
     #[test]

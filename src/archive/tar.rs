@@ -5,9 +5,22 @@
 //! GNU sparse members ('S'); everything else a root filesystem needs is read here: pax records
 //! (global and local), xattrs in the three spellings tools write, GNU sparse pax formats 0.0, 0.1
 //! and 1.0, and the path-safety rules of [`super::path`].
+//!
+//! Members that meet an earlier member's path follow GNU tar's extraction (checked against
+//! `tar -xf` in it::engine), or fail naming both; nothing changes silently:
+//! - a later member replaces an earlier one of the same path (the count and the first path are
+//!   in the report's warnings), a directory over a directory only updates its metadata;
+//! - a non-directory over a directory that holds entries is refused (GNU tar: "Cannot open:
+//!   File exists"); over an empty one it replaces it;
+//! - a member below an earlier non-directory is refused: below a file, as GNU tar refuses it
+//!   ("Not a directory"); below a symlink, because an image is built without resolving the
+//!   archive's symlinks (GNU tar follows one that stays inside the target directory and refuses
+//!   the others; here the member is refused either way, never written somewhere else);
+//! - a name component over 255 bytes (NAME_MAX) is refused, as no Linux filesystem takes it;
+//! - a malformed pax `size` (`1e20`, `-5`) is refused, not replaced by the header's size.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
@@ -17,7 +30,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::path::{normalize_member_path, parent_of};
 use super::{Error, LossTally, Result, lossy, xattr_storable};
-use crate::squashfs::{EntrySink, Meta, Special, Xattr};
+use crate::squashfs::{EntrySink, Meta, Special, Xattr, check_segments};
 
 /// How to read a tar stream.
 #[derive(Clone, Debug)]
@@ -54,6 +67,9 @@ pub struct TarReport {
     pub skipped_xattrs: u64,
     /// Mtimes outside the 32-bit unsigned range SquashFS stores, clamped.
     pub clamped_mtimes: u64,
+    /// Members that replaced an earlier member of the same path (a directory listed again is
+    /// not counted: it only updates the metadata).
+    pub replaced: u64,
     /// One line per kind of loss or oddity, in a stable order.
     pub warnings: Vec<String>,
 }
@@ -348,9 +364,10 @@ pub fn tar_into(
         opts,
         report: TarReport::default(),
         tally: LossTally::default(),
-        dirs: HashSet::new(),
+        seen: HashMap::new(),
         globals: Vec::new(),
         first_implicit: None,
+        first_replaced: None,
     };
     let mut last_member: Option<String> = None;
     let corrupt = |what: String, after: &Option<String>| Error::Corrupt {
@@ -387,10 +404,37 @@ struct Converter<'s, 'o> {
     opts: &'o TarOptions,
     report: TarReport,
     tally: LossTally,
-    dirs: HashSet<Vec<u8>>,
+    /// What is at each path so far (normalized paths; the root is not in it).
+    seen: HashMap<Vec<u8>, Seen>,
     /// Global pax records ('g' members), in order; they apply to all later members.
     globals: Vec<(Vec<u8>, Vec<u8>)>,
     first_implicit: Option<String>,
+    first_replaced: Option<String>,
+}
+
+/// What the members so far left at a path: what a later member at or below it must respect.
+enum Seen {
+    /// `first_entry`: the first path put in it (to name it should it be replaced).
+    Dir {
+        first_entry: Option<Vec<u8>>,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
+    /// A regular file, a device, a fifo, a hardlink.
+    Other,
+}
+
+impl Seen {
+    fn of_type(type_byte: u8, target: &[u8]) -> Seen {
+        match type_byte {
+            b'5' | b'D' => Seen::Dir { first_entry: None },
+            b'2' => Seen::Symlink {
+                target: target.to_vec(),
+            },
+            _ => Seen::Other,
+        }
+    }
 }
 
 impl Converter<'_, '_> {
@@ -441,20 +485,28 @@ impl Converter<'_, '_> {
                     "names the image root but is not a directory",
                 ));
             }
-            self.sink.set_root_meta(meta);
+            self.sink
+                .set_root_meta(meta)
+                .map_err(|e| Error::sink(b".", e))?;
             self.report.entries += 1;
             return Ok(name);
         };
-        self.ensure_parents(&path)?;
+        self.ensure_parents(&path, &raw_name)?;
+        let target = pax
+            .linkpath
+            .clone()
+            .or_else(|| entry.link_name_bytes().map(|t| t.into_owned()))
+            .unwrap_or_default();
+        let new = Seen::of_type(type_byte, &target);
+        let linked_to_itself = type_byte == b'1'
+            && normalize_member_path(&target).is_ok_and(|t| t.as_deref() == Some(&path[..]));
+        if !linked_to_itself {
+            self.check_replace(&path, &new, &raw_name)?;
+        }
         match type_byte {
             b'0' | 0 | b'7' | b'S' => self.add_file(&mut entry, &path, meta, &pax, &raw_name)?,
             b'1' => self.add_hardlink(&entry, &path, &pax, &raw_name)?,
             b'2' => {
-                let target = pax
-                    .linkpath
-                    .clone()
-                    .or_else(|| entry.link_name_bytes().map(|t| t.into_owned()))
-                    .unwrap_or_default();
                 if target.is_empty() {
                     return Err(Error::member(&raw_name, "symlink has an empty target"));
                 }
@@ -483,7 +535,6 @@ impl Converter<'_, '_> {
                 self.sink
                     .add_dir(&path, meta)
                     .map_err(|e| Error::sink(&path, e))?;
-                self.dirs.insert(path);
             }
             other => {
                 return Err(Error::member(
@@ -495,8 +546,46 @@ impl Converter<'_, '_> {
                 ));
             }
         }
+        self.note(path, new);
         self.report.entries += 1;
         Ok(name)
+    }
+
+    /// Whether a member may take `path`, where an earlier member may have left something
+    /// (GNU tar's rules; see the module documentation).
+    fn check_replace(&mut self, path: &[u8], new: &Seen, member: &[u8]) -> Result<()> {
+        let new_is_dir = matches!(new, Seen::Dir { .. });
+        match self.seen.get(path) {
+            None => {}
+            Some(Seen::Dir { .. }) if new_is_dir => {}
+            Some(Seen::Dir {
+                first_entry: Some(first),
+            }) => {
+                return Err(Error::member(
+                    member,
+                    format!(
+                        "would replace the directory '{}' and what earlier members put in it \
+                         (first: '{}'); GNU tar refuses this too (Cannot open: File exists)",
+                        lossy(path),
+                        lossy(first)
+                    ),
+                ));
+            }
+            Some(_) => {
+                self.report.replaced += 1;
+                self.first_replaced.get_or_insert_with(|| lossy(path));
+            }
+        }
+        Ok(())
+    }
+
+    /// Remember what a member left at `path`. A directory listed again keeps its entries.
+    fn note(&mut self, path: Vec<u8>, new: Seen) {
+        if matches!(new, Seen::Dir { .. }) && matches!(self.seen.get(&path), Some(Seen::Dir { .. }))
+        {
+            return;
+        }
+        self.seen.insert(path, new);
     }
 
     fn read_global_header<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
@@ -577,15 +666,42 @@ impl Converter<'_, '_> {
         out
     }
 
-    /// Adds the parents of `path` the archive has not listed (yet), outermost first.
-    fn ensure_parents(&mut self, path: &[u8]) -> Result<()> {
+    /// Adds the parents of `path` the archive has not listed (yet), outermost first. A parent
+    /// an earlier member made a file or a symlink is never replaced nor followed: `member` is
+    /// refused, naming both.
+    fn ensure_parents(&mut self, path: &[u8], member: &[u8]) -> Result<()> {
         let Some(parent) = parent_of(path) else {
             return Ok(());
         };
-        if self.dirs.contains(parent) {
-            return Ok(());
+        match self.seen.get_mut(parent) {
+            Some(Seen::Dir { first_entry }) => {
+                first_entry.get_or_insert_with(|| path.to_vec());
+                return Ok(());
+            }
+            Some(Seen::Symlink { target }) => {
+                return Err(Error::member(
+                    member,
+                    format!(
+                        "lies below '{}', which an earlier member made a symlink (to '{}'): the \
+                         archive's symlinks are not followed while the image is built",
+                        lossy(parent),
+                        lossy(target)
+                    ),
+                ));
+            }
+            Some(Seen::Other) => {
+                return Err(Error::member(
+                    member,
+                    format!(
+                        "lies below '{}', which an earlier member made a file, not a directory \
+                         (GNU tar: Not a directory)",
+                        lossy(parent)
+                    ),
+                ));
+            }
+            None => {}
         }
-        self.ensure_parents(parent)?;
+        self.ensure_parents(parent, member)?;
         let meta = Meta {
             mode: 0o755,
             uid: 0,
@@ -596,7 +712,12 @@ impl Converter<'_, '_> {
         self.sink
             .add_dir(parent, meta)
             .map_err(|e| Error::sink(parent, e))?;
-        self.dirs.insert(parent.to_vec());
+        self.seen.insert(
+            parent.to_vec(),
+            Seen::Dir {
+                first_entry: Some(path.to_vec()),
+            },
+        );
         self.report.implicit_dirs += 1;
         self.first_implicit.get_or_insert_with(|| lossy(parent));
         Ok(())
@@ -624,13 +745,23 @@ impl Converter<'_, '_> {
                     .sparse
                     .map(format, &mut data)
                     .map_err(|what| data.failure_or(name, what))?;
-                let mut sparse = SparseReader::new(&mut data, map, real_size)
-                    .map_err(|what| Error::member(name, what))?;
-                let added = self.sink.add_file(path, meta, &mut sparse);
-                if let Some(failure) = sparse.failure.take() {
+                check_segments(&map, real_size).map_err(|what| Error::member(name, what))?;
+                // The holes are handed over as a map: never read, hashed nor compressed.
+                let mut stored = MapData::new(&mut data, &map);
+                let added = self
+                    .sink
+                    .add_sparse_file(path, meta, real_size, &map, &mut stored);
+                if let Some(failure) = stored.failure.take() {
                     return Err(data.failure_or(name, failure));
                 }
-                (added, Some(sparse.pos))
+                if added.is_ok() && has_more(&mut data) {
+                    // Data past what the map lists means a map that lies.
+                    return Err(data.failure_or(
+                        name,
+                        "sparse member holds more data than its map lists".into(),
+                    ));
+                }
+                (added, Some(real_size))
             }
         };
         if let Some(failure) = data.failure.take() {
@@ -673,6 +804,13 @@ impl Converter<'_, '_> {
         report.skipped_xattrs = self.tally.skipped_xattr_count();
         report.clamped_mtimes = self.tally.clamped_mtime_count();
         report.warnings.extend(self.tally.warnings());
+        if let Some(first) = self.first_replaced {
+            report.warnings.push(format!(
+                "{} member(s) replaced an earlier member of the same path, as GNU tar extracts \
+                 them (first: '{first}')",
+                report.replaced
+            ));
+        }
         if let Some(first) = self.first_implicit {
             report.warnings.push(format!(
                 "{} parent director{} not listed in the archive, created with mode 0755, owner 0:0, mtime 0 (first: '{first}')",
@@ -818,6 +956,11 @@ impl PaxAttrs {
         let bad = || format!("bad pax record {}={}", lossy(key), lossy(value));
         match key {
             b"linkpath" => self.linkpath = Some(value.to_vec()),
+            // The tar crate takes a size it cannot parse as absent and uses the header's
+            // (GNU tar: "Malformed extended header"): refused here, never silently.
+            b"size" => {
+                parse_decimal(value).ok_or_else(bad)?;
+            }
             b"uid" => self.uid = Some(parse_decimal(value).ok_or_else(bad)?),
             b"gid" => self.gid = Some(parse_decimal(value).ok_or_else(bad)?),
             b"mtime" => self.mtime = Some(parse_pax_time(value).ok_or_else(bad)?),
@@ -838,8 +981,8 @@ impl PaxAttrs {
             _ if key.starts_with(b"GNU.sparse.") => {
                 self.sparse.apply(key, value).ok_or_else(bad)?
             }
-            // path is read before (it names the member in errors); size is applied by the tar
-            // crate; names, atime, ctime, charset, comments carry nothing SquashFS keeps.
+            // path is read before (it names the member in errors); names, atime, ctime,
+            // charset, comments carry nothing SquashFS keeps.
             _ => {}
         }
         Ok(())
@@ -1025,91 +1168,56 @@ fn read_sparse_map_v1(data: &mut dyn Read) -> Result<Vec<(u64, u64)>, String> {
     pairs(&numbers[1..]).ok_or_else(|| "GNU sparse 1.0 map is incomplete".into())
 }
 
-/// Expands a sparse member: zeros for the holes, the stored segments in between.
-struct SparseReader<'r> {
-    data: &'r mut dyn Read,
-    segments: Vec<(u64, u64)>,
-    next: usize,
-    pos: u64,
-    size: u64,
-    /// The first failure, kept to name the cause even when the sink rewords it.
+/// The stored data of a sparse member: exactly the bytes its map lists. The first failure is
+/// kept, to name the member with the real cause even when the sink rewords it.
+struct MapData<'d> {
+    data: &'d mut dyn Read,
+    left: u64,
     failure: Option<String>,
 }
 
-impl<'r> SparseReader<'r> {
-    fn new(data: &'r mut dyn Read, segments: Vec<(u64, u64)>, size: u64) -> Result<Self, String> {
-        let mut end = 0u64;
-        for &(offset, len) in &segments {
-            let seg_end = offset
-                .checked_add(len)
-                .ok_or("sparse map segment overflows")?;
-            if offset < end || seg_end > size {
-                return Err(format!(
-                    "sparse map segment {offset}+{len} overlaps another or lies past the size {size}"
-                ));
-            }
-            end = seg_end;
-        }
-        Ok(SparseReader {
+impl<'d> MapData<'d> {
+    fn new(data: &'d mut dyn Read, map: &[(u64, u64)]) -> Self {
+        MapData {
             data,
-            segments,
-            next: 0,
-            pos: 0,
-            size,
+            left: map.iter().map(|&(_, len)| len).sum(),
             failure: None,
-        })
+        }
     }
 }
 
-impl Read for SparseReader<'_> {
+impl Read for MapData<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.expand(buf).inspect_err(|e| {
-            self.failure.get_or_insert_with(|| e.to_string());
-        })
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let result = match self.data.read(&mut buf[..want]) {
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "sparse member data ends before its map does",
+            )),
+            other => other,
+        };
+        match result {
+            Ok(n) => {
+                self.left -= n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                self.failure.get_or_insert_with(|| e.to_string());
+                Err(e)
+            }
+        }
     }
 }
 
-impl SparseReader<'_> {
-    fn expand(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while let Some(&(offset, len)) = self.segments.get(self.next) {
-            if self.pos < offset {
-                return Ok(zeros(buf, offset - self.pos, &mut self.pos));
-            }
-            let left = offset + len - self.pos;
-            if left == 0 {
-                self.next += 1;
-                continue;
-            }
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = self.data.read(&mut buf[..want])?;
-            if n == 0 && want > 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "sparse member data ends before its map does",
-                ));
-            }
-            self.pos += n as u64;
-            return Ok(n);
-        }
-        // The stored data must be used up exactly: anything left means a map that lies.
-        let mut probe = [0u8; 1];
-        if self.data.read(&mut probe)? != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "sparse member holds more data than its map lists",
-            ));
-        }
-        Ok(zeros(buf, self.size - self.pos, &mut self.pos))
-    }
-}
-
-fn zeros(buf: &mut [u8], available: u64, pos: &mut u64) -> usize {
-    let n = buf
-        .len()
-        .min(usize::try_from(available).unwrap_or(usize::MAX));
-    buf[..n].fill(0);
-    *pos += n as u64;
-    n
+/// Whether `data` has bytes left (a read error counts as none: the reader keeps it).
+fn has_more(data: &mut dyn Read) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(data.read(&mut probe), Ok(n) if n > 0)
 }
 
 /// A member's data with its length enforced: reading past the archive's end is an error, not

@@ -617,7 +617,9 @@ fn numeric_fields() {
 struct Discarding;
 
 impl crate::squashfs::EntrySink for Discarding {
-    fn set_root_meta(&mut self, _: Meta) {}
+    fn set_root_meta(&mut self, _: Meta) -> crate::squashfs::Result<()> {
+        Ok(())
+    }
     fn add_dir(&mut self, _: &[u8], _: Meta) -> crate::squashfs::Result<()> {
         Ok(())
     }
@@ -719,4 +721,177 @@ fn tar_and_tree_pack_to_the_same_image_as_mksquashfs_lists() {
         "{ours}"
     );
     assert_eq!(ours, listing(&reference));
+}
+
+/// A pax xattr past Linux's 64 KiB: the member and the xattr are named when the image is
+/// written, not when a later read of the image fails.
+#[test]
+fn an_xattr_value_over_64_kib_is_refused_naming_the_member() {
+    use crate::squashfs::writer::{Writer, WriterOptions};
+    let dir = tmp();
+    let path = dir.path().join("big-xattr.tar");
+    python_tar(
+        &path,
+        "add('etc/', type=tarfile.DIRTYPE)\n\
+         add('etc/ok', b'x', pax_headers={'SCHILY.xattr.user.fine': 'v' * 65536})\n\
+         add('etc/big', b'x', pax_headers={'SCHILY.xattr.user.huge': 'v' * 102400})\n",
+    );
+    let img = dir.path().join("out.sqsh");
+    let mut writer = Writer::create(&img, WriterOptions::default()).expect("writer");
+    let mut input = open_compressed(&path).expect("open");
+    let err = tar_into(&mut input, &mut writer, &TarOptions::default())
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("'etc/big'") && err.contains("user.huge") && err.contains("102400"),
+        "{err}"
+    );
+}
+
+#[test]
+fn later_members_replace_earlier_ones_as_gnu_tar_extracts() {
+    let dir = tmp();
+    let path = dir.path().join("replace.tar");
+    python_tar(
+        &path,
+        "add('f', b'one')\nadd('f', b'two')\n\
+         add('l', type=tarfile.SYMTYPE, linkname='f')\nadd('l', b'file now')\n\
+         add('e', type=tarfile.DIRTYPE)\nadd('e', b'was an empty directory')\n\
+         add('d', b'was a file')\nadd('d', type=tarfile.DIRTYPE, mode=0o700)\nadd('d/x', b'x')\n\
+         add('d', type=tarfile.DIRTYPE, mode=0o750)\n",
+    );
+    let (sink, report) = convert(&path).expect("convert");
+    assert_eq!(
+        report.replaced, 4,
+        "f, l, e and d; d again is not a replacement"
+    );
+    let warnings = report.warnings.join("\n");
+    assert!(
+        warnings.contains("4 member(s) replaced an earlier member of the same path")
+            && warnings.contains("(first: 'f')"),
+        "{warnings}"
+    );
+    let last = |p: &str| sink.recs.iter().rev().find(|r| r.path() == p).cloned();
+    assert!(matches!(last("f"), Some(Rec::File(_, _, c)) if c == b"two"));
+    assert!(matches!(last("l"), Some(Rec::File(..))));
+    assert!(matches!(last("d"), Some(Rec::Dir(_, m)) if m.mode == 0o750));
+}
+
+#[test]
+fn members_gnu_tar_would_not_extract_are_refused_naming_both() {
+    let dir = tmp();
+    let cases = [
+        (
+            "add('d', type=tarfile.DIRTYPE)\nadd('d/x', b'x')\nadd('d', b'file')",
+            "tar member 'd': would replace the directory 'd' and what earlier members put in it (first: 'd/x')",
+        ),
+        (
+            "add('i/x', b'x')\nadd('i', b'file')",
+            "tar member 'i': would replace the directory 'i' and what earlier members put in it (first: 'i/x')",
+        ),
+        (
+            "add('sub', type=tarfile.DIRTYPE)\nadd('lnk', type=tarfile.SYMTYPE, linkname='sub')\nadd('lnk/file', b'x')",
+            "tar member 'lnk/file': lies below 'lnk', which an earlier member made a symlink (to 'sub')",
+        ),
+        (
+            "add('etc', type=tarfile.SYMTYPE, linkname='/etc')\nadd('etc/passwd', b'x')",
+            "tar member 'etc/passwd': lies below 'etc', which an earlier member made a symlink (to '/etc')",
+        ),
+        (
+            "add('lnk', type=tarfile.SYMTYPE, linkname='/')\nadd('lnk/a/b', b'x')",
+            "tar member 'lnk/a/b': lies below 'lnk', which an earlier member made a symlink (to '/')",
+        ),
+        (
+            "add('f', b'x')\nadd('f/x', b'y')",
+            "tar member 'f/x': lies below 'f', which an earlier member made a file, not a directory",
+        ),
+    ];
+    for (i, (script, message)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("refused{i}.tar"));
+        python_tar(&path, script);
+        let err = convert(&path).expect_err(script).to_string();
+        assert!(
+            err.contains(message),
+            "{script}:\ngot  '{err}'\nwant '{message}'"
+        );
+    }
+}
+
+#[test]
+fn malformed_pax_sizes_and_overlong_names_are_refused() {
+    let dir = tmp();
+    let long = "n".repeat(256);
+    let cases = [
+        (
+            "add('f', b'x', pax_headers={'size': '1e20'})".to_string(),
+            "tar member 'f': bad pax record size=1e20".to_string(),
+        ),
+        (
+            "add('f', b'x', pax_headers={'size': '-5'})".to_string(),
+            "tar member 'f': bad pax record size=-5".to_string(),
+        ),
+        (
+            format!("add('d/{long}', b'x')"),
+            "a name in the path is longer than 255 bytes (NAME_MAX)".to_string(),
+        ),
+        (
+            format!("add('ok', b'x')\nadd('h', type=tarfile.LNKTYPE, linkname='{long}')"),
+            "a name in the path is longer than 255 bytes".to_string(),
+        ),
+    ];
+    for (i, (script, message)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.tar"));
+        python_tar(&path, script);
+        let err = convert(&path).expect_err(script).to_string();
+        assert!(err.contains(message.as_str()), "{script}: got '{err}'");
+    }
+    // 255 bytes is fine.
+    let path = dir.path().join("longest.tar");
+    python_tar(&path, &format!("add('d/{}', b'x')", "n".repeat(255)));
+    convert(&path).expect("a 255-byte name");
+}
+
+/// Through the real writer, each GNU sparse format (holes handed over as a map) gives the image
+/// the tree gives (holes read as zeros), byte for byte.
+#[test]
+fn sparse_members_pack_like_the_tree_through_the_writer() {
+    use crate::squashfs::writer::{Writer, WriterOptions};
+    let fx = fixture(false);
+    let from_tree = fx.work.join("tree.sqsh");
+    let mut writer = Writer::create(&from_tree, WriterOptions::default()).expect("writer");
+    dir_into(
+        &fx.root,
+        &mut writer,
+        &DirOptions {
+            xattrs: false,
+            ..DirOptions::default()
+        },
+    )
+    .expect("dir_into");
+    writer.finish().expect("finish");
+    for version in ["0.0", "0.1", "1.0"] {
+        let tar = fx.work.join(format!("pax-{version}.tar"));
+        tar_of(
+            &fx.root,
+            &tar,
+            &[
+                "--format=posix",
+                "--sparse",
+                &format!("--sparse-version={version}"),
+            ],
+        );
+        let img = fx.work.join(format!("pax-{version}.sqsh"));
+        let mut writer = Writer::create(&img, WriterOptions::default()).expect("writer");
+        let mut input = open_compressed(&tar).expect("open");
+        let opts = TarOptions {
+            xattrs: false,
+            ..TarOptions::default()
+        };
+        tar_into(&mut input, &mut writer, &opts).expect("tar_into");
+        writer.finish().expect("finish");
+        assert!(
+            fs::read(&img).expect("read") == fs::read(&from_tree).expect("read"),
+            "sparse {version}: the image differs from the tree's"
+        );
+    }
 }

@@ -76,8 +76,9 @@ fn s(path: &[u8]) -> String {
 }
 
 impl EntrySink for RecordingSink {
-    fn set_root_meta(&mut self, meta: Meta) {
+    fn set_root_meta(&mut self, meta: Meta) -> squashfs::Result<()> {
         self.recs.push(Rec::Root(meta));
+        Ok(())
     }
     fn add_dir(&mut self, path: &[u8], meta: Meta) -> squashfs::Result<()> {
         self.recs.push(Rec::Dir(s(path), meta));

@@ -150,7 +150,7 @@ fn existing(root: &Path, name: &str) -> Result<Option<Found>> {
     let inside = Path::new("/boot").join(name);
     let path = match resolve_in_root(root, &inside) {
         Ok(path) => path,
-        Err(Error::Io { source, .. }) if is_missing(&source) => return Ok(None),
+        Err(Error::Io { cause, .. }) if is_missing(&cause) => return Ok(None),
         Err(e) => return Err(e),
     };
     match fs::symlink_metadata(&path) {

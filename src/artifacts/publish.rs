@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::manifest::{ArtifactKind, MANIFEST_FILE, MANIFEST_MIME, Manifest, ManifestArtifact};
 use super::md5::{copy_with_md5, md5_file};
+use crate::interrupt::{Kind, TempGuard};
 use crate::store::records::ExtraFields;
 use crate::store::{
     Arch, Error, ImageRecord, LINK_TYPE_FILE, Link, RecordKind, Result, STAGING_PREFIX, Store,
@@ -242,10 +243,16 @@ fn publish(store: &Store, image_id: Uuid, inputs: &[Input<'_>]) -> Result<ImageA
         });
     }
     let artifacts_dir = store.artifacts_dir();
-    let staging = tempfile::Builder::new()
-        .prefix(&format!("{STAGING_PREFIX}{image_id}-"))
-        .tempdir_in(&artifacts_dir)
-        .map_err(|e| Error::io("create a staging directory in", &artifacts_dir, e))?;
+    // Registered for removal should a signal end the process while it is filled (hashing a
+    // large rootfs takes seconds); once renamed into place, its old name is simply gone.
+    let (staging, _interrupt_guard) = TempGuard::create(Kind::Dir, || {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{STAGING_PREFIX}{image_id}-"))
+            .tempdir_in(&artifacts_dir)?;
+        let path = dir.path().to_path_buf();
+        Ok((dir, path))
+    })
+    .map_err(|e| Error::io("create a staging directory in", &artifacts_dir, e))?;
     fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755))
         .map_err(|e| Error::io("set permissions of", staging.path(), e))?;
 
@@ -400,6 +407,10 @@ fn write_new_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = create_new_file(path)?;
     file.write_all(bytes)
         .map_err(|e| Error::io("write", path, e))?;
+    // Exactly 0644 like the other artifacts: the umask (077, say) must not hide the manifest
+    // from the other users the store serves.
+    file.set_permissions(fs::Permissions::from_mode(0o644))
+        .map_err(|e| Error::io("set permissions of", path, e))?;
     file.sync_all().map_err(|e| Error::io("sync", path, e))
 }
 
@@ -512,7 +523,7 @@ fn check(name: String, link: &Link, expected: &str) -> VerifyEntry {
     let status = match md5_file(Path::new(&link.path)) {
         Ok(actual) if actual.eq_ignore_ascii_case(expected) => VerifyStatus::Ok,
         Ok(actual) => VerifyStatus::Mismatch { actual },
-        Err(Error::Io { source, .. }) => VerifyStatus::Missing(source.to_string()),
+        Err(Error::Io { cause, .. }) => VerifyStatus::Missing(cause.to_string()),
         Err(other) => VerifyStatus::Missing(other.to_string()),
     };
     VerifyEntry {

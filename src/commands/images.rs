@@ -12,11 +12,14 @@ use anyhow::Context;
 
 use crate::artifacts::verify_image;
 use crate::cli::{ImagesCommand, ImportArgs};
+use crate::interrupt::{Kind, TempGuard};
 use crate::output::{render_list, render_one};
 use crate::store::{Arch, ImageRecord, Store};
 
-/// Builds the SquashFS of `src` at `dest` (a path that does not exist yet).
-pub type Converter<'a> = &'a dyn Fn(&str, &Path) -> anyhow::Result<()>;
+/// Builds the SquashFS of `src` at `dest` (a path that does not exist yet). A directory
+/// source is walked without the paths of the third argument (the store, which may lie inside
+/// it), compared by device and inode.
+pub type Converter<'a> = &'a dyn Fn(&str, &Path, &[&Path]) -> anyhow::Result<()>;
 
 pub fn run(
     store: &Store,
@@ -87,25 +90,38 @@ pub fn import(
             )
         })?,
     };
-    let scratch = tempfile::Builder::new()
-        .prefix(".import-")
-        .tempdir_in(store.work_root())
-        .with_context(|| {
-            format!(
-                "failed to create a scratch directory in {}",
-                store.work_root().display()
-            )
-        })?;
+    // Registered for removal should a signal end the process (Ctrl-C of a long import).
+    let (scratch, guard) = TempGuard::create(Kind::Dir, || {
+        let dir = tempfile::Builder::new()
+            .prefix(".import-")
+            .tempdir_in(store.work_root())?;
+        let path = dir.path().to_path_buf();
+        Ok((dir, path))
+    })
+    .with_context(|| {
+        format!(
+            "failed to create a scratch directory in {}",
+            store.work_root().display()
+        )
+    })?;
     let rootfs = scratch.path().join("rootfs");
-    convert(&args.src, &rootfs).with_context(|| format!("failed to import {}", args.src))?;
-    let record = store.register_image(
-        &name,
-        args.arch.unwrap_or_else(Arch::host),
-        &rootfs,
-        None,
-        None,
-    )?;
-    Ok(record)
+    // The store is left out of a directory source that holds it: the conversion would read
+    // its own growing output.
+    let registered = convert(&args.src, &rootfs, &[store.root()])
+        .with_context(|| format!("failed to import {}", args.src))
+        .and_then(|()| {
+            Ok(store.register_image(
+                &name,
+                args.arch.unwrap_or_else(Arch::host),
+                &rootfs,
+                None,
+                None,
+            )?)
+        });
+    // The directory goes before its registration does.
+    drop(scratch);
+    drop(guard);
+    registered
 }
 
 /// The last component of SRC (`/data/sles15.sqsh` → `sles15.sqsh`, `s3://b/id/` → `id`).
@@ -121,12 +137,12 @@ mod tests {
     use crate::cli::{FormatArg, IdArg, IdFormatArgs, OutputFormat, VerifyArgs};
     use std::fs;
 
-    fn no_converter(_: &str, _: &Path) -> anyhow::Result<()> {
+    fn no_converter(_: &str, _: &Path, _: &[&Path]) -> anyhow::Result<()> {
         anyhow::bail!("no converter in this test")
     }
 
     /// A stand-in converter: "converts" by copying the source file.
-    fn copy_converter(src: &str, dest: &Path) -> anyhow::Result<()> {
+    fn copy_converter(src: &str, dest: &Path, _: &[&Path]) -> anyhow::Result<()> {
         fs::copy(src, dest)?;
         Ok(())
     }

@@ -136,7 +136,8 @@ fn source_image(ctx: &Context, store: &Store, src: &str) -> Result<ImageRecord> 
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| src.to_string());
-        let convert = |s: &str, dest: &Path| import_source(ctx, s, dest);
+        let convert =
+            |s: &str, dest: &Path, leave_out: &[&Path]| import_source(ctx, s, dest, leave_out);
         let args = crate::cli::ImportArgs {
             src: src.to_string(),
             name: Some(name),
@@ -257,6 +258,10 @@ pub fn customize(
     out: &mut dyn Write,
 ) -> Result<()> {
     let pack = writer_options(&args.pack)?;
+    if let Some(path) = &args.report {
+        // Refused before the job runs, not after it has published.
+        crate::fsutil::check_output_path(path)?;
+    }
     let image = source_image(ctx, store, &args.src)?;
     let spec = spec_from(
         &args.env,
@@ -300,8 +305,12 @@ pub fn customize(
             .change_report
             .clone()
             .unwrap_or_default();
-        std::fs::write(path, python_json(&report)? + "\n")
-            .with_context(|| format!("failed to write the report {}", path.display()))?;
+        let text = python_json(&report)? + "\n";
+        // Like the image: a complete file or none, and never over a device, FIFO or symlink.
+        crate::fsutil::write_atomically(path, |tmp| {
+            std::fs::write(tmp, &text)
+                .with_context(|| format!("failed to write the report {}", tmp.display()))
+        })?;
     }
     write_out(out, &(result.to_json()? + "\n"))
 }

@@ -1,12 +1,12 @@
 //! `imsctl convert | pack | extract | ls`: the SquashFS engine's own commands.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, IsTerminal, Read, Write};
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::archive::{self, DirOptions, TarOptions};
+use crate::archive::{self, DirOptions, LeftOut, TarOptions};
 use crate::cli::{ConvertArgs, ExtractArgs, LsArgs, PackArgs, PackOptions};
 use crate::context::{Context, CounterTicker};
 use crate::squashfs::extract::{self, ExtractOptions};
@@ -73,9 +73,10 @@ pub fn build_image(
         let mut writer = Writer::create(tmp, opts)?;
         match kind {
             InputKind::Directory => {
+                let dir_opts = leaving_out_outputs(dir_opts, tmp, output)?;
                 let bar = ctx.bytes_bar("packing", None);
                 let _ticker = CounterTicker::start(bar, writer.progress());
-                let report = archive::dir_into(input, &mut writer, dir_opts)?;
+                let report = archive::dir_into(input, &mut writer, &dir_opts)?;
                 ctx.warn_all(&report.warnings);
             }
             InputKind::Archive => {
@@ -98,9 +99,21 @@ pub fn build_image(
     })
 }
 
+/// `dir_opts` that also leave out the image being written (`tmp`) and the output it replaces,
+/// should they lie in the tree: the walk would read its own growing output without end.
+fn leaving_out_outputs(dir_opts: &DirOptions, tmp: &Path, output: &Path) -> Result<DirOptions> {
+    let mut opts = dir_opts.clone();
+    opts.leave_out
+        .extend(LeftOut::at(tmp, "the image being written")?);
+    opts.leave_out
+        .extend(LeftOut::at(output, "the output file the image replaces")?);
+    Ok(opts)
+}
+
 /// `images import`'s converter: a SquashFS source is checked and copied as it is (re-compressing
-/// it would only cost time); anything else is converted with the IMS defaults.
-pub fn import_source(ctx: &Context, src: &str, dest: &Path) -> Result<()> {
+/// it would only cost time); anything else is converted with the IMS defaults. A directory
+/// source is walked without `leave_out` (the store), should it lie inside.
+pub fn import_source(ctx: &Context, src: &str, dest: &Path, leave_out: &[&Path]) -> Result<()> {
     let src = Path::new(src);
     if input_kind(src)? == InputKind::SquashFs {
         let image = Image::open(src)?;
@@ -110,7 +123,14 @@ pub fn import_source(ctx: &Context, src: &str, dest: &Path) -> Result<()> {
         return Ok(());
     }
     let opts = writer_options(&default_pack_options())?;
-    build_image(ctx, src, dest, opts, &DirOptions::default())?;
+    let mut dir_opts = DirOptions::default();
+    for path in leave_out {
+        dir_opts.leave_out.extend(LeftOut::at(
+            path,
+            "the imsctl store the image is imported into",
+        )?);
+    }
+    build_image(ctx, src, dest, opts, &dir_opts)?;
     Ok(())
 }
 
@@ -135,7 +155,7 @@ fn print_summary(ctx: &Context, output: &Path, s: &Summary, secs: f64) {
     if ctx.verbose > 0 || ctx.progress {
         eprintln!(
             "imsctl: wrote {} ({} inodes, {:.1} MiB of files into {:.1} MiB, {} duplicate files) in {:.1}s",
-            output.display(),
+            crate::output::escape_controls(&output.display().to_string()),
             s.inodes,
             s.file_bytes as f64 / 1048576.0,
             s.bytes_used as f64 / 1048576.0,
@@ -205,8 +225,14 @@ pub fn extract(ctx: &Context, args: &ExtractArgs) -> Result<()> {
 pub fn ls(_ctx: &Context, args: &LsArgs) -> Result<()> {
     let image = Image::open(&args.image)?;
     let stdout = std::io::stdout();
+    // Exact bytes into a pipe (as unsquashfs -lln prints them), escaped names on a terminal.
+    let names = if stdout.is_terminal() {
+        listing::Names::Escaped
+    } else {
+        listing::Names::Exact
+    };
     let mut out = BufWriter::new(stdout.lock());
-    listing::list(&image, &mut out)?;
+    listing::list_with(&image, &mut out, names)?;
     out.flush().context("failed to write the listing")?;
     Ok(())
 }

@@ -376,7 +376,7 @@ fn read_ini_section(path: &Path, section: &str) -> Result<BTreeMap<String, Strin
             return Err(Error::Io {
                 op: "read",
                 path: path.to_path_buf(),
-                source: e,
+                cause: e,
             });
         }
     };

@@ -50,12 +50,12 @@ pub enum Error {
         code: Option<String>,
         detail: String,
     },
-    #[error("failed to {op} {}: {source}", path.display())]
+    /// The OS error is part of the message and not also a `source()`: printed once.
+    #[error("failed to {op} {}: {cause}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// An object is not what was uploaded (size or md5 differ).
     #[error("{target}: {what}")]
@@ -78,11 +78,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> Self {
         Error::Io {
             op,
             path: path.into(),
-            source,
+            cause,
         }
     }
 

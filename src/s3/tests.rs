@@ -756,7 +756,7 @@ fn pack_random_image(path: &Path, files: u64, len: usize, during: impl FnOnce(Se
         mtime: 1_700_000_000,
         xattrs: Vec::new(),
     };
-    writer.set_root_meta(meta(0o755));
+    writer.set_root_meta(meta(0o755)).expect("root");
     for i in 0..files {
         let mut data = vec![0u8; len];
         fastrand::Rng::with_seed(100 + i).fill(&mut data);

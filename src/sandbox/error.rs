@@ -15,12 +15,12 @@ pub enum Error {
         path: PathBuf,
         errno: Errno,
     },
-    #[error("failed to {op} {}: {source}", path.display())]
+    /// The OS error is part of the message and not also a `source()`: printed once.
+    #[error("failed to {op} {}: {cause}", path.display())]
     Io {
         op: String,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// The job's work dir is locked by a live process.
     #[error("job work dir {} is in use by process {pid}", path.display())]
@@ -31,16 +31,17 @@ pub enum Error {
     /// Restoring state at the end of a session failed (the command itself ran).
     #[error("sandbox cleanup failed: {0}")]
     Cleanup(String),
-    /// The run and the cleanup after it both failed: both are reported.
-    #[error("{run}; and then {cleanup}")]
+    /// The run and the cleanup after it both failed: both are reported, with their causes.
+    #[error("{}; and then {}", with_causes(run), with_causes(cleanup))]
     Both {
         run: Box<Error>,
         cleanup: Box<Error>,
     },
     #[error("invalid sandbox configuration: {0}")]
     Config(String),
-    /// The closure that fills an extracted image root failed.
-    #[error("failed to populate image root {}: {source}", path.display())]
+    /// The closure that fills an extracted image root failed. Its error is the `source()`
+    /// (printed by the chain at the top), not also part of this message.
+    #[error("failed to populate image root {}", path.display())]
     Populate {
         path: PathBuf,
         #[source]
@@ -50,6 +51,20 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// An error with its chain of causes, each once (for a message that holds two errors).
+fn with_causes(e: &Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 impl Error {
     pub fn sys(op: impl Into<String>, path: impl Into<PathBuf>, errno: Errno) -> Self {
         Error::Sys {
@@ -58,11 +73,11 @@ impl Error {
             errno,
         }
     }
-    pub fn io(op: impl Into<String>, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub fn io(op: impl Into<String>, path: impl Into<PathBuf>, cause: io::Error) -> Self {
         Error::Io {
             op: op.into(),
             path: path.into(),
-            source,
+            cause,
         }
     }
     /// Combine the outcome of a run with the outcome of its cleanup, keeping both failures.

@@ -36,7 +36,7 @@ pub enum Special {
 /// Paths are relative, '/'-separated byte strings with no empty, '.' or '..' components; the
 /// root directory itself is `set_root_meta`.
 pub trait EntrySink {
-    fn set_root_meta(&mut self, meta: Meta);
+    fn set_root_meta(&mut self, meta: Meta) -> super::Result<()>;
     fn add_dir(&mut self, path: &[u8], meta: Meta) -> super::Result<()>;
     /// Reads `data` to its end; the file's size is what was read.
     fn add_file(
@@ -49,6 +49,97 @@ pub trait EntrySink {
     fn add_special(&mut self, path: &[u8], meta: Meta, kind: Special) -> super::Result<()>;
     /// Make `path` another name of the non-directory entry already added at `target`.
     fn add_hardlink(&mut self, path: &[u8], target: &[u8]) -> super::Result<()>;
+    /// A sparse file of `size` bytes, given as its data `segments` (offset, length; in order,
+    /// not overlapping, within `size`: see [`check_segments`]); `data` holds the segments'
+    /// bytes back to back, and everything else reads as zeros. A sink that knows holes (the
+    /// writer) never reads nor stores them; this default expands them and calls `add_file`.
+    fn add_sparse_file(
+        &mut self,
+        path: &[u8],
+        meta: Meta,
+        size: u64,
+        segments: &[(u64, u64)],
+        data: &mut dyn std::io::Read,
+    ) -> super::Result<()> {
+        let mut expanded = SparseExpand::new(data, segments, size);
+        self.add_file(path, meta, &mut expanded)
+    }
+}
+
+/// Why a sparse map cannot describe a file of `size` bytes, or `Ok`: segments must come in
+/// order, not overlap, and end within the file.
+pub fn check_segments(segments: &[(u64, u64)], size: u64) -> Result<(), String> {
+    let mut end = 0u64;
+    for &(offset, len) in segments {
+        let seg_end = offset
+            .checked_add(len)
+            .ok_or("sparse map segment overflows")?;
+        if offset < end || seg_end > size {
+            return Err(format!(
+                "sparse map segment {offset}+{len} overlaps another or lies past the size {size}"
+            ));
+        }
+        end = seg_end;
+    }
+    Ok(())
+}
+
+/// A sparse file read whole: zeros for the holes, the segments' bytes from `data` in between.
+pub struct SparseExpand<'r> {
+    data: &'r mut dyn std::io::Read,
+    segments: &'r [(u64, u64)],
+    next: usize,
+    pos: u64,
+    size: u64,
+}
+
+impl<'r> SparseExpand<'r> {
+    /// `segments` must pass [`check_segments`] for `size`.
+    pub fn new(data: &'r mut dyn std::io::Read, segments: &'r [(u64, u64)], size: u64) -> Self {
+        SparseExpand {
+            data,
+            segments,
+            next: 0,
+            pos: 0,
+            size,
+        }
+    }
+
+    fn zeros(&mut self, buf: &mut [u8], available: u64) -> usize {
+        let n = buf
+            .len()
+            .min(usize::try_from(available).unwrap_or(usize::MAX));
+        buf[..n].fill(0);
+        self.pos += n as u64;
+        n
+    }
+}
+
+impl std::io::Read for SparseExpand<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some(&(offset, len)) = self.segments.get(self.next) {
+            if self.pos < offset {
+                return Ok(self.zeros(buf, offset - self.pos));
+            }
+            let left = (offset + len).saturating_sub(self.pos);
+            if left == 0 {
+                self.next += 1;
+                continue;
+            }
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = self.data.read(&mut buf[..want])?;
+            if n == 0 && want > 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "sparse file data ends before its map does",
+                ));
+            }
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        let rest = self.size.saturating_sub(self.pos);
+        Ok(self.zeros(buf, rest))
+    }
 }
 
 /// Read until `buf` is full or the source ends; returns how much was read. Sources cut their

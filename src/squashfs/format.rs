@@ -72,6 +72,40 @@ pub mod xattr_type {
     pub const VALUE_OOL: u16 = 0x100;
 }
 
+/// Linux's limits on one xattr: XATTR_NAME_MAX for the full name (namespace prefix included)
+/// and XATTR_SIZE_MAX for the value. The writer refuses more and the reader takes more as
+/// damage, so every image written reads back, and getxattr(2) can return every value.
+pub const XATTR_NAME_MAX: usize = 255;
+pub const XATTR_SIZE_MAX: usize = 65536;
+
+/// Why an xattr cannot go into an image (the limits above, and the three namespaces SquashFS
+/// stores), or `None` when it can.
+pub fn xattr_problem(name: &[u8], value_len: usize) -> Option<String> {
+    let shown = String::from_utf8_lossy(name);
+    let storable = [&b"user."[..], b"trusted.", b"security."]
+        .iter()
+        .any(|prefix| name.len() > prefix.len() && name.starts_with(prefix));
+    if !storable {
+        Some(format!(
+            "xattr '{shown}' is outside the user., trusted. and security. namespaces SquashFS \
+             can store"
+        ))
+    } else if name.len() > XATTR_NAME_MAX {
+        Some(format!(
+            "xattr name '{shown}' is {} bytes, more than the {XATTR_NAME_MAX} Linux allows \
+             (XATTR_NAME_MAX)",
+            name.len()
+        ))
+    } else if value_len > XATTR_SIZE_MAX {
+        Some(format!(
+            "xattr '{shown}' has a value of {value_len} bytes, more than the {XATTR_SIZE_MAX} \
+             Linux allows (XATTR_SIZE_MAX): no kernel, and no reader of ours, could read it back"
+        ))
+    } else {
+        None
+    }
+}
+
 /// A reference to an inode: metadata block start (relative to the inode table) in the upper
 /// 48 bits, byte offset within the uncompressed block in the lower 16.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]

@@ -13,8 +13,7 @@ pub fn copy_image_into(image: &Image, sink: &mut dyn EntrySink) -> Result<()> {
     let mut first_path: HashMap<MetaRef, Vec<u8>> = HashMap::new();
     image.walk(&mut |path, inode| {
         if path.is_empty() {
-            sink.set_root_meta(inode.meta.clone());
-            return Ok(());
+            return sink.set_root_meta(inode.meta.clone());
         }
         if !inode.is_dir() {
             if let Some(first) = first_path.get(&inode.reference) {
@@ -68,8 +67,9 @@ mod tests {
     }
 
     impl EntrySink for Recorder {
-        fn set_root_meta(&mut self, meta: Meta) {
+        fn set_root_meta(&mut self, meta: Meta) -> Result<()> {
             self.root = Some(meta);
+            Ok(())
         }
         fn add_dir(&mut self, path: &[u8], meta: Meta) -> Result<()> {
             self.push(path, Some(meta), Got::Dir)

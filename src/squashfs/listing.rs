@@ -14,20 +14,39 @@ unsafe extern "C" {
 /// unsquashfs' TOTALCHARS: owner, group and size are padded to this width together.
 const TOTAL_CHARS: usize = 25;
 
-/// Write the listing of `image` to `out`.
+/// How names are written into a listing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Names {
+    /// The bytes as stored, as unsquashfs prints them: for scripts and pipes.
+    Exact,
+    /// Control characters and bytes that are not UTF-8 escaped (`\n`, `\x1b`): for a
+    /// terminal, which a name must not drive.
+    Escaped,
+}
+
+/// Write the listing of `image` to `out` (the names exact).
 pub fn list(image: &Image, out: &mut dyn Write) -> Result<()> {
+    list_with(image, out, Names::Exact)
+}
+
+/// Write the listing of `image` to `out`, names as `names` says.
+pub fn list_with(image: &Image, out: &mut dyn Write, names: Names) -> Result<()> {
     // localtime_r does not promise to read TZ by itself; tzset makes it honour the environment.
     // SAFETY: tzset only (re)reads the TZ variable into libc's globals.
     unsafe { tzset() };
     image.walk(&mut |path, inode| {
-        let line = listing_line(path, inode);
-        out.write_all(line.as_bytes())
+        let line = listing_line(path, inode, names);
+        out.write_all(&line)
             .map_err(|e| Error::io("write listing of", image.path(), e))
     })
 }
 
 /// One line of the listing, with its newline.
-pub fn listing_line(path: &[u8], inode: &Inode) -> String {
+pub fn listing_line(path: &[u8], inode: &Inode, names: Names) -> Vec<u8> {
+    let name = |bytes: &[u8]| match names {
+        Names::Exact => bytes.to_vec(),
+        Names::Escaped => crate::output::escape_bytes(bytes).into_bytes(),
+    };
     let owner = inode.meta.uid.to_string();
     let group = inode.meta.gid.to_string();
     let mut line = format!("{} {owner}/{group} ", mode_string(inode.st_mode()));
@@ -55,15 +74,16 @@ pub fn listing_line(path: &[u8], inode: &Inode) -> String {
     }
     line.push_str(&format_time(inode.meta.mtime));
     line.push_str(" squashfs-root");
+    let mut line = line.into_bytes();
     if !path.is_empty() {
-        line.push('/');
-        line.push_str(&String::from_utf8_lossy(path));
+        line.push(b'/');
+        line.extend(name(path));
     }
     if let InodeKind::Symlink(target) = &inode.kind {
-        line.push_str(" -> ");
-        line.push_str(&String::from_utf8_lossy(target));
+        line.extend_from_slice(b" -> ");
+        line.extend(name(target));
     }
-    line.push('\n');
+    line.push(b'\n');
     line
 }
 
@@ -135,6 +155,48 @@ mod tests {
         assert_eq!(mode_string(libc::S_IFDIR | 0o1776), "drwxrwxrwT");
         assert_eq!(mode_string(libc::S_IFSOCK | 0o755), "srwxr-xr-x");
         assert_eq!(mode_string(libc::S_IFLNK | 0o777), "lrwxrwxrwx");
+    }
+
+    /// Names with control characters or bytes that are not UTF-8: exact for a pipe (as
+    /// unsquashfs prints them), escaped for a terminal.
+    #[test]
+    fn names_are_exact_in_a_pipe_and_escaped_on_a_terminal() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        let odd = b"line\nbreak\x1b[31mred\xff";
+        std::fs::write(tree.join(std::ffi::OsStr::from_bytes(odd)), b"x").unwrap();
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(b"to\tthere"), tree.join("link"))
+            .unwrap();
+        let img = dir.path().join("odd.sqsh");
+        mksquashfs(&tree, &img, &[]);
+        let image = Image::open(&img).unwrap();
+        let mut exact = Vec::new();
+        list_with(&image, &mut exact, Names::Exact).unwrap();
+        let theirs = std::process::Command::new("unsquashfs")
+            .arg("-lln")
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(theirs.status.success());
+        assert_eq!(
+            exact, theirs.stdout,
+            "byte for byte, as unsquashfs prints them"
+        );
+        let mut escaped = Vec::new();
+        list_with(&image, &mut escaped, Names::Escaped).unwrap();
+        let escaped = String::from_utf8(escaped).unwrap();
+        assert!(
+            escaped.contains("squashfs-root/line\\nbreak\\x1b[31mred\\xff\n"),
+            "{escaped}"
+        );
+        assert!(
+            escaped.contains("squashfs-root/link -> to\\tthere\n"),
+            "{escaped}"
+        );
+        assert_eq!(escaped.lines().count(), 3, "one line per entry: {escaped}");
+        assert!(!escaped.contains('\x1b'));
     }
 
     /// Owner and group so long that unsquashfs' padding goes negative, devices with large

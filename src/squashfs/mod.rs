@@ -18,17 +18,17 @@ use std::io;
 use std::path::PathBuf;
 
 pub use compress::{Algorithm, Compressor};
-pub use entry::{EntrySink, Meta, Special, Xattr};
+pub use entry::{EntrySink, Meta, SparseExpand, Special, Xattr, check_segments};
 
 /// Errors of the engine. Each names the operation and the file it was about.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("failed to {op} {}: {source}", path.display())]
+    /// The OS error is part of the message and not also a `source()`: printed once.
+    #[error("failed to {op} {}: {cause}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("{}: corrupt SquashFS image: {what}", path.display())]
     Corrupt { path: PathBuf, what: String },
@@ -36,7 +36,7 @@ pub enum Error {
     Unsupported { path: PathBuf, what: String },
     /// Independent items of one operation failed (e.g. entries of a parallel extraction): how
     /// many, and the first few messages.
-    #[error("failed to {op} {}: {count} error(s):\n  {}", path.display(), first.join("\n  "))]
+    #[error("failed to {op} {}: {count} error(s): {}", path.display(), first.join("; "))]
     Many {
         op: &'static str,
         path: PathBuf,
@@ -51,11 +51,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> Self {
         Error::Io {
             op,
             path: path.into(),
-            source,
+            cause,
         }
     }
     pub fn bad_entry(entry: &[u8], what: impl Into<String>) -> Self {

@@ -35,6 +35,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::interrupt::{Kind, TempGuard};
 pub use lock::StoreLock;
 pub use records::{
     Arch, ChangeReport, ImageRecord, JobRecord, JobStatus, JobType, LINK_TYPE_FILE, Link,
@@ -44,12 +45,12 @@ pub use records::{
 /// Errors of the store and of the artifact code. Each names what it was about.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("failed to {op} {}: {source}", path.display())]
+    /// The OS error is part of the message and not also a `source()`: printed once.
+    #[error("failed to {op} {}: {cause}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("invalid {kind} id {id:?}: not a UUID")]
     BadId { kind: RecordKind, id: String },
@@ -67,11 +68,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> Self {
         Error::Io {
             op,
             path: path.into(),
-            source,
+            cause,
         }
     }
 
@@ -327,7 +328,7 @@ impl Store {
         bytes.push(b'\n');
         let path = self.record_path(R::KIND, record.id());
         match write_atomic(&path, &bytes, 0o644, replace) {
-            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+            Err(Error::Io { cause, .. }) if cause.kind() == io::ErrorKind::AlreadyExists => {
                 Err(Error::AlreadyExists {
                     kind: R::KIND,
                     id: record.id(),
@@ -500,11 +501,15 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32, replace: bool) 
     let dir = path
         .parent()
         .ok_or_else(|| Error::Invalid(format!("{}: no parent directory", path.display())))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("create a temporary file in", dir, e))?;
+    let (mut tmp, guard) = TempGuard::create(Kind::File, || {
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .suffix(".part")
+            .tempfile_in(dir)?;
+        let path = tmp.path().to_path_buf();
+        Ok((tmp, path))
+    })
+    .map_err(|e| Error::io("create a temporary file in", dir, e))?;
     tmp.write_all(bytes)
         .map_err(|e| Error::io("write", tmp.path(), e))?;
     tmp.as_file()
@@ -513,11 +518,13 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32, replace: bool) 
     tmp.as_file()
         .sync_all()
         .map_err(|e| Error::io("sync", tmp.path(), e))?;
-    let persisted = if replace {
-        tmp.persist(path)
-    } else {
-        tmp.persist_noclobber(path)
-    };
+    let persisted = guard.release_with(|| {
+        if replace {
+            tmp.persist(path)
+        } else {
+            tmp.persist_noclobber(path)
+        }
+    });
     persisted.map_err(|e| Error::io("rename into place", path, e.error))?;
     sync_dir(dir)
 }

@@ -4,6 +4,8 @@
 mod common;
 mod containment;
 mod engine;
+mod messages;
+mod outputs;
 mod repack;
 mod rootless;
 mod sftp;

@@ -3,7 +3,7 @@
 //! be stored once and referenced from elsewhere (the out-of-line flag).
 
 use super::Image;
-use crate::squashfs::format::{MetaRef, NO_TABLE, xattr_type};
+use crate::squashfs::format::{MetaRef, NO_TABLE, XATTR_NAME_MAX, XATTR_SIZE_MAX, xattr_type};
 use crate::squashfs::{Result, Xattr};
 
 pub(super) struct XattrTable {
@@ -14,9 +14,9 @@ pub(super) struct XattrTable {
     pointers: u64,
 }
 
-/// Linux limits: XATTR_NAME_MAX and XATTR_SIZE_MAX.
-const MAX_NAME: usize = 255;
-const MAX_VALUE: u32 = 65536;
+/// Linux's limits, which the writer enforces too: an image from us always reads back.
+const MAX_NAME: usize = XATTR_NAME_MAX;
+const MAX_VALUE: u32 = XATTR_SIZE_MAX as u32;
 
 impl XattrTable {
     pub(super) fn open(image: &Image) -> Result<Option<XattrTable>> {
@@ -82,6 +82,12 @@ impl Image {
                     );
                 }
             };
+            if prefix.len() + name_len > MAX_NAME {
+                return Err(self.corrupt(format!(
+                    "xattr set {index}: name of {} bytes (at most {MAX_NAME})",
+                    prefix.len() + name_len
+                )));
+            }
             let mut name = prefix.to_vec();
             name.extend_from_slice(&suffix);
             let value = if kind & xattr_type::VALUE_OOL != 0 {

@@ -87,7 +87,8 @@ type Pending = Receiver<io::Result<Block>>;
 enum Op {
     RunStart(u32),
     Block(Pending),
-    Sparse,
+    /// This many sparse (all-zero, not stored) blocks.
+    Sparse(u64),
     /// Bytes copied verbatim (a block taken whole from another image) with their size word.
     Raw(Vec<u8>, u32),
     RunEnd {
@@ -148,6 +149,47 @@ pub(crate) struct DataWriter {
     pub duplicate_tails: u64,
 }
 
+/// The compression threads to start for `requested` (0: one per core): at most 4 per core and
+/// [`super::MAX_THREADS`], since more only contend (the output is the same for any count).
+pub(crate) fn compression_threads(requested: usize, cores: usize) -> usize {
+    let wanted = if requested == 0 { cores } else { requested };
+    wanted.clamp(1, (4 * cores).min(super::MAX_THREADS))
+}
+
+/// One file's data on its way in: what is known so far, its block run, the run's dedup hash.
+#[derive(Default)]
+struct FileBuild {
+    data: FileData,
+    hasher: Xxh3,
+    run: Option<u32>,
+    run_bytes: u64,
+}
+
+impl FileBuild {
+    /// A zero block enters the dedup hash as its length only, so that holes never read are
+    /// hashed as cheaply as, and the same as, zero blocks that were read. (Equal hashes only
+    /// nominate a candidate: runs are compared byte for byte before they are shared.)
+    fn hash_zero_block(&mut self, len: u64) {
+        self.hasher.update(&[0]);
+        self.hasher.update(&len.to_le_bytes());
+    }
+}
+
+fn read_error(entry: &[u8], e: io::Error) -> Error {
+    Error::io("read", String::from_utf8_lossy(entry).into_owned(), e)
+}
+
+/// Fill `buf` from `data`; a sparse file's data that ends early is an error.
+fn read_exactly(data: &mut dyn Read, buf: &mut [u8]) -> io::Result<()> {
+    if super::super::entry::read_full(data, buf)? < buf.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "sparse file data ends before its map does",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) struct DataConfig {
     pub compressor: Compressor,
     pub block_size: u32,
@@ -162,11 +204,8 @@ const FRAG_CACHE_BLOCKS: usize = 32;
 
 impl DataWriter {
     pub fn new(file: File, path: PathBuf, cfg: DataConfig) -> Result<Self> {
-        let threads = if cfg.threads == 0 {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
-        } else {
-            cfg.threads
-        };
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = compression_threads(cfg.threads, cores);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("sqfs-compress-{i}"))
@@ -267,49 +306,135 @@ impl DataWriter {
 
     /// Read one file to its end and queue its data. `entry` names it in errors.
     pub fn add_file(&mut self, entry: &[u8], data: &mut dyn Read) -> Result<FileData> {
-        let block_size = self.block_size;
-        let mut file = FileData::default();
-        let mut hasher = Xxh3::new();
-        let mut run: Option<u32> = None;
-        let mut run_bytes = 0u64;
-        let mut tail = None;
+        let mut file = FileBuild::default();
         loop {
-            let mut buf = vec![0u8; block_size];
-            let n = super::super::entry::read_full(data, &mut buf)
-                .map_err(|e| Error::io("read", String::from_utf8_lossy(entry).into_owned(), e))?;
-            buf.truncate(n);
-            file.size += n as u64;
-            self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-            let is_tail = n < block_size;
+            let mut buf = vec![0u8; self.block_size];
+            let n =
+                super::super::entry::read_full(data, &mut buf).map_err(|e| read_error(entry, e))?;
             if n == 0 {
-                break;
+                return self.finish_file(file, None);
             }
-            // A short last piece goes into a fragment when the file is small (always) or when
-            // tail-end packing is on; otherwise it is a block of its own, as mksquashfs does.
-            // It is queued after the run ends, so that a run's blocks stay contiguous.
-            if is_tail && self.fragments_enabled && (run.is_none() || self.tail_ends) {
-                tail = Some(buf);
-                break;
+            buf.truncate(n);
+            if let Some(tail) = self.push_block(&mut file, buf)? {
+                return self.finish_file(file, Some(tail));
             }
-            if run.is_none() {
-                let id = self.next_run;
-                self.next_run += 1;
-                self.send(Op::RunStart(id))?;
-                run = Some(id);
+            if n < self.block_size {
+                return self.finish_file(file, None);
             }
-            hasher.update(&buf);
-            run_bytes += n as u64;
-            if buf.iter().all(|&b| b == 0) {
-                file.sparse += n as u64;
-                self.send(Op::Sparse)?;
-            } else {
-                let pending = self.compress_async(buf);
-                self.send(Op::Block(pending))?;
+        }
+    }
+
+    /// Queue a sparse file of `size` bytes given as its data `segments` (checked by the
+    /// caller: in order, not overlapping, within `size`) and their bytes back to back in
+    /// `data`. Whole blocks of holes are queued as sparse blocks without being read, hashed
+    /// or compressed; blocks with data are built and queued as `add_file` queues them, so
+    /// the image is the same as for the expanded file.
+    pub fn add_sparse_file(
+        &mut self,
+        entry: &[u8],
+        size: u64,
+        segments: &[(u64, u64)],
+        data: &mut dyn Read,
+    ) -> Result<FileData> {
+        let block = self.block_size as u64;
+        let mut file = FileBuild::default();
+        let mut next = 0usize; // the first segment not wholly before `pos`
+        let mut pos = 0u64;
+        while pos < size {
+            while segments.get(next).is_some_and(|&(o, l)| o + l <= pos) {
+                next += 1;
             }
-            if is_tail {
+            // Whole blocks before the next data (never the file's short last piece, which
+            // takes the tail path) are holes.
+            let data_at = segments.get(next).map_or(size, |&(o, _)| o.max(pos));
+            let holes = ((data_at - pos) / block).min((size - pos) / block);
+            if holes > 0 {
+                self.push_holes(&mut file, holes)?;
+                pos += holes * block;
+                continue;
+            }
+            let end = (pos + block).min(size);
+            let mut buf = vec![0u8; (end - pos) as usize];
+            for &(offset, len) in segments[next..].iter().take_while(|&&(o, _)| o < end) {
+                let (from, to) = (offset.max(pos), (offset + len).min(end));
+                if to > from {
+                    let range = (from - pos) as usize..(to - pos) as usize;
+                    read_exactly(data, &mut buf[range]).map_err(|e| read_error(entry, e))?;
+                }
+            }
+            let short = end - pos < block;
+            pos = end;
+            if let Some(tail) = self.push_block(&mut file, buf)? {
+                return self.finish_file(file, Some(tail));
+            }
+            if short {
                 break;
             }
         }
+        self.finish_file(file, None)
+    }
+
+    /// Queue one block of a file (shorter than a block only as the file's last piece). A
+    /// short last piece goes into a fragment when the file is small (always) or when tail-end
+    /// packing is on, as mksquashfs does; then it is handed back, to be queued after the run
+    /// ends (so that a run's blocks stay contiguous).
+    fn push_block(&mut self, file: &mut FileBuild, buf: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        let n = buf.len() as u64;
+        file.data.size += n;
+        self.bytes_in.fetch_add(n, Ordering::Relaxed);
+        let is_tail = buf.len() < self.block_size;
+        if is_tail && self.fragments_enabled && (file.run.is_none() || self.tail_ends) {
+            return Ok(Some(buf));
+        }
+        self.start_run(file)?;
+        file.run_bytes += n;
+        if buf.iter().all(|&b| b == 0) {
+            file.hash_zero_block(n);
+            file.data.sparse += n;
+            self.send(Op::Sparse(1))?;
+        } else {
+            file.hasher.update(&[1]);
+            file.hasher.update(&buf);
+            let pending = self.compress_async(buf);
+            self.send(Op::Block(pending))?;
+        }
+        Ok(None)
+    }
+
+    /// Queue `count` whole blocks of zeros (holes), as `push_block` would queue them.
+    fn push_holes(&mut self, file: &mut FileBuild, count: u64) -> Result<()> {
+        let block = self.block_size as u64;
+        let bytes = count * block;
+        file.data.size += bytes;
+        self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+        self.start_run(file)?;
+        file.run_bytes += bytes;
+        for _ in 0..count {
+            file.hash_zero_block(block);
+        }
+        file.data.sparse += bytes;
+        self.send(Op::Sparse(count))
+    }
+
+    fn start_run(&mut self, file: &mut FileBuild) -> Result<()> {
+        if file.run.is_none() {
+            let id = self.next_run;
+            self.next_run += 1;
+            self.send(Op::RunStart(id))?;
+            file.run = Some(id);
+        }
+        Ok(())
+    }
+
+    /// End the file's block run (naming an earlier equal run as a dedup candidate) and put its
+    /// tail into a fragment.
+    fn finish_file(&mut self, file: FileBuild, tail: Option<Vec<u8>>) -> Result<FileData> {
+        let FileBuild {
+            mut data,
+            hasher,
+            run,
+            run_bytes,
+        } = file;
         if let Some(id) = run {
             let key = (hasher.digest128(), run_bytes);
             let candidate = match self.run_index.get(&key) {
@@ -320,12 +445,12 @@ impl DataWriter {
                 }
             };
             self.send(Op::RunEnd { run: id, candidate })?;
-            file.run = Some(id);
+            data.run = Some(id);
         }
         if let Some(tail) = tail {
-            file.fragment = Some(self.add_tail(tail)?);
+            data.fragment = Some(self.add_tail(tail)?);
         }
-        Ok(file)
+        Ok(data)
     }
 
     /// Queue a file whose blocks are copied verbatim from another image of the same compressor
@@ -354,7 +479,7 @@ impl DataWriter {
                 stored += bytes.len() as u64;
                 if word == 0 {
                     file.sparse += self.block_size as u64;
-                    self.send(Op::Sparse)?;
+                    self.send(Op::Sparse(1))?;
                 } else {
                     self.send(Op::Raw(bytes, word))?;
                 }
@@ -554,7 +679,11 @@ fn write_in_order(
                 out.write(&bytes)?;
                 out.push_size(word);
             }
-            Op::Sparse => out.push_size(0),
+            Op::Sparse(count) => {
+                for _ in 0..count {
+                    out.push_size(0);
+                }
+            }
             Op::RunEnd { run, candidate } => {
                 out.current = None;
                 if let Some(c) = candidate {

@@ -24,6 +24,9 @@ pub use data::RawTail;
 use data::{DataConfig, DataWriter};
 use tree::{Kind, Tree};
 
+/// The most compression threads a writer takes (`--threads`); it starts at most 4 per core.
+pub const MAX_THREADS: usize = 256;
+
 /// The bytes at the front of an image that [`Writer::finish`] writes last: the superblock and
 /// the compressor options (at most a metadata block header and 64 bytes of options).
 pub const HEADER_MAX: u64 = SUPERBLOCK_SIZE as u64 + 2 + 64;
@@ -42,7 +45,7 @@ pub struct WriterOptions {
     pub tail_ends: bool,
     pub xattrs: bool,
     pub exportable: bool,
-    /// Compression threads; 0 means one per core.
+    /// Compression threads; 0 means one per core. Capped at 4 per core and [`MAX_THREADS`].
     pub threads: usize,
     /// When packing a customized root, copy unchanged files' compressed blocks from the base
     /// image (only used by the customize workflow; `--full-repack` turns it off).
@@ -179,6 +182,7 @@ impl Writer {
         tail: Option<RawTail>,
     ) -> Result<()> {
         tree::components(path)?;
+        self.check_xattrs(path, &meta)?;
         let file = self.data.add_file_raw(size, blocks, tail)?;
         self.tree.add_leaf(path, meta, Kind::File(file))
     }
@@ -282,16 +286,37 @@ fn write_tail(
     Ok(sb)
 }
 
+impl Writer {
+    /// Refuse, naming the entry, an xattr no Linux could read back: an image that imports
+    /// fine and then fails every later read of that entry is worse than no image (tar2sqfs
+    /// refuses too). Dropped xattrs (`--no-xattrs`) are not looked at.
+    fn check_xattrs(&self, path: &[u8], meta: &Meta) -> Result<()> {
+        if !self.opts.xattrs {
+            return Ok(());
+        }
+        for x in &meta.xattrs {
+            if let Some(problem) = super::format::xattr_problem(&x.name, x.value.len()) {
+                return Err(Error::bad_entry(path, problem));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl EntrySink for Writer {
-    fn set_root_meta(&mut self, meta: Meta) {
+    fn set_root_meta(&mut self, meta: Meta) -> Result<()> {
+        self.check_xattrs(b".", &meta)?;
         self.tree.root_meta(meta);
+        Ok(())
     }
     fn add_dir(&mut self, path: &[u8], meta: Meta) -> Result<()> {
+        self.check_xattrs(path, &meta)?;
         self.tree.add_dir(path, meta)
     }
     fn add_file(&mut self, path: &[u8], meta: Meta, data: &mut dyn Read) -> Result<()> {
         // Validate before consuming data, so a bad name costs no work.
         tree::components(path)?;
+        self.check_xattrs(path, &meta)?;
         let file = self.data.add_file(path, data)?;
         self.tree.add_leaf(path, meta, Kind::File(file))
     }
@@ -302,14 +327,30 @@ impl EntrySink for Writer {
                 "symlink target must be 1 to 4095 bytes",
             ));
         }
+        self.check_xattrs(path, &meta)?;
         self.tree
             .add_leaf(path, meta, Kind::Symlink(target.to_vec()))
     }
     fn add_special(&mut self, path: &[u8], meta: Meta, kind: Special) -> Result<()> {
+        self.check_xattrs(path, &meta)?;
         self.tree.add_leaf(path, meta, Kind::Special(kind))
     }
     fn add_hardlink(&mut self, path: &[u8], target: &[u8]) -> Result<()> {
         self.tree.add_hardlink(path, target)
+    }
+    fn add_sparse_file(
+        &mut self,
+        path: &[u8],
+        meta: Meta,
+        size: u64,
+        segments: &[(u64, u64)],
+        data: &mut dyn Read,
+    ) -> Result<()> {
+        tree::components(path)?;
+        self.check_xattrs(path, &meta)?;
+        super::check_segments(segments, size).map_err(|what| Error::bad_entry(path, what))?;
+        let file = self.data.add_sparse_file(path, size, segments, data)?;
+        self.tree.add_leaf(path, meta, Kind::File(file))
     }
 }
 
@@ -338,7 +379,7 @@ mod tests {
     /// Build an image with the writer API alone: every entry type, sizes around block limits.
     pub(crate) fn sample_image(path: &Path, opts: WriterOptions) -> Summary {
         let mut w = Writer::create(path, opts).unwrap();
-        w.set_root_meta(meta(0o755, 0));
+        w.set_root_meta(meta(0o755, 0)).unwrap();
         w.add_dir(b"etc", meta(0o755, 0)).unwrap();
         w.add_file(b"etc/hostname", meta(0o644, 0), &mut &b"node\n"[..])
             .unwrap();
@@ -568,4 +609,285 @@ mod tests {
 fn write_sample_for_manual_inspection() {
     let p = std::path::Path::new("/tmp/sample.sqsh");
     tests::sample_image(p, WriterOptions::default());
+}
+
+#[cfg(test)]
+mod xattr_limit_tests {
+    use super::*;
+    use crate::squashfs::Xattr;
+    use crate::squashfs::reader::Image;
+
+    fn with_xattr(name: &str, len: usize) -> Meta {
+        Meta {
+            mode: 0o644,
+            xattrs: vec![Xattr {
+                name: name.as_bytes().to_vec(),
+                value: vec![b'v'; len],
+            }],
+            ..Meta::default()
+        }
+    }
+
+    /// What the reader hands back for `path`.
+    fn xattrs_read_back(img: &Path, path: &[u8]) -> Vec<Xattr> {
+        let image = Image::open(img).expect("open");
+        let mut found = None;
+        image
+            .walk(&mut |p, inode| {
+                if p == path {
+                    found = Some(inode.meta.xattrs.clone());
+                }
+                Ok(())
+            })
+            .expect("walk");
+        found.expect("entry in the image")
+    }
+
+    #[test]
+    fn the_writer_refuses_what_the_reader_could_not_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("x.sqsh");
+        let mut w = Writer::create(&img, WriterOptions::default()).unwrap();
+        // At the limits: accepted, and read back whole.
+        let longest_name = format!("user.{}", "n".repeat(255 - 5));
+        w.add_file(b"max-value", with_xattr("user.big", 65536), &mut &b"x"[..])
+            .unwrap();
+        w.add_dir(b"max-name", with_xattr(&longest_name, 1))
+            .unwrap();
+        // Past them: refused, naming the entry and the xattr, before any data is read.
+        let mut data = &b"never read"[..];
+        let err = w
+            .add_file(
+                b"etc/too-big",
+                with_xattr("user.big", 100 * 1024),
+                &mut data,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("etc/too-big") && err.contains("user.big") && err.contains("102400"),
+            "{err}"
+        );
+        assert_eq!(data.len(), 10, "no data consumed");
+        let long_name = format!("user.{}", "n".repeat(251));
+        let cases: [(&[u8], Meta, &str); 3] = [
+            (b"d", with_xattr(&long_name, 1), "256 bytes"),
+            (b"s", with_xattr("system.posix_acl_access", 1), "namespaces"),
+            (b"u", with_xattr("user.", 1), "namespaces"),
+        ];
+        for (path, meta, needle) in cases {
+            let err = w.add_dir(path, meta).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        let err = w
+            .set_root_meta(with_xattr("trusted.x", 70000))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("70000"), "{err}");
+        w.finish().unwrap();
+
+        assert_eq!(xattrs_read_back(&img, b"max-value")[0].value.len(), 65536);
+        assert_eq!(
+            xattrs_read_back(&img, b"max-name")[0].name,
+            longest_name.as_bytes()
+        );
+        assert!(
+            xattrs_read_back(&img, b"").is_empty(),
+            "the refused root xattr is not there"
+        );
+    }
+
+    #[test]
+    fn dropped_xattrs_are_not_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = WriterOptions {
+            xattrs: false,
+            ..WriterOptions::default()
+        };
+        let mut w = Writer::create(&dir.path().join("x.sqsh"), opts).unwrap();
+        w.add_file(b"f", with_xattr("user.big", 100 * 1024), &mut &b"x"[..])
+            .unwrap();
+        w.finish().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod thread_tests {
+    use super::data::compression_threads;
+
+    #[test]
+    fn thread_counts_are_capped() {
+        assert_eq!(compression_threads(0, 2), 2);
+        assert_eq!(compression_threads(3, 2), 3);
+        assert_eq!(compression_threads(100_000, 2), 8);
+        assert_eq!(compression_threads(100_000, 128), super::MAX_THREADS);
+        assert_eq!(compression_threads(0, 1), 1);
+    }
+}
+
+#[cfg(test)]
+mod sparse_tests {
+    use super::*;
+    use crate::squashfs::SparseExpand;
+
+    fn expanded(size: u64, segments: &[(u64, u64)], data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        SparseExpand::new(&mut &data[..], segments, size)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    /// Sparse maps of every shape: holes first or last, segments across block boundaries,
+    /// zero-length end markers, short last pieces, data that is all zeros.
+    fn cases(block: u64) -> Vec<(u64, Vec<(u64, u64)>)> {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut cases = vec![
+            (0, vec![]),
+            (0, vec![(0, 0)]),
+            (1000, vec![(1000, 0)]),
+            (3 * block, vec![(3 * block, 0)]),
+            (3 * block + 17, vec![(0, 5), (3 * block + 10, 7)]),
+            (5 * block, vec![(block - 3, 6), (4 * block, block)]),
+            (block / 2, vec![(10, 20)]),
+            (
+                40 * block + 1,
+                vec![(0, block), (20 * block + 5, 3 * block)],
+            ),
+        ];
+        for _ in 0..12 {
+            let size = rng.u64(0..20 * block);
+            let mut segments = Vec::new();
+            let mut at = 0;
+            while at < size && segments.len() < 6 {
+                let offset = rng.u64(at..=size);
+                let len = rng.u64(0..=(size - offset).min(2 * block));
+                segments.push((offset, len));
+                at = offset + len;
+            }
+            cases.push((size, segments));
+        }
+        cases
+    }
+
+    fn image(opts: &WriterOptions, sparse: bool, dir: &Path, name: &str) -> Vec<u8> {
+        let block = u64::from(opts.block_size);
+        let path = dir.join(name);
+        let mut w = Writer::create(&path, opts.clone()).unwrap();
+        let mut rng = fastrand::Rng::with_seed(5);
+        for (i, (size, segments)) in cases(block).into_iter().enumerate() {
+            let stored: u64 = segments.iter().map(|s| s.1).sum();
+            // Some files hold only zeros in their data: they are holes all the same.
+            let data: Vec<u8> = if i % 5 == 4 {
+                vec![0; stored as usize]
+            } else {
+                (0..stored).map(|_| rng.u8(..)).collect()
+            };
+            for copy in 0..2 {
+                // Twice: the second is a duplicate of the first.
+                let path = format!("f{i}-{copy}");
+                let meta = Meta {
+                    mode: 0o644,
+                    ..Meta::default()
+                };
+                if sparse {
+                    w.add_sparse_file(path.as_bytes(), meta, size, &segments, &mut &data[..])
+                        .unwrap();
+                } else {
+                    let full = expanded(size, &segments, &data);
+                    w.add_file(path.as_bytes(), meta, &mut &full[..]).unwrap();
+                }
+            }
+        }
+        w.finish().unwrap();
+        std::fs::read(&path).unwrap()
+    }
+
+    #[test]
+    fn a_sparse_file_gives_the_image_of_its_expanded_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut variants = vec![WriterOptions::default()];
+        let mut o = WriterOptions::new(Algorithm::Zstd, Some(3), 4096).unwrap();
+        variants.push(o.clone());
+        o.fragments = false;
+        variants.push(o.clone());
+        o.fragments = true;
+        o.tail_ends = true;
+        variants.push(o);
+        for (v, opts) in variants.iter().enumerate() {
+            let dense = image(opts, false, dir.path(), &format!("dense-{v}.sqsh"));
+            let sparse = image(opts, true, dir.path(), &format!("sparse-{v}.sqsh"));
+            assert!(dense == sparse, "options {v}: images differ");
+        }
+    }
+
+    #[test]
+    fn a_bad_map_or_short_data_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(&dir.path().join("x.sqsh"), WriterOptions::default()).unwrap();
+        let meta = Meta::default();
+        let err = w
+            .add_sparse_file(
+                b"overlap",
+                meta.clone(),
+                100,
+                &[(0, 50), (40, 10)],
+                &mut &[0u8; 60][..],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("overlap") && err.contains("overlaps another"),
+            "{err}"
+        );
+        let err = w
+            .add_sparse_file(b"past", meta.clone(), 100, &[(90, 20)], &mut &[1u8; 20][..])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("past the size 100"), "{err}");
+        let err = w
+            .add_sparse_file(b"short", meta, 1 << 20, &[(0, 1000)], &mut &[1u8; 10][..])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("short") && err.contains("ends before its map"),
+            "{err}"
+        );
+    }
+
+    /// A terabyte of holes costs no reading: the map alone says where the data is.
+    #[test]
+    fn holes_are_never_read() {
+        struct Exact<'a>(&'a [u8]);
+        impl Read for Exact<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.0.read(buf)
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("tib.sqsh");
+        let mut w = Writer::create(&img, WriterOptions::default()).unwrap();
+        let size = 1u64 << 40;
+        let data = b"startend";
+        let segments = [(0, 5), (size - 3, 3)];
+        let started = std::time::Instant::now();
+        w.add_sparse_file(b"tib", Meta::default(), size, &segments, &mut Exact(data))
+            .unwrap();
+        let summary = w.finish().unwrap();
+        eprintln!("1 TiB sparse file written in {:?}", started.elapsed());
+        assert!(summary.bytes_used < 1 << 20, "{} bytes", summary.bytes_used);
+        let image = crate::squashfs::reader::Image::open(&img).unwrap();
+        let mut size_read = None;
+        image
+            .walk(&mut |p, inode| {
+                if p == b"tib"
+                    && let crate::squashfs::reader::InodeKind::File(f) = &inode.kind
+                {
+                    size_read = Some(f.size);
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(size_read, Some(size));
+    }
 }

@@ -45,8 +45,12 @@ pub(crate) fn components(path: &[u8]) -> Result<Vec<&[u8]>> {
         if *c == b"." || *c == b".." {
             return Err(Error::bad_entry(path, "path has a '.' or '..' component"));
         }
-        if c.len() > 256 {
-            return Err(Error::bad_entry(path, "a name is longer than 256 bytes"));
+        // NAME_MAX: SquashFS could hold 256, but no Linux filesystem (nor lookup) takes it.
+        if c.len() > 255 {
+            return Err(Error::bad_entry(
+                path,
+                "a name is longer than 255 bytes (NAME_MAX)",
+            ));
         }
         if c.contains(&0) {
             return Err(Error::bad_entry(path, "a name contains a NUL byte"));
