@@ -453,7 +453,7 @@ pub fn exec(
             jailed: cfg.jailed,
             confinement: cfg.confinement,
         };
-        let status = crate::ssh::daemon::exec_in(&target, argv)?;
+        let status = crate::ssh::daemon::exec_in(&target, &ims_environment(&job), argv)?;
         return Ok(AfterSession::StillWaiting(status));
     }
     let cfg = sandbox_config(store, &job);

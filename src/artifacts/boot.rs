@@ -363,7 +363,9 @@ mod tests {
             assert!(check_boot_file_name(good, "kernel").is_ok(), "{good}");
         }
         for bad in ["../../../etc/passwd", "/etc/passwd", "", "a/../../x", "."] {
-            let err = check_boot_file_name(bad, "kernel").expect_err(bad).to_string();
+            let err = check_boot_file_name(bad, "kernel")
+                .expect_err(bad)
+                .to_string();
             assert!(err.contains("below /boot"), "{bad}: {err}");
         }
         // And find_boot_files refuses such a name even when the image has the file.

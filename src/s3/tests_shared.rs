@@ -623,7 +623,13 @@ fn orphans_are_republished_deleted_and_repaired() {
     let dry = catalogue.repair(Duration::ZERO, true).expect("dry run");
     assert!(!keys_of(orphan).is_empty(), "a dry run removes nothing");
     let actions = catalogue.repair(Duration::ZERO, false).expect("repair");
-    assert_eq!(dry, actions);
+    // The same actions, but for the lease's age, which the clock may have moved on.
+    let without_age = |list: &[String]| -> Vec<String> {
+        list.iter()
+            .map(|a| a.split(", started ").next().unwrap_or(a).to_string())
+            .collect()
+    };
+    assert_eq!(without_age(&dry), without_age(&actions));
     assert!(keys_of(orphan).is_empty(), "{actions:?}");
     assert!(
         direct

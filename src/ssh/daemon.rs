@@ -169,13 +169,16 @@ fn is_our_server(pid: i32, id: Uuid) -> bool {
 /// process's standard streams.
 pub fn exec_in(
     target: &sandbox::enter::Target,
+    job_env: &[(String, String)],
     argv: &[String],
 ) -> Result<std::process::ExitStatus> {
     let exe = std::env::current_exe().context("failed to find this executable (/proc/self/exe)")?;
     let mut cmd = std::process::Command::new(&exe);
     cmd.arg("internal-enter").args(target.args());
     cmd.arg("--").args(argv);
-    cmd.env_clear().envs(session_env_from_host());
+    cmd.env_clear()
+        .envs(session_env_from_host())
+        .envs(job_env.iter().cloned());
     cmd.status()
         .with_context(|| format!("failed to run {} internal-enter", exe.display()))
 }
@@ -295,6 +298,7 @@ pub fn serve(
             jailed: cfg.jailed,
             confinement: cfg.confinement,
         },
+        job_env: job::ims_environment(&job),
     };
     let server = Server {
         accepted: Arc::new(accepted),

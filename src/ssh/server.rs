@@ -31,6 +31,8 @@ pub struct Spawner {
     pub exe: PathBuf,
     /// The holding session, the view and the confinement of its processes.
     pub target: crate::sandbox::enter::Target,
+    /// What every session's environment holds for the job (IMS's IMS_JOB_ID, IMS_ARCH, ...).
+    pub job_env: Vec<(String, String)>,
 }
 
 /// What a channel asked to run.
@@ -410,6 +412,7 @@ async fn run_channel(
         }
     };
     let mut env = session_env(&setup, &connection);
+    env.extend(spawner.job_env.iter().cloned());
     let pty = if start == Start::Sftp {
         None // the SFTP protocol needs a clean 8-bit channel
     } else {
@@ -753,6 +756,7 @@ mod tests {
                     jailed: false,
                     confinement: crate::sandbox::Confinement::default(),
                 },
+                job_env: Vec::new(),
             }),
             activity: Arc::default(),
             local,

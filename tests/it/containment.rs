@@ -408,6 +408,54 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// The environment inside holds the documented names only (and what the shell sets itself).
+fn assert_documented_environment(session: &str, env_output: &str, job_id: Option<&str>) {
+    const DOCUMENTED: &[&str] = &[
+        "PATH",
+        "HOME",
+        "TERM",
+        "LANG",
+        "PS1",
+        "IMS_JOB_ID",
+        "IMS_ARCH",
+        "IMS_DKMS_ENABLED",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "SSH_CLIENT",
+        "SSH_CONNECTION",
+        "SSH_TTY",
+        "TZ",
+        // set by the shell itself
+        "PWD",
+        "OLDPWD",
+        "SHLVL",
+        "_",
+    ];
+    let names: Vec<&str> = env_output
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .collect();
+    assert!(names.contains(&"IMS_JOB_ID"), "{session}: {env_output}");
+    for name in &names {
+        assert!(
+            DOCUMENTED.contains(name) || name.starts_with("LC_"),
+            "{session}: undocumented variable {name} inside:\n{env_output}"
+        );
+    }
+    if let Some(id) = job_id {
+        assert!(
+            env_output.contains(&format!("IMS_JOB_ID={id}")),
+            "{env_output}"
+        );
+    }
+    assert!(
+        env_output.contains("IMS_DKMS_ENABLED=False"),
+        "{env_output}"
+    );
+}
+
 fn one_shot_jailed(who: Who) {
     let Some(case) = Case::new(who, "one_shot_jailed") else {
         return;
@@ -420,6 +468,16 @@ fn one_shot_jailed(who: Who) {
         .expect("customize");
     assert!(out.status.success(), "{}", text(&out));
     case.assert_contained("customize --run", &text(&out));
+    let out = case
+        .imsctl()
+        .args(["customize", &case.image, "--name", "env", "--run", "env"])
+        .output()
+        .expect("customize");
+    assert_documented_environment(
+        "customize --run",
+        &String::from_utf8_lossy(&out.stderr),
+        None,
+    );
 }
 
 fn one_shot_shell_not_jailed(who: Who) {
@@ -563,6 +621,18 @@ fn ssh_sessions(who: Who) {
             format!("/mnt/image/image-root{PROBE_INSIDE}")
         };
         let probe = case.probe_command(&path);
+        let env = ssh_command(&case, &key, port)
+            .arg("root@127.0.0.1")
+            .arg("env")
+            .output()
+            .expect("ssh env");
+        assert_documented_environment("ssh", &text(&env), Some(&id));
+        let env = case
+            .imsctl()
+            .args(["jobs", "exec", &id, "--", "env"])
+            .output()
+            .expect("jobs exec env");
+        assert_documented_environment("jobs exec into the server", &text(&env), Some(&id));
         let out = ssh_command(&case, &key, port)
             .arg("root@127.0.0.1")
             .arg(&probe)
