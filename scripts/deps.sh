@@ -32,8 +32,14 @@ fi
 if ! command -v moto_server >/dev/null 2>&1; then
     python3 -m pip install --quiet 'moto[server]'
 fi
-if ! command -v ansible-playbook >/dev/null 2>&1; then
-    python3 -m pip install --quiet ansible-core
+# Ansible from Debian (/usr/bin): the rootless tests run it as an unprivileged user, who cannot
+# reach a pip install under root's home.
+if [ ! -x /usr/bin/ansible-playbook ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ansible-core >/dev/null
+    elif ! command -v ansible-playbook >/dev/null 2>&1; then
+        python3 -m pip install --quiet ansible-core
+    fi
 fi
 # ssh-audit audits a job's SSH server in the SSH tests (0 failures, no warnings but post-quantum).
 if ! command -v ssh-audit >/dev/null 2>&1; then

@@ -133,6 +133,10 @@ pub struct SshServerArgs {
     pub id: String,
     #[arg(long)]
     pub listen: std::net::SocketAddr,
+    /// Accept this OpenSSH public key instead of the job's public-key record (the one-off
+    /// server `customize --ansible` runs its playbook through).
+    #[arg(long)]
+    pub accept_key_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub pack: PackOptions,
 }

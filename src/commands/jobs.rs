@@ -1,6 +1,7 @@
 //! `imsctl jobs …` (as `cray ims jobs`) and the one-shot `imsctl customize`.
 
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
@@ -191,38 +192,118 @@ fn script_argv(path: &Path) -> Result<Vec<String>> {
 
 /// `ansible-playbook` in the IMS layout: run in the environment (not jailed: host tools, the
 /// image at /mnt/image/image-root, /mnt/image/complete as the signal file), against localhost.
+/// `--ansible`: the playbook runs as IMS runs one, from outside, against the job's environment
+/// over SSH. ansible-playbook runs on this host (the controller: the playbook's files, roles and
+/// vaults stay here, out of the sandbox's reach); the job is managed through a one-off SSH server
+/// of its own (an ephemeral key, 127.0.0.1, stopped afterwards), its modules run by the host's
+/// /usr/bin/python3 in the non-jailed view, with the image at /mnt/image/image-root. The
+/// inventory names the job `localhost`, so plays for `hosts: localhost` and `hosts: all` apply.
 fn run_ansible(store: &Store, job: &JobRecord, playbook: &Path) -> Result<()> {
     let playbook = std::fs::canonicalize(playbook)
         .with_context(|| format!("failed to find the playbook {}", playbook.display()))?;
-    if crate::root::find_program("ansible-playbook").is_none() {
-        bail!("--ansible needs ansible-playbook on this host (pip install ansible-core)");
+    let ansible = crate::root::find_program("ansible-playbook")
+        .context("--ansible needs ansible-playbook on this host (pip install ansible-core)")?;
+    for tool in ["ssh", "ssh-keygen"] {
+        if crate::root::find_program(tool).is_none() {
+            bail!("--ansible runs the playbook over SSH: it needs {tool} (openssh-client)");
+        }
     }
-    let mut cfg = job::sandbox_config(store, job);
-    cfg.jailed = false;
-    cfg.env.push((
-        "ANSIBLE_LOCAL_TEMP".into(),
-        "/mnt/image/.ansible/tmp".into(),
-    ));
-    cfg.env.push((
-        "ANSIBLE_REMOTE_TEMP".into(),
-        "/mnt/image/.ansible/tmp".into(),
-    ));
-    cfg.env.push(("HOME".into(), "/mnt/image/.ansible".into()));
-    let dir = playbook.parent().map(Path::to_path_buf).unwrap_or_default();
-    let argv = vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        "cd \"$1\" && exec ansible-playbook -i localhost, -c local \"$2\"".into(),
-        "sh".into(),
-        dir.to_string_lossy().into_owned(),
-        playbook.to_string_lossy().into_owned(),
+    if !Path::new("/usr/bin/python3").is_file() {
+        bail!(
+            "--ansible: the job's environment runs Ansible's modules with the host's /usr/bin/python3, which is missing (install python3)"
+        );
+    }
+    let dir = store.work_dir(job.id).join("ansible");
+    std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    let key = dir.join("id_ed25519");
+    let _ = std::fs::remove_file(&key);
+    let _ = std::fs::remove_file(key.with_extension("pub"));
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "imsctl-ansible",
+            "-f",
+        ])
+        .arg(&key)
+        .output()
+        .context("failed to run ssh-keygen")?;
+    if !keygen.status.success() {
+        bail!(
+            "ssh-keygen failed: {}",
+            String::from_utf8_lossy(&keygen.stderr).trim()
+        );
+    }
+    let forward = vec![
+        "--accept-key-file".to_string(),
+        key.with_extension("pub").display().to_string(),
     ];
-    job::run_step_in(
-        &cfg,
-        &argv,
-        None,
-        &format!("ansible-playbook {}", playbook.display()),
+    let served = crate::ssh::daemon::start(store, job, "127.0.0.1:0", &forward)?;
+    let played = play_over_ssh(&ansible, &playbook, &served, &key, &dir);
+    let stopped = crate::ssh::daemon::stop(store, &served);
+    played?;
+    stopped?;
+    let after: JobRecord = store.get_by_id(job.id)?;
+    if after.status != crate::store::JobStatus::WaitingOnUser {
+        bail!(
+            "the playbook ended the job (a complete or failed file): it is {:?} now",
+            after.status
+        );
+    }
+    Ok(())
+}
+
+fn play_over_ssh(
+    ansible: &Path,
+    playbook: &Path,
+    job: &JobRecord,
+    key: &Path,
+    dir: &Path,
+) -> Result<()> {
+    let port = job
+        .ssh_containers
+        .first()
+        .and_then(|c| c.connection_info.get("customer_access"))
+        .and_then(|info| info["port"].as_u64())
+        .context("the job's SSH server reported no port")?;
+    let inventory = dir.join("inventory");
+    std::fs::write(
+        &inventory,
+        format!(
+            "localhost ansible_connection=ssh ansible_host=127.0.0.1 ansible_port={port} ansible_user=root ansible_ssh_private_key_file={} ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR' ansible_python_interpreter=/usr/bin/python3\n",
+            key.display()
+        ),
     )
+    .with_context(|| format!("failed to write {}", inventory.display()))?;
+    let stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("failed to duplicate stderr")?;
+    let status = std::process::Command::new(ansible)
+        .arg("-i")
+        .arg(&inventory)
+        .arg(playbook)
+        .current_dir(playbook.parent().unwrap_or(Path::new("/")))
+        .env("ANSIBLE_LOCAL_TEMP", dir.join("tmp"))
+        .env("ANSIBLE_SSH_CONTROL_PATH_DIR", dir.join("cp"))
+        .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+        .env("ANSIBLE_RETRY_FILES_ENABLED", "False")
+        .stdin(std::process::Stdio::null())
+        .stdout(stderr)
+        .status()
+        .with_context(|| format!("failed to run {}", ansible.display()))?;
+    if !status.success() {
+        bail!(
+            "ansible-playbook {} {}",
+            playbook.display(),
+            job::describe_status(status)
+        );
+    }
+    Ok(())
 }
 
 /// Rebuild the initrd inside the image for the kernel that will be published.

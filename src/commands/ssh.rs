@@ -11,7 +11,14 @@ use crate::store::Store;
 /// `internal-ssh-server`: serve until the job's complete/failed file or SIGTERM.
 pub fn serve(ctx: &Context, store: &Store, args: &SshServerArgs) -> Result<()> {
     let pack = writer_options(&args.pack)?;
-    crate::ssh::daemon::serve(ctx, store, &args.id, args.listen, &pack)
+    crate::ssh::daemon::serve(
+        ctx,
+        store,
+        &args.id,
+        args.listen,
+        args.accept_key_file.as_deref(),
+        &pack,
+    )
 }
 
 /// `internal-enter`: join the held sandbox and run the session; exits as the session does.

@@ -256,18 +256,29 @@ pub fn serve(
     store: &Store,
     id: &str,
     listen: SocketAddr,
+    accept_key_file: Option<&std::path::Path>,
     pack: &WriterOptions,
 ) -> Result<()> {
     let job: JobRecord = store.get(id)?;
     if job.status != JobStatus::WaitingOnUser {
         bail!("job {} is not waiting_on_user", job.id);
     }
-    let key_id = job
-        .public_key_id
-        .ok_or_else(|| anyhow!("job {} has no public key (--public-key-id)", job.id))?;
-    let key_record: PublicKeyRecord = store.get_by_id(key_id)?;
-    let accepted = keys::parse_authorized_key(&key_record.public_key)
-        .with_context(|| format!("public key {key_id}"))?;
+    let accepted = match accept_key_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read the public key {}", path.display()))?;
+            keys::parse_authorized_key(&text)
+                .with_context(|| format!("public key {}", path.display()))?
+        }
+        None => {
+            let key_id = job
+                .public_key_id
+                .ok_or_else(|| anyhow!("job {} has no public key (--public-key-id)", job.id))?;
+            let key_record: PublicKeyRecord = store.get_by_id(key_id)?;
+            keys::parse_authorized_key(&key_record.public_key)
+                .with_context(|| format!("public key {key_id}"))?
+        }
+    };
     let host_key = keys::load_or_create_host_key(&ssh_dir(store, &job).join("host_ed25519_key"))?;
     let cfg = job::sandbox_config(store, &job);
     // Before any thread exists: the sandbox forks.

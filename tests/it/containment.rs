@@ -720,6 +720,72 @@ fn containment_ssh_sessions_rootless() {
     ssh_sessions(Who::Rootless);
 }
 
+/// `customize --ansible`: the playbook runs on the host and manages the job over a one-off SSH
+/// server (as IMS runs plays), as root and rootless; what it wrote is in the image.
+fn ansible_play(who: Who) {
+    let Some(case) = Case::new(who, "ansible_play") else {
+        return;
+    };
+    // Run with the system PATH (as the rootless user has it): Debian's ansible-core.
+    let reachable = ["/usr/local/bin", "/usr/bin"]
+        .iter()
+        .any(|d| Path::new(d).join("ansible-playbook").exists());
+    if !reachable || !have("ssh") || !Path::new("/usr/bin/python3").exists() {
+        eprintln!(
+            "ansible_play: ignored: needs ansible-core in /usr, openssh-client and /usr/bin/python3 (CI installs them)"
+        );
+        return;
+    }
+    let play = case.dir.path().join("play.yml");
+    fs::write(
+        &play,
+        "- hosts: all\n  gather_facts: false\n  tasks:\n\
+         \x20   - copy: {dest: /mnt/image/image-root/etc/from-ansible, content: \"played\\n\", mode: \"0640\"}\n\
+         \x20   - command: chroot /mnt/image/image-root /bin/sh -c 'echo $IMS_JOB_ID > /root/job-id'\n",
+    )
+    .expect("write play");
+    fs::set_permissions(&play, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = run(case.imsctl().args([
+        "customize",
+        &case.image,
+        "--name",
+        "played",
+        "--ansible",
+        play.to_str().expect("utf-8"),
+    ]));
+    let result: Value = serde_json::from_str(&out).expect("json");
+    let rootfs = case
+        .store()
+        .join("artifacts")
+        .join(str_field(&result["ims_image_record"], "id"))
+        .join("rootfs");
+    assert_eq!(unsquashfs_cat(&rootfs, "etc/from-ansible"), b"played\n");
+    let job_id = str_field(&result["ims_job_record"], "id");
+    assert_eq!(
+        unsquashfs_cat(&rootfs, "root/job-id"),
+        format!("{job_id}\n").as_bytes()
+    );
+    let listing = unsquashfs_lln(&rootfs);
+    assert!(
+        listing.contains("-rw-r----- 0/0") && listing.contains("etc/from-ansible"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains("ansible/id_ed25519"),
+        "no key in the image"
+    );
+}
+
+#[test]
+fn ansible_playbook_runs_over_ssh_root() {
+    ansible_play(Who::Root);
+}
+
+#[test]
+fn ansible_playbook_runs_over_ssh_rootless() {
+    ansible_play(Who::Rootless);
+}
+
 /// The non-jailed view shows the host's tools and none of its secrets.
 #[test]
 fn non_jailed_view_shows_tools_not_secrets() {
