@@ -22,6 +22,12 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# fuse3's udev rule makes /dev/fuse 0666 on a regular system; a container without udev leaves it
+# 0600, and rootless squashfuse (the rootless mount mode and its tests) needs it open to users.
+if [ "$(id -u)" -eq 0 ] && [ -c /dev/fuse ]; then
+    chmod 0666 /dev/fuse
+fi
+
 # The two S3 servers the S3 tests run against, on loopback: moto_server (Python) and s3s-fs
 # (Rust; it verifies signatures). `cargo install s3s-fs` compiles ~250 crates: measured 4 min of
 # CPU (10 min wall on a busy 2-core machine), once per machine: cache ~/.cargo/bin in CI.

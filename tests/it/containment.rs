@@ -191,11 +191,13 @@ struct Case {
 impl Case {
     fn new(who: Who, test: &str) -> Option<Case> {
         if !is_root() {
-            eprintln!("{test}: ignored: the containment suite needs root (CI runs it as root)");
+            crate::not_run!(
+                "{test}: ignored: the containment suite needs root (CI runs it as root)"
+            );
             return None;
         }
         let Some(img) = probe_image() else {
-            eprintln!("{test}: ignored: gcc is needed to build the probe");
+            crate::not_run!("{test}: ignored: gcc is needed to build the probe");
             return None;
         };
         let user = match who {
@@ -203,7 +205,7 @@ impl Case {
             Who::Rootless => match rootless_user() {
                 Some(u) => Some(u),
                 None => {
-                    eprintln!(
+                    crate::not_run!(
                         "{test}: ignored: no user with a subordinate id range (needs useradd and uidmap)"
                     );
                     return None;
@@ -590,7 +592,7 @@ fn ssh_sessions(who: Who) {
         return;
     };
     if !have("ssh") || !have("ssh-keygen") {
-        eprintln!("ssh_sessions: ignored: openssh-client is needed (CI installs it)");
+        crate::not_run!("ssh_sessions: ignored: openssh-client is needed (CI installs it)");
         return;
     }
     let (key, key_id) = ssh_key(&case);
@@ -731,7 +733,7 @@ fn ansible_play(who: Who) {
         .iter()
         .any(|d| Path::new(d).join("ansible-playbook").exists());
     if !reachable || !have("ssh") || !Path::new("/usr/bin/python3").exists() {
-        eprintln!(
+        crate::not_run!(
             "ansible_play: ignored: needs ansible-core in /usr, openssh-client and /usr/bin/python3 (CI installs them)"
         );
         return;
@@ -843,7 +845,7 @@ fn non_jailed_view_shows_tools_not_secrets() {
 #[test]
 fn mount_points_the_image_lacked_do_not_reach_the_result() {
     if !is_root() {
-        eprintln!("mount_points: ignored: needs root");
+        crate::not_run!("mount_points: ignored: needs root");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -187,7 +187,9 @@ pub fn make_tree(root: &Path, many: usize) {
         // chown cleared the setuid bit: set it again, as a package manager would.
         fs::set_permissions(&suid, fs::Permissions::from_mode(0o4755)).unwrap();
     } else {
-        eprintln!("note: not root: fixture has no devices, foreign owners or security xattrs");
+        crate::not_run!(
+            "note: not root: fixture has no devices, foreign owners or security xattrs"
+        );
     }
     // Fixed times so listings and comparisons do not depend on when the test ran.
     let mut all = Vec::new();
@@ -295,7 +297,9 @@ pub fn have_tool(name: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
-        eprintln!("note: {name} is not installed; skipping the part of the test that needs it");
+        crate::not_run!(
+            "note: {name} is not installed; skipping the part of the test that needs it"
+        );
     }
     found
 }
