@@ -22,7 +22,7 @@ pub mod store;
 
 /// A test that cannot run here (not root, a tool missing) says so and why; where every test
 /// must run (`IMSCTL_REQUIRE_ALL_TESTS=1`, as CI sets it), that is a failure instead.
-#[cfg(test)]
+#[doc(hidden)]
 #[macro_export]
 macro_rules! not_run {
     ($($arg:tt)*) => {{

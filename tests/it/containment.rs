@@ -191,13 +191,13 @@ struct Case {
 impl Case {
     fn new(who: Who, test: &str) -> Option<Case> {
         if !is_root() {
-            crate::not_run!(
+            imsctl::not_run!(
                 "{test}: ignored: the containment suite needs root (CI runs it as root)"
             );
             return None;
         }
         let Some(img) = probe_image() else {
-            crate::not_run!("{test}: ignored: gcc is needed to build the probe");
+            imsctl::not_run!("{test}: ignored: gcc is needed to build the probe");
             return None;
         };
         let user = match who {
@@ -205,7 +205,7 @@ impl Case {
             Who::Rootless => match rootless_user() {
                 Some(u) => Some(u),
                 None => {
-                    crate::not_run!(
+                    imsctl::not_run!(
                         "{test}: ignored: no user with a subordinate id range (needs useradd and uidmap)"
                     );
                     return None;
@@ -592,7 +592,7 @@ fn ssh_sessions(who: Who) {
         return;
     };
     if !have("ssh") || !have("ssh-keygen") {
-        crate::not_run!("ssh_sessions: ignored: openssh-client is needed (CI installs it)");
+        imsctl::not_run!("ssh_sessions: ignored: openssh-client is needed (CI installs it)");
         return;
     }
     let (key, key_id) = ssh_key(&case);
@@ -682,44 +682,26 @@ fn ssh_sessions(who: Who) {
     }
 }
 
-#[test]
-fn containment_one_shot_customize_root() {
-    one_shot_jailed(Who::Root);
+/// One test as root and one rootless for each session kind.
+macro_rules! as_root_and_rootless {
+    ($($body:ident => $root:ident, $rootless:ident;)*) => {$(
+        #[test]
+        fn $root() {
+            $body(Who::Root);
+        }
+        #[test]
+        fn $rootless() {
+            $body(Who::Rootless);
+        }
+    )*};
 }
 
-#[test]
-fn containment_one_shot_customize_rootless() {
-    one_shot_jailed(Who::Rootless);
-}
-
-#[test]
-fn containment_customize_shell_not_jailed_root() {
-    one_shot_shell_not_jailed(Who::Root);
-}
-
-#[test]
-fn containment_customize_shell_not_jailed_rootless() {
-    one_shot_shell_not_jailed(Who::Rootless);
-}
-
-#[test]
-fn containment_jobs_exec_and_shell_root() {
-    jobs_exec_and_shell(Who::Root);
-}
-
-#[test]
-fn containment_jobs_exec_and_shell_rootless() {
-    jobs_exec_and_shell(Who::Rootless);
-}
-
-#[test]
-fn containment_ssh_sessions_root() {
-    ssh_sessions(Who::Root);
-}
-
-#[test]
-fn containment_ssh_sessions_rootless() {
-    ssh_sessions(Who::Rootless);
+as_root_and_rootless! {
+    one_shot_jailed => containment_one_shot_customize_root, containment_one_shot_customize_rootless;
+    one_shot_shell_not_jailed => containment_customize_shell_not_jailed_root, containment_customize_shell_not_jailed_rootless;
+    jobs_exec_and_shell => containment_jobs_exec_and_shell_root, containment_jobs_exec_and_shell_rootless;
+    ssh_sessions => containment_ssh_sessions_root, containment_ssh_sessions_rootless;
+    ansible_play => ansible_playbook_runs_over_ssh_root, ansible_playbook_runs_over_ssh_rootless;
 }
 
 /// `customize --ansible`: the playbook runs on the host and manages the job over a one-off SSH
@@ -733,7 +715,7 @@ fn ansible_play(who: Who) {
         .iter()
         .any(|d| Path::new(d).join("ansible-playbook").exists());
     if !reachable || !have("ssh") || !Path::new("/usr/bin/python3").exists() {
-        crate::not_run!(
+        imsctl::not_run!(
             "ansible_play: ignored: needs ansible-core in /usr, openssh-client and /usr/bin/python3 (CI installs them)"
         );
         return;
@@ -776,16 +758,6 @@ fn ansible_play(who: Who) {
         !listing.contains("ansible/id_ed25519"),
         "no key in the image"
     );
-}
-
-#[test]
-fn ansible_playbook_runs_over_ssh_root() {
-    ansible_play(Who::Root);
-}
-
-#[test]
-fn ansible_playbook_runs_over_ssh_rootless() {
-    ansible_play(Who::Rootless);
 }
 
 /// The non-jailed view shows the host's tools and none of its secrets.
@@ -845,7 +817,7 @@ fn non_jailed_view_shows_tools_not_secrets() {
 #[test]
 fn mount_points_the_image_lacked_do_not_reach_the_result() {
     if !is_root() {
-        crate::not_run!("mount_points: ignored: needs root");
+        imsctl::not_run!("mount_points: ignored: needs root");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
