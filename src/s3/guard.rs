@@ -243,6 +243,22 @@ impl Lease {
     }
 }
 
+/// The token of the process holding the lock on `path`. The holder writes it just after it
+/// takes the lock, so a reader that lost the race may find the file empty for a moment: look
+/// again for up to half a second before giving up.
+fn holder_of(path: &Path) -> Option<LocalToken> {
+    for _ in 0..50 {
+        let token = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<LocalToken>(&b).ok());
+        if token.is_some() {
+            return token;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    None
+}
+
 /// The local side of a lease: a token file in the resume state directory, and an flock on it
 /// held for the whole publication.
 #[derive(Debug)]
@@ -260,11 +276,10 @@ impl LocalClaim {
         let lock = match try_lock(&path)? {
             Some(lock) => lock,
             None => {
-                let holder = std::fs::read(&path)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<LocalToken>(&b).ok())
-                    .map(|t| format!(" (pid {})", t.pid))
-                    .unwrap_or_default();
+                let holder = match holder_of(&path) {
+                    Some(token) => format!(" (pid {})", token.pid),
+                    None => " (pid not yet written)".to_string(),
+                };
                 return Err(Error::Busy(format!(
                     "image {id} is being published to {} by another imsctl process of this \
                      store{holder}; lock {}",
