@@ -32,6 +32,43 @@ pub fn md5_file(path: &Path) -> Result<String> {
     md5_reader(file, path)
 }
 
+/// Lower-case hex MD5 of a file and the MD5 of each of its `part_size` parts, in one read: what
+/// a multipart upload needs (the object's md5sum before it starts, each part's Content-MD5).
+pub fn md5_file_with_parts(path: &Path, part_size: u64) -> Result<(String, Vec<[u8; 16]>)> {
+    let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let part_size = part_size.max(1);
+    let mut whole = Md5::new();
+    let mut part = Md5::new();
+    let mut in_part = 0u64;
+    let mut parts = Vec::new();
+    let mut buf = vec![0u8; BUFFER];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        whole.update(&buf[..n]);
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let take =
+                usize::try_from((part_size - in_part).min(rest.len() as u64)).unwrap_or(rest.len());
+            part.update(&rest[..take]);
+            in_part += take as u64;
+            rest = &rest[take..];
+            if in_part == part_size {
+                parts.push(std::mem::take(&mut part).finalize().into());
+                in_part = 0;
+            }
+        }
+    }
+    if in_part > 0 {
+        parts.push(part.finalize().into());
+    }
+    Ok((hex(&whole.finalize()), parts))
+}
+
 /// Copy `src` into `dst` (an open file), returning the MD5 of the bytes copied.
 pub fn copy_with_md5(src: &Path, dst: &mut File, dst_path: &Path) -> Result<String> {
     let mut input = File::open(src).map_err(|e| Error::io("open", src, e))?;
@@ -80,6 +117,25 @@ mod tests {
             md5_file(&fox).expect("md5"),
             "9e107d9d372bb6826bd81d3542a419d6"
         );
+    }
+
+    #[test]
+    fn parts_are_hashed_in_the_same_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        let data: Vec<u8> = (0..(BUFFER * 3 + 777))
+            .map(|i| (i * 13 % 253) as u8)
+            .collect();
+        std::fs::write(&src, &data).expect("write");
+        for part_size in [1000u64, BUFFER as u64, BUFFER as u64 + 1, 5 << 20] {
+            let (whole, parts) = md5_file_with_parts(&src, part_size).expect("md5");
+            assert_eq!(whole, md5_file(&src).expect("md5"));
+            let expected: Vec<[u8; 16]> = data
+                .chunks(part_size as usize)
+                .map(|c| Md5::digest(c).into())
+                .collect();
+            assert_eq!(parts, expected, "part size {part_size}");
+        }
     }
 
     #[test]

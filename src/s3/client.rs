@@ -434,12 +434,25 @@ impl Client {
         number: u16,
         body: &[u8],
     ) -> Result<String> {
+        use md5::Digest;
+        self.upload_part_hashed(key, upload_id, number, body, &md5::Md5::digest(body).into())
+    }
+
+    /// [`Client::upload_part`] of a body whose md5 the caller has already computed.
+    pub fn upload_part_hashed(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u16,
+        body: &[u8],
+        md5: &[u8; 16],
+    ) -> Result<String> {
         let sign = || {
             self.bucket
                 .upload_part(self.credentials(), key, number, upload_id)
                 .sign(SIGNATURE_LIFETIME)
         };
-        let md5 = content_md5(body);
+        let md5 = base64(md5);
         let reply = self.call(
             "UploadPart",
             key,

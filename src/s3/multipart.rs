@@ -152,17 +152,25 @@ pub fn upload_file(
         .metadata()
         .map_err(|e| Error::io("stat", path, e))?
         .len();
-    let md5 = match &options.known_md5 {
-        Some(m) => m.to_ascii_lowercase(),
-        None => crate::artifacts::md5::md5_file(path)?,
+    // One read hashes the whole file (its md5sum metadata, needed before the upload starts)
+    // and each part (their Content-MD5), so the parts are not hashed a second time.
+    let part_size = client.config().part_size_for(size);
+    let (md5, part_md5s) = match &options.known_md5 {
+        Some(m) => (m.to_ascii_lowercase(), None),
+        None if size > part_size => {
+            let (md5, parts) = crate::artifacts::md5::md5_file_with_parts(path, part_size)?;
+            (md5, Some(parts))
+        }
+        None => (crate::artifacts::md5::md5_file(path)?, None),
     };
+    let part_md5s = part_md5s.as_deref();
     let mut metadata = options.metadata.clone();
     metadata.retain(|(k, _)| !k.eq_ignore_ascii_case(MD5SUM_META));
     metadata.push((MD5SUM_META.to_string(), md5.clone()));
 
     let start = progress.load(Ordering::Relaxed);
     let mut uploaded = send(
-        client, key, &file, path, size, &md5, &metadata, options, progress,
+        client, key, &file, path, size, &md5, part_md5s, &metadata, options, progress,
     )?;
     match check_uploaded(client, key, size, &md5) {
         Ok(()) => {}
@@ -175,7 +183,7 @@ pub fn upload_file(
                 ..options.clone()
             };
             uploaded = send(
-                client, key, &file, path, size, &md5, &metadata, &fresh, progress,
+                client, key, &file, path, size, &md5, part_md5s, &metadata, &fresh, progress,
             )?;
             check_uploaded(client, key, size, &md5)?;
         }
@@ -192,6 +200,7 @@ fn send(
     path: &Path,
     size: u64,
     md5: &str,
+    part_md5s: Option<&[[u8; 16]]>,
     metadata: &[(String, String)],
     options: &UploadOptions,
     progress: &AtomicU64,
@@ -217,7 +226,7 @@ fn send(
         });
     }
     multipart(
-        client, key, file, path, size, part_size, md5, metadata, options, progress,
+        client, key, file, path, size, part_size, md5, part_md5s, metadata, options, progress,
     )
 }
 
@@ -230,6 +239,7 @@ fn multipart(
     size: u64,
     part_size: u64,
     md5: &str,
+    part_md5s: Option<&[[u8; 16]]>,
     metadata: &[(String, String)],
     options: &UploadOptions,
     progress: &AtomicU64,
@@ -270,7 +280,14 @@ fn multipart(
     };
 
     let result = upload_parts(
-        client, key, &upload_id, file, path, size, part_size, parts, &listed, trust_size, progress,
+        client,
+        key,
+        &upload_id,
+        (file, path, size),
+        (part_size, parts, part_md5s),
+        &listed,
+        trust_size,
+        progress,
     )
     .and_then(|(etags, stats)| {
         let etag = complete(client, key, &upload_id, &etags, size)?;
@@ -404,11 +421,8 @@ fn upload_parts(
     client: &Client,
     key: &str,
     upload_id: &str,
-    file: &File,
-    path: &Path,
-    size: u64,
-    part_size: u64,
-    parts: usize,
+    (file, path, size): (&File, &Path, u64),
+    (part_size, parts, part_md5s): (u64, usize, Option<&[[u8; 16]]>),
     listed: &[ListedPart],
     trust_size: bool,
     progress: &AtomicU64,
@@ -419,8 +433,15 @@ fn upload_parts(
         let offset = index as u64 * part_size;
         let len = part_size.min(size - offset);
         let number = u16::try_from(index + 1).unwrap_or(u16::MAX);
+        let known_md5 = part_md5s.and_then(|m| m.get(index));
         let (etag, was_reused) = one_part(
-            client, key, upload_id, file, path, offset, len, number, listed, trust_size,
+            client,
+            key,
+            upload_id,
+            (file, path),
+            (offset, len, number, known_md5),
+            listed,
+            trust_size,
         )?;
         if was_reused {
             reused.fetch_add(1, Ordering::Relaxed);
@@ -487,19 +508,20 @@ pub(super) fn one_part(
     client: &Client,
     key: &str,
     upload_id: &str,
-    file: &File,
-    path: &Path,
-    offset: u64,
-    len: u64,
-    number: u16,
+    (file, path): (&File, &Path),
+    (offset, len, number, known_md5): (u64, u64, u16, Option<&[u8; 16]>),
     listed: &[ListedPart],
     trust_size: bool,
 ) -> Result<(String, bool)> {
     let body = read_range(file, path, offset, len)?;
+    let digest: [u8; 16] = match known_md5 {
+        Some(d) => *d,
+        None => Md5::digest(&body).into(),
+    };
     if let Some(existing) = listed.iter().find(|p| p.number == number)
         && existing.size == len
     {
-        let md5 = hex(&Md5::digest(&body));
+        let md5 = hex(&digest);
         if existing.etag.eq_ignore_ascii_case(&md5) {
             return Ok((existing.etag.clone(), true));
         }
@@ -507,7 +529,8 @@ pub(super) fn one_part(
             return Ok((md5, true));
         }
     }
-    Ok((client.upload_part(key, upload_id, number, &body)?, false))
+    let etag = client.upload_part_hashed(key, upload_id, number, &body, &digest)?;
+    Ok((etag, false))
 }
 
 /// Complete the upload. A Complete that succeeded on the server but whose answer was lost is

@@ -386,11 +386,8 @@ impl Worker {
             &self.client,
             &self.key,
             &self.upload_id,
-            &self.file,
-            &self.path,
-            index as u64 * self.part_size,
-            len,
-            number,
+            (&self.file, &self.path),
+            (index as u64 * self.part_size, len, number, None),
             &self.shared.listed,
             false,
         )?;
