@@ -11,6 +11,8 @@
 #   cargo +nightly fuzz tmin -O -a <target> fuzz/artifacts/<target>/<file>
 # fix the library, and keep the input under testdata/fuzz/regressions/ (tests/it/fuzz.rs replays
 # every file there in the normal test suite).
+# FUZZ_FORK=N runs N libFuzzer workers in fork mode that keep going after a finding (for long
+# runs: every crash, OOM and timeout is kept, not only the first).
 # Exit status: 0 when nothing was found, 1 when a target left an artifact, 2 on a setup error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +35,9 @@ fuzz=(cargo "+$toolchain" fuzz)
 flags=(-O -a)
 # libFuzzer options: a slow input (>10 s) or one taking more than 2 GiB is a finding too.
 libfuzzer=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
+if [ -n "${FUZZ_FORK:-}" ]; then
+    libfuzzer+=(-fork="$FUZZ_FORK" -ignore_crashes=1 -ignore_ooms=1 -ignore_timeouts=1)
+fi
 
 (cd fuzz && nice "${fuzz[@]}" build "${flags[@]}") || { echo "fuzz build failed" >&2; exit 2; }
 
@@ -45,13 +50,16 @@ for target in "${targets[@]}"; do
     artifacts=fuzz/artifacts/$target
     mkdir -p "$corpus" "$artifacts"
     before=$(find "$artifacts" -type f | wc -l)
+    # A target's dictionary (tokens a mutation rarely builds byte by byte), when it has one.
+    dict=()
+    [ -f "testdata/fuzz/dict/$target.dict" ] && dict=(-dict="../testdata/fuzz/dict/$target.dict")
     log=fuzz/logs/$target.log
     echo "== $target: ${seconds}s from $(find "$seeds" -type f | wc -l) seeds (log: $log)"
     # The first corpus directory receives new inputs; the seeds are only read. cargo-fuzz puts
     # artifacts in fuzz/artifacts/<target>/.
     status=0
     (cd fuzz && nice "${fuzz[@]}" run "${flags[@]}" "$target" "../$corpus" "../$seeds" -- \
-        "${libfuzzer[@]}") >"$log" 2>&1 || status=$?
+        "${libfuzzer[@]}" "${dict[@]}") >"$log" 2>&1 || status=$?
     # The last status line holds the coverage; the final stats the executions.
     grep -E '^#[0-9]+' "$log" | tail -1 | sed 's/^/   last: /' || true
     grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)' "$log" \

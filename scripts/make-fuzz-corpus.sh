@@ -128,6 +128,8 @@ EOF
 printf '2018-12-04T17:25:52.482514+00:00' | seed 4 timestamp-ims
 printf '2024-02-29T16:29:59.5-07:30' | seed 4 timestamp-offset
 printf '2016-12-31T23:59:60Z' | seed 4 timestamp-leap-second
+printf '9999-12-31T23:59:59.999999+01:00' | seed 4 timestamp-last
+printf '0000-01-01T00:00:00-01:00' | seed 4 timestamp-first
 printf 'ca_cert = "certs/ca.crt"\n' | seed 5 config.toml
 
 du -sh "$out"
