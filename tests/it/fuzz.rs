@@ -79,6 +79,12 @@ const REGRESSIONS: &[(&str, Option<&str>)] = &[
         "records-timestamp-utc-year-minus-1",
         Some("outside the years 0000 to 9999"),
     ),
+    // A pax sparse member (3 KiB of tar) declaring 10^15 bytes of holes: the writer queued a
+    // size word per 4 KiB block of holes, taking gigabytes and minutes without end.
+    (
+        "tar_source-sparse-petabyte-of-holes",
+        Some("sparse file of 1000000000000000 bytes: its holes would take the image past"),
+    ),
     // block_log 4108: `1 << block_log` overflowed (a panic with overflow checks; without
     // them the shift wrapped to 12 and the damaged superblock passed).
     (
