@@ -217,7 +217,8 @@ impl Superblock {
         sb.export_table = c.u64();
         if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&sb.block_size)
             || !sb.block_size.is_power_of_two()
-            || 1u32 << sb.block_log != sb.block_size
+            // Compared as a log, not by shifting: a block_log of 32 or more must not overflow.
+            || u32::from(sb.block_log) != sb.block_size.trailing_zeros()
         {
             return Err(format!(
                 "bad block size {} (log {})",

@@ -415,7 +415,9 @@ impl Store {
     }
 }
 
-fn parse_record<R: Record>(path: &Path, bytes: &[u8], id: Uuid) -> Result<R> {
+/// A record as the store reads it from `path`: JSON holding a record of kind `R` whose id is
+/// `id` (the file's name). Public so that the fuzz targets reach it as the store does.
+pub fn parse_record<R: Record>(path: &Path, bytes: &[u8], id: Uuid) -> Result<R> {
     let record: R = serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
         path: path.to_path_buf(),
         what: format!("{} record: {e}", R::KIND),

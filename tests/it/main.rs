@@ -4,6 +4,7 @@
 mod common;
 mod containment;
 mod engine;
+mod fuzz;
 mod messages;
 mod outputs;
 mod repack;

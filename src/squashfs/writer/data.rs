@@ -147,6 +147,8 @@ pub(crate) struct DataWriter {
     /// End of the data the writer thread will never rewrite (see `OrderedOut::settle`).
     pub settled: Arc<AtomicU64>,
     pub duplicate_tails: u64,
+    /// Blocks of holes queued so far (see [`MAX_HOLE_BLOCKS`]).
+    hole_blocks: u64,
 }
 
 /// The compression threads to start for `requested` (0: one per core): at most 4 per core and
@@ -202,6 +204,12 @@ pub(crate) struct DataConfig {
 
 const FRAG_CACHE_BLOCKS: usize = 32;
 
+/// Blocks of holes one image may hold in all: 2^25, which is 4 TiB of holes at 128 KiB blocks
+/// and 128 GiB at 4 KiB. A hole costs no input, but each block of it takes a size word in
+/// memory and in the inode table; without a bound, a sparse tar member of a few hundred bytes
+/// declaring an exabyte took the writer's memory and time without end.
+pub(crate) const MAX_HOLE_BLOCKS: u64 = 1 << 25;
+
 impl DataWriter {
     pub fn new(file: File, path: PathBuf, cfg: DataConfig) -> Result<Self> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -249,6 +257,7 @@ impl DataWriter {
             bytes_in: Arc::new(AtomicU64::new(0)),
             settled,
             duplicate_tails: 0,
+            hole_blocks: 0,
         })
     }
 
@@ -349,6 +358,7 @@ impl DataWriter {
             let data_at = segments.get(next).map_or(size, |&(o, _)| o.max(pos));
             let holes = ((data_at - pos) / block).min((size - pos) / block);
             if holes > 0 {
+                self.count_holes(entry, size, holes)?;
                 self.push_holes(&mut file, holes)?;
                 pos += holes * block;
                 continue;
@@ -399,6 +409,25 @@ impl DataWriter {
             self.send(Op::Block(pending))?;
         }
         Ok(None)
+    }
+
+    /// Count `holes` more blocks of holes against [`MAX_HOLE_BLOCKS`], or refuse the file.
+    fn count_holes(&mut self, entry: &[u8], size: u64, holes: u64) -> Result<()> {
+        let total = self.hole_blocks.saturating_add(holes);
+        if total > MAX_HOLE_BLOCKS {
+            let block = self.block_size as u64;
+            return Err(Error::bad_entry(
+                entry,
+                format!(
+                    "sparse file of {size} bytes: its holes would take the image past the \
+                     {MAX_HOLE_BLOCKS} blocks of holes it may hold ({} GiB at {block}-byte \
+                     blocks; a larger block size holds more)",
+                    (MAX_HOLE_BLOCKS * block) >> 30
+                ),
+            ));
+        }
+        self.hole_blocks = total;
+        Ok(())
     }
 
     /// Queue `count` whole blocks of zeros (holes), as `push_block` would queue them.

@@ -890,4 +890,31 @@ mod sparse_tests {
             .unwrap();
         assert_eq!(size_read, Some(size));
     }
+
+    /// Holes are free to declare: an exabyte of them (a few hundred bytes of tar) is refused
+    /// at once, naming the file, instead of taking memory and time without end (fuzz finding).
+    #[test]
+    fn holes_past_the_image_budget_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = WriterOptions::new(Algorithm::Gzip, Some(1), 4096).unwrap();
+        let mut w = Writer::create(&dir.path().join("x.sqsh"), opts).unwrap();
+        let started = std::time::Instant::now();
+        let err = w
+            .add_sparse_file(
+                b"exa",
+                Meta::default(),
+                1 << 60,
+                &[(0, 5)],
+                &mut &b"hello"[..],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(
+            err.starts_with("exa: sparse file of 1152921504606846976 bytes")
+                && err.contains("33554432 blocks of holes")
+                && err.contains("128 GiB at 4096-byte blocks"),
+            "{err}"
+        );
+    }
 }

@@ -1,0 +1,3 @@
+//! The fuzz targets' shared code: see `exercise`.
+
+pub mod exercise;
