@@ -175,7 +175,7 @@ mod tests {
         if made_device {
             cases.push((device.clone(), "a character device"));
         } else {
-            crate::not_run!("not root: mknod refused, the device case is skipped");
+            imsctl_testkit::not_run!("not root: mknod refused, the device case is skipped");
         }
         for (path, kind) in &cases {
             let err = format!("{:#}", write_x(path).expect_err("refused"));

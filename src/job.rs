@@ -293,7 +293,10 @@ fn prepare(
         root::populate_extracted(&cfg.layout, |dir| {
             let opts = crate::squashfs::extract::ExtractOptions {
                 skip_devices: true,
-                progress: Some(bar.clone()),
+                progress: Some(crate::squashfs::extract::Progress::new({
+                    let bar = bar.clone();
+                    move |n| bar.inc(n)
+                })),
                 ..Default::default()
             };
             crate::squashfs::extract::extract(&image, dir, &opts).map(drop)

@@ -822,12 +822,14 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let f = fixture();
         let Ok(other) = tempfile::tempdir_in("/dev/shm") else {
-            crate::not_run!("no /dev/shm: cross-filesystem test skipped");
+            imsctl_testkit::not_run!("no /dev/shm: cross-filesystem test skipped");
             return;
         };
         let dev = |p: &Path| fs::metadata(p).expect("stat").dev();
         if dev(other.path()) == dev(f.store.root()) {
-            crate::not_run!("/dev/shm is on the store's filesystem: cross-filesystem test skipped");
+            imsctl_testkit::not_run!(
+                "/dev/shm is on the store's filesystem: cross-filesystem test skipped"
+            );
             return;
         }
         let rootfs = other.path().join("rootfs.sqsh");

@@ -185,7 +185,7 @@ mod tests {
                 .arg(&key)
                 .status();
             let Ok(status) = made else {
-                crate::not_run!("ssh-keygen not installed: cross-check skipped");
+                imsctl_testkit::not_run!("ssh-keygen not installed: cross-check skipped");
                 return;
             };
             assert!(status.success());

@@ -199,7 +199,10 @@ pub fn extract(ctx: &Context, args: &ExtractArgs) -> Result<()> {
     let bar = ctx.bytes_bar("extracting", None);
     let opts = ExtractOptions {
         skip_devices: args.skip_devices,
-        progress: Some(bar.clone()),
+        progress: Some(crate::squashfs::extract::Progress::new({
+            let bar = bar.clone();
+            move |n| bar.inc(n)
+        })),
         ..ExtractOptions::default()
     };
     let report = extract::extract(&image, &args.dir, &opts)?;

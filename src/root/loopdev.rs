@@ -151,7 +151,7 @@ mod tests {
     #[test]
     fn attach_autoclears_when_dropped() {
         if !nix::unistd::geteuid().is_root() {
-            crate::not_run!("note: loop device test needs root; skipped");
+            imsctl_testkit::not_run!("note: loop device test needs root; skipped");
             return;
         }
         let dir = tempfile::tempdir().expect("tempdir");

@@ -74,7 +74,7 @@ impl Files {
 fn for_each_server(test: impl Fn(&Server)) {
     let servers = testserver::servers();
     if servers.is_empty() {
-        crate::not_run!("note: no S3 server installed; nothing tested");
+        imsctl_testkit::not_run!("note: no S3 server installed; nothing tested");
     }
     for server in &servers {
         eprintln!("-- against {}", server.name);

@@ -148,7 +148,7 @@ fn wait_listening(addr: SocketAddr, child: &mut Child) -> bool {
 /// moto_server on a free loopback port; None (with a note) when it is not installed.
 pub fn moto() -> Option<Server> {
     let Some(program) = find_program("moto_server") else {
-        crate::not_run!(
+        imsctl_testkit::not_run!(
             "note: moto_server not installed; skipping the moto run (pip install 'moto[server]')"
         );
         return None;
@@ -164,7 +164,9 @@ pub fn moto() -> Option<Server> {
     if !wait_listening(addr, &mut child) {
         let _ = child.kill();
         let _ = child.wait();
-        crate::not_run!("note: moto_server did not start on {addr}; skipping the moto run");
+        imsctl_testkit::not_run!(
+            "note: moto_server did not start on {addr}; skipping the moto run"
+        );
         return None;
     }
     Some(Server {
@@ -180,7 +182,7 @@ pub fn moto() -> Option<Server> {
 /// when it is not installed.
 pub fn s3s_fs() -> Option<Server> {
     let Some(program) = find_program("s3s-fs") else {
-        crate::not_run!(
+        imsctl_testkit::not_run!(
             "note: s3s-fs not installed; skipping the s3s-fs run \
              (cargo install s3s-fs@0.14.1 --features binary --locked)"
         );
@@ -212,7 +214,7 @@ pub fn s3s_fs() -> Option<Server> {
     if !wait_listening(addr, &mut child) {
         let _ = child.kill();
         let _ = child.wait();
-        crate::not_run!("note: s3s-fs did not start on {addr}; skipping the s3s-fs run");
+        imsctl_testkit::not_run!("note: s3s-fs did not start on {addr}; skipping the s3s-fs run");
         return None;
     }
     Some(Server {

@@ -233,7 +233,7 @@ mod tests {
     #[test]
     fn a_confined_child_keeps_only_its_set() {
         if !seccomp_available() {
-            crate::not_run!("ignored: this kernel has no seccomp");
+            imsctl_testkit::not_run!("ignored: this kernel has no seccomp");
             return;
         }
         // SAFETY: the child confines itself, reads /proc and _exits.

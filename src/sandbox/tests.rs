@@ -241,7 +241,7 @@ fn assert_resolv_restored(etc: &Path, layout: &WorkLayout) {
 #[test]
 fn root_mount_mode_kernel_loop_jailed() {
     if !is_root() {
-        return crate::not_run!("note: needs root; skipped");
+        return imsctl_testkit::not_run!("note: needs root; skipped");
     }
     let fx = Fixture::new();
     let layout = fx.layout("job-loop");
@@ -281,7 +281,7 @@ fn root_mount_mode_kernel_loop_jailed() {
 #[test]
 fn root_mount_mode_squashfuse_not_jailed() {
     if !is_root() {
-        return crate::not_run!("note: needs root; skipped");
+        return imsctl_testkit::not_run!("note: needs root; skipped");
     }
     let fx = Fixture::new();
     let layout = fx.layout("job-fuse");
@@ -324,7 +324,7 @@ fn root_mount_mode_squashfuse_not_jailed() {
 #[test]
 fn root_extract_mode_network_none_and_missing_command() {
     if !is_root() {
-        return crate::not_run!("note: needs root; skipped");
+        return imsctl_testkit::not_run!("note: needs root; skipped");
     }
     let fx = Fixture::new();
     let layout = fx.extracted("job-extract", false);
@@ -361,7 +361,7 @@ fn root_extract_mode_network_none_and_missing_command() {
 #[test]
 fn second_session_on_a_busy_job_is_refused() {
     if !is_root() {
-        return crate::not_run!("note: needs root; skipped");
+        return imsctl_testkit::not_run!("note: needs root; skipped");
     }
     let fx = Fixture::new();
     let layout = fx.extracted("job-busy", false);
@@ -475,7 +475,7 @@ fn assert_shell_session(result: Result<std::process::ExitStatus>, output: &str) 
 #[test]
 fn root_pty_shell_jailed_touches_complete() {
     if !is_root() {
-        return crate::not_run!("note: needs root; skipped");
+        return imsctl_testkit::not_run!("note: needs root; skipped");
     }
     let fx = Fixture::new();
     let layout = fx.extracted("job-shell", false);
@@ -493,7 +493,7 @@ fn root_pty_shell_jailed_touches_complete() {
 #[test]
 fn crashed_session_is_repaired_by_the_next() {
     if !is_root() {
-        return crate::not_run!("note: needs root; skipped");
+        return imsctl_testkit::not_run!("note: needs root; skipped");
     }
     let fx = Fixture::new();
     let layout = fx.extracted("job-crash", false);
@@ -691,7 +691,7 @@ fn rootless_squashfuse_when_fuse_is_usable() {
     let base = fx.base();
     as_nobody(|| {
         if !crate::root::rootless_fuse_usable() {
-            crate::not_run!(
+            imsctl_testkit::not_run!(
                 "note: /dev/fuse is not usable by uid 65534 here; rootless squashfuse skipped"
             );
             return Ok(());
@@ -723,7 +723,7 @@ fn rootless_squashfuse_when_fuse_is_usable() {
 #[test]
 fn killing_imsctl_leaves_no_process_and_no_mount() {
     if !is_root() {
-        return crate::not_run!("note: needs root; skipped");
+        return imsctl_testkit::not_run!("note: needs root; skipped");
     }
     let fx = Fixture::new();
     let source = ImageSource::Mount {
@@ -775,7 +775,7 @@ fn killing_imsctl_leaves_no_process_and_no_mount() {
 #[test]
 fn shell_without_a_terminal_reads_commands_from_its_input_and_run_with_captures_output() {
     if !is_root() {
-        return crate::not_run!("note: needs root; skipped");
+        return imsctl_testkit::not_run!("note: needs root; skipped");
     }
     let fx = Fixture::new();
     let layout = fx.extracted("job-piped", false);

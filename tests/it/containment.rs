@@ -191,13 +191,13 @@ struct Case {
 impl Case {
     fn new(who: Who, test: &str) -> Option<Case> {
         if !is_root() {
-            imsctl::not_run!(
+            imsctl_testkit::not_run!(
                 "{test}: ignored: the containment suite needs root (CI runs it as root)"
             );
             return None;
         }
         let Some(img) = probe_image() else {
-            imsctl::not_run!("{test}: ignored: gcc is needed to build the probe");
+            imsctl_testkit::not_run!("{test}: ignored: gcc is needed to build the probe");
             return None;
         };
         let user = match who {
@@ -205,7 +205,7 @@ impl Case {
             Who::Rootless => match rootless_user() {
                 Some(u) => Some(u),
                 None => {
-                    imsctl::not_run!(
+                    imsctl_testkit::not_run!(
                         "{test}: ignored: no user with a subordinate id range (needs useradd and uidmap)"
                     );
                     return None;
@@ -592,7 +592,9 @@ fn ssh_sessions(who: Who) {
         return;
     };
     if !have("ssh") || !have("ssh-keygen") {
-        imsctl::not_run!("ssh_sessions: ignored: openssh-client is needed (CI installs it)");
+        imsctl_testkit::not_run!(
+            "ssh_sessions: ignored: openssh-client is needed (CI installs it)"
+        );
         return;
     }
     let (key, key_id) = ssh_key(&case);
@@ -715,7 +717,7 @@ fn ansible_play(who: Who) {
         .iter()
         .any(|d| Path::new(d).join("ansible-playbook").exists());
     if !reachable || !have("ssh") || !Path::new("/usr/bin/python3").exists() {
-        imsctl::not_run!(
+        imsctl_testkit::not_run!(
             "ansible_play: ignored: needs ansible-core in /usr, openssh-client and /usr/bin/python3 (CI installs them)"
         );
         return;
@@ -817,7 +819,7 @@ fn non_jailed_view_shows_tools_not_secrets() {
 #[test]
 fn mount_points_the_image_lacked_do_not_reach_the_result() {
     if !is_root() {
-        imsctl::not_run!("mount_points: ignored: needs root");
+        imsctl_testkit::not_run!("mount_points: ignored: needs root");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -59,7 +59,7 @@ fn pack_lists_like_mksquashfs_and_sqfsdiff_finds_no_difference() {
 #[test]
 fn kernel_mount_of_pack_matches_the_source_tree() {
     if !is_root() {
-        imsctl::not_run!("not root: kernel mount check skipped");
+        imsctl_testkit::not_run!("not root: kernel mount check skipped");
         return;
     }
     let tree = fixture_tree();
@@ -258,7 +258,7 @@ fn gnu_tar_extract(tarball: &Path, into: &Path) -> std::process::Output {
 #[test]
 fn tar_replacements_match_gnu_tar_extraction() {
     if !is_root() {
-        imsctl::not_run!(
+        imsctl_testkit::not_run!(
             "not root: GNU tar cannot restore owners and the kernel cannot mount; skipped"
         );
         return;

@@ -146,7 +146,7 @@ fn control_characters_in_names_are_escaped_in_messages() {
 fn ls_escapes_names_on_a_terminal_only() {
     use std::os::unix::ffi::OsStrExt;
     if !have("script") {
-        imsctl::not_run!("script(1) not installed: no terminal to test with; skipped");
+        imsctl_testkit::not_run!("script(1) not installed: no terminal to test with; skipped");
         return;
     }
     let work = tempfile::tempdir().expect("tempdir");

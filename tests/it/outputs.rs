@@ -49,7 +49,7 @@ fn convert_and_pack_refuse_to_replace_a_fifo_a_symlink_or_a_device() {
         run(Command::new("mknod").arg(&device).args(["c", "1", "7"]));
         cases.push((device.clone(), "a character device"));
     } else {
-        imsctl::not_run!("not root: the device node case is skipped (mknod needs root)");
+        imsctl_testkit::not_run!("not root: the device node case is skipped (mknod needs root)");
     }
     for (path, kind) in &cases {
         let tree = work.path().join("tree");

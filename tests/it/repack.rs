@@ -72,7 +72,9 @@ fn rootfs_of(store: &Path, result: &serde_json::Value) -> std::path::PathBuf {
 #[test]
 fn incremental_repack_equals_a_full_repack() {
     if !is_root() {
-        imsctl::not_run!("not root: skipped (the fixture needs devices and foreign owners)");
+        imsctl_testkit::not_run!(
+            "not root: skipped (the fixture needs devices and foreign owners)"
+        );
         return;
     }
     let work = tempfile::tempdir().unwrap();

@@ -171,13 +171,15 @@ fn install_and_pack(setup: &Setup) -> PathBuf {
 #[test]
 fn a_package_with_a_system_user_packs_with_its_owners_as_root_and_rootless() {
     let Some(image) = debian_image() else {
-        imsctl::not_run!(
+        imsctl_testkit::not_run!(
             "debian package test: ignored: needs root, debootstrap and dpkg-deb (CI has them)"
         );
         return;
     };
     let Some(user) = rootless_user() else {
-        imsctl::not_run!("debian package test: ignored: no user with a subordinate id range");
+        imsctl_testkit::not_run!(
+            "debian package test: ignored: no user with a subordinate id range"
+        );
         return;
     };
     let as_root = Setup::new(None, image);
@@ -193,11 +195,15 @@ fn a_package_with_a_system_user_packs_with_its_owners_as_root_and_rootless() {
 #[test]
 fn a_failed_rootless_job_full_of_subordinate_ids_is_deleted_without_a_trace() {
     let Some(image) = debian_image() else {
-        imsctl::not_run!("rootless delete test: ignored: needs root, debootstrap and dpkg-deb");
+        imsctl_testkit::not_run!(
+            "rootless delete test: ignored: needs root, debootstrap and dpkg-deb"
+        );
         return;
     };
     let Some(user) = rootless_user() else {
-        imsctl::not_run!("rootless delete test: ignored: no user with a subordinate id range");
+        imsctl_testkit::not_run!(
+            "rootless delete test: ignored: no user with a subordinate id range"
+        );
         return;
     };
     let setup = Setup::new(uid_of(user), image);
@@ -262,11 +268,13 @@ fn walk(dir: &Path) -> Vec<fs::Metadata> {
 #[test]
 fn without_a_subordinate_range_apt_fails_with_a_hint() {
     let Some(image) = debian_image() else {
-        imsctl::not_run!("single-id hint test: ignored: needs root, debootstrap and dpkg-deb");
+        imsctl_testkit::not_run!(
+            "single-id hint test: ignored: needs root, debootstrap and dpkg-deb"
+        );
         return;
     };
     if !have("setpriv") {
-        imsctl::not_run!("single-id hint test: ignored: setpriv is needed");
+        imsctl_testkit::not_run!("single-id hint test: ignored: setpriv is needed");
         return;
     }
     let setup = Setup::new(Some((65534, 65534)), image);

@@ -18,7 +18,7 @@ impl Session {
     /// None (with a note) when the OpenSSH clients are not installed.
     fn new(test: &str) -> Option<Self> {
         if !have("sftp") || !have("scp") {
-            imsctl::not_run!("{test}: skipped, sftp/scp (openssh-client) not installed");
+            imsctl_testkit::not_run!("{test}: skipped, sftp/scp (openssh-client) not installed");
             return None;
         }
         let dir = tempfile::tempdir().expect("tempdir");

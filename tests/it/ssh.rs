@@ -27,7 +27,9 @@ impl SshSetup {
     /// None (with a note) when the OpenSSH client is missing; CI installs it.
     fn new(test: &str) -> Option<SshSetup> {
         if !have("ssh") || !have("ssh-keygen") {
-            imsctl::not_run!("{test}: skipped, ssh/ssh-keygen (openssh-client) not installed");
+            imsctl_testkit::not_run!(
+                "{test}: skipped, ssh/ssh-keygen (openssh-client) not installed"
+            );
             return None;
         }
         let store = Store::new();
@@ -249,7 +251,7 @@ fn ansible_option_two_and_the_sample_playbook_run_as_the_seed_writes_them() {
         return;
     };
     if !have("ansible") || !have("ansible-playbook") {
-        imsctl::not_run!("ansible_option_two: skipped, ansible-core not installed");
+        imsctl_testkit::not_run!("ansible_option_two: skipped, ansible-core not installed");
         return;
     }
     let job = s.create_job(&[]);
@@ -341,7 +343,7 @@ fn jailed_interactive_shell_has_a_terminal_of_its_own_and_tmp_complete_ends_it()
         return;
     };
     if !have("tmux") {
-        imsctl::not_run!("jailed_interactive_shell: skipped, tmux missing");
+        imsctl_testkit::not_run!("jailed_interactive_shell: skipped, tmux missing");
         return;
     }
     let job = s.create_job(&["--ssh-containers-jail", "true"]);
@@ -459,7 +461,7 @@ fn rootless_job_serves_ssh_and_files_written_over_it_belong_to_root_in_the_image
         return;
     };
     if !is_root() || !have("setpriv") {
-        imsctl::not_run!(
+        imsctl_testkit::not_run!(
             "rootless_ssh: needs root and setpriv to switch to an unprivileged user: skipped"
         );
         return;
@@ -769,7 +771,7 @@ fn only_publickey_and_hardened_algorithms_are_offered_and_ssh_audit_finds_nothin
 
     // Last: its 17 connections leave this source penalised for a while, as with sshd.
     if !have("ssh-audit") {
-        imsctl::not_run!(
+        imsctl_testkit::not_run!(
             "ssh_audit: ssh-audit not installed (scripts/deps.sh installs it); audit skipped"
         );
     } else {

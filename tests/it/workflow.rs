@@ -495,7 +495,7 @@ fn md5_of_bytes(bytes: &[u8]) -> String {
 #[test]
 fn customize_keeps_capabilities_through_the_kernel_view() {
     if !is_root() {
-        imsctl::not_run!("not root: kernel mount check skipped");
+        imsctl_testkit::not_run!("not root: kernel mount check skipped");
         return;
     }
     let store = Store::new();
@@ -828,7 +828,7 @@ fn screen_shows(tmux: &Tmux, text: &str) -> bool {
 #[test]
 fn interactive_shell_through_tmux_completes_the_job() {
     if !have("tmux") {
-        imsctl::not_run!("tmux missing: interactive shell test skipped");
+        imsctl_testkit::not_run!("tmux missing: interactive shell test skipped");
         return;
     }
     let store = Store::new();
@@ -864,7 +864,7 @@ fn interactive_shell_through_tmux_completes_the_job() {
 #[test]
 fn interactive_shell_tty_has_a_name_under_dev_pts() {
     if !have("tmux") {
-        imsctl::not_run!("tmux missing: interactive shell test skipped");
+        imsctl_testkit::not_run!("tmux missing: interactive shell test skipped");
         return;
     }
     let store = Store::new();
@@ -1093,7 +1093,9 @@ fn network_none_leaves_only_loopback() {
 /// A store owned by `nobody`, and `customize` run as nobody; the result's rootfs path.
 fn rootless_customize(store: &Store) -> Option<PathBuf> {
     if !is_root() || !have("setpriv") {
-        imsctl::not_run!("needs root and setpriv to switch to an unprivileged user: skipped");
+        imsctl_testkit::not_run!(
+            "needs root and setpriv to switch to an unprivileged user: skipped"
+        );
         return None;
     }
     let top = store.dir.path();
@@ -1174,7 +1176,7 @@ struct Moto {
 impl Moto {
     fn start() -> Option<Moto> {
         if !have("moto_server") {
-            imsctl::not_run!("moto_server not installed: skipped");
+            imsctl_testkit::not_run!("moto_server not installed: skipped");
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -1219,7 +1221,7 @@ fn customize_publishes_to_s3_with_the_ims_layout() {
         c
     };
     if !have("aws") {
-        imsctl::not_run!("aws cli not installed: skipped");
+        imsctl_testkit::not_run!("aws cli not installed: skipped");
         return;
     }
     run(&mut aws(&["s3", "mb", "s3://boot-images"]));

@@ -18,7 +18,7 @@ use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 
 use super::{Error, LossTally, Result, xattr_storable};
-use crate::squashfs::{EntrySink, Meta, Special, Xattr};
+use crate::{EntrySink, Meta, Special, Xattr};
 
 /// How to read a directory tree.
 #[derive(Clone, Debug)]

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use super::testutil::*;
 use super::*;
-use crate::squashfs::listing::list;
-use crate::squashfs::{Error, Special};
+use crate::listing::list;
+use crate::{Error, Special};
 
 fn listing_of(img: &Path) -> String {
     let image = Image::open(img).unwrap_or_else(|e| panic!("open {}: {e}", img.display()));
@@ -174,7 +174,7 @@ fn large_directories_use_an_index_and_read_in_order() {
         .find(|e| e.name == b"many")
         .unwrap();
     let dir = image.inode(many.inode_ref).unwrap();
-    assert_eq!(dir.disk_type, crate::squashfs::format::inode_type::LDIR);
+    assert_eq!(dir.disk_type, crate::format::inode_type::LDIR);
     let entries = image.read_dir(&dir).unwrap();
     assert_eq!(entries.len(), 3000);
     assert!(
@@ -290,6 +290,7 @@ fn image_is_shared_between_threads() {
 #[test]
 fn reads_squashfs_tools_ng_images() {
     if !have_tool("gensquashfs") || !have_tool("tar2sqfs") {
+        imsctl_testkit::not_run!("gensquashfs/tar2sqfs (squashfs-tools-ng) not installed");
         return;
     }
     let fx = Fixture::new(300);
@@ -369,7 +370,7 @@ fn lzo_images_are_refused_clearly() {
 }
 
 /// Open and read everything; any error is fine, a panic is not.
-fn read_everything(img: &Path) -> crate::squashfs::Result<usize> {
+fn read_everything(img: &Path) -> crate::Result<usize> {
     let image = Image::open(img)?;
     let mut n = 0;
     image.walk(&mut |_, inode| {

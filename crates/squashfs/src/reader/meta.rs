@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::Image;
-use crate::squashfs::Result;
-use crate::squashfs::format::{METADATA_SIZE, METADATA_UNCOMPRESSED, MetaRef};
+use crate::Result;
+use crate::format::{METADATA_SIZE, METADATA_UNCOMPRESSED, MetaRef};
 
 /// Decompressed metadata blocks keyed by absolute offset, with the offset of the next block.
 /// Bounded: when full it is emptied, which is cheap and keeps memory at a few tens of MiB.

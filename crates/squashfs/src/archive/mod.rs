@@ -1,4 +1,4 @@
-//! Sources that feed the SquashFS writer through [`EntrySink`](crate::squashfs::EntrySink): a tar
+//! Sources that feed the SquashFS writer through [`EntrySink`](crate::EntrySink): a tar
 //! stream (plain, gzip, xz or zstd; ustar, GNU and pax) and a directory tree. The path-safety rules
 //! every member name passes through live in [`path`].
 
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 pub use dir::{DirOptions, DirReport, LeftOut, dir_into};
 pub use tar::{TarOptions, TarReport, decompressing, open_compressed, tar_into};
 
-use crate::squashfs;
+use crate as squashfs;
 
 /// Errors of the sources. Each names the archive member or filesystem path it is about.
 #[derive(Debug, thiserror::Error)]
@@ -66,20 +66,23 @@ fn after_member(after: &Option<String>) -> String {
 }
 
 impl Error {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> Self {
+    /// `op` failed on the archive file or directory `path`.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> Self {
         Error::Io {
             op,
             path: path.into(),
             cause,
         }
     }
-    pub(crate) fn member(member: &[u8], what: impl Into<String>) -> Self {
+    /// Member `member` of the archive is refused or damaged: `what` says how.
+    pub fn member(member: &[u8], what: impl Into<String>) -> Self {
         Error::Member {
             member: lossy(member),
             what: what.into(),
         }
     }
-    pub(crate) fn sink(entry: &[u8], cause: squashfs::Error) -> Self {
+    /// The sink refused entry `entry`.
+    pub fn sink(entry: &[u8], cause: squashfs::Error) -> Self {
         Error::Sink {
             entry: lossy(entry),
             cause,

@@ -4,6 +4,7 @@
 //! compresses sequentially; a root filesystem needs all three, so the engine is written here from
 //! the format. backhand stays as a dev-dependency: one more independent reader in the tests.
 
+pub mod archive;
 pub mod compress;
 pub mod entry;
 pub mod extract;
@@ -11,6 +12,7 @@ pub mod format;
 pub mod from_image;
 pub mod listing;
 pub mod metadata;
+pub mod names;
 pub mod reader;
 pub mod writer;
 

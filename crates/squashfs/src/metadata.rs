@@ -111,7 +111,7 @@ pub fn lookup_table(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::squashfs::compress::Algorithm;
+    use crate::compress::Algorithm;
 
     #[test]
     fn positions_follow_block_boundaries() {

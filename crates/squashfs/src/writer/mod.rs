@@ -357,7 +357,7 @@ impl EntrySink for Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::squashfs::Xattr;
+    use crate::Xattr;
     use std::process::Command;
 
     fn meta(mode: u16, uid: u32) -> Meta {
@@ -467,7 +467,7 @@ mod tests {
     #[test]
     fn unsquashfs_reads_every_entry_type() {
         if !have("unsquashfs") {
-            crate::not_run!("unsquashfs not installed: skipped");
+            imsctl_testkit::not_run!("unsquashfs not installed: skipped");
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -614,8 +614,8 @@ fn write_sample_for_manual_inspection() {
 #[cfg(test)]
 mod xattr_limit_tests {
     use super::*;
-    use crate::squashfs::Xattr;
-    use crate::squashfs::reader::Image;
+    use crate::Xattr;
+    use crate::reader::Image;
 
     fn with_xattr(name: &str, len: usize) -> Meta {
         Meta {
@@ -728,7 +728,7 @@ mod thread_tests {
 #[cfg(test)]
 mod sparse_tests {
     use super::*;
-    use crate::squashfs::SparseExpand;
+    use crate::SparseExpand;
 
     fn expanded(size: u64, segments: &[(u64, u64)], data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -876,12 +876,12 @@ mod sparse_tests {
         let summary = w.finish().unwrap();
         eprintln!("1 TiB sparse file written in {:?}", started.elapsed());
         assert!(summary.bytes_used < 1 << 20, "{} bytes", summary.bytes_used);
-        let image = crate::squashfs::reader::Image::open(&img).unwrap();
+        let image = crate::reader::Image::open(&img).unwrap();
         let mut size_read = None;
         image
             .walk(&mut |p, inode| {
                 if p == b"tib"
-                    && let crate::squashfs::reader::InodeKind::File(f) = &inode.kind
+                    && let crate::reader::InodeKind::File(f) = &inode.kind
                 {
                     size_read = Some(f.size);
                 }

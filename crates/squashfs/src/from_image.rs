@@ -37,8 +37,8 @@ mod tests {
     use std::io::Read;
 
     use super::*;
-    use crate::squashfs::reader::testutil::Fixture;
-    use crate::squashfs::{Error, Meta, Special};
+    use crate::reader::testutil::Fixture;
+    use crate::{Error, Meta, Special};
 
     #[derive(Debug, PartialEq, Eq)]
     enum Got {
@@ -127,7 +127,7 @@ mod tests {
                 .iter()
                 .any(|x| x.name == b"user.comment" && x.value == b"hello")
         );
-        if crate::squashfs::reader::testutil::is_root() {
+        if crate::reader::testutil::is_root() {
             assert_eq!(
                 get(b"null").2,
                 Got::Special(Special::CharDevice { major: 1, minor: 3 })

@@ -13,14 +13,35 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
 use super::format::MetaRef;
 use super::reader::{BlockLoc, Image, Inode, InodeKind};
 use super::{Error, Meta, Result, Special};
+
+/// Told the bytes of file content written as they are written (a progress bar's `inc`): the
+/// engine knows nothing of how progress is shown.
+#[derive(Clone)]
+pub struct Progress(Arc<dyn Fn(u64) + Send + Sync>);
+
+impl Progress {
+    pub fn new(advance: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        Progress(Arc::new(advance))
+    }
+
+    pub fn advance(&self, bytes: u64) {
+        (self.0)(bytes)
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
+}
 
 /// How to extract.
 #[derive(Clone, Debug)]
@@ -34,7 +55,7 @@ pub struct ExtractOptions {
     /// are counted as skipped; any other failure is an error.
     pub xattrs: bool,
     /// Advanced by the bytes of file content written.
-    pub progress: Option<indicatif::ProgressBar>,
+    pub progress: Option<Progress>,
 }
 
 impl Default for ExtractOptions {
@@ -426,8 +447,8 @@ impl Ctx<'_> {
     }
 
     fn progress(&self, n: u64) {
-        if let Some(pb) = &self.opts.progress {
-            pb.inc(n);
+        if let Some(progress) = &self.opts.progress {
+            progress.advance(n);
         }
     }
 

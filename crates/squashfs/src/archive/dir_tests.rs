@@ -9,8 +9,8 @@ use nix::sys::stat::{UtimensatFlags, utimensat};
 use nix::sys::time::TimeSpec;
 
 use super::*;
+use crate as squashfs;
 use crate::archive::testutil::*;
-use crate::squashfs;
 
 fn walk(root: &Path, opts: &DirOptions) -> (RecordingSink, DirReport) {
     let mut sink = RecordingSink::default();

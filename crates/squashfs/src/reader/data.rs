@@ -4,8 +4,8 @@ use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 
 use super::{FileInfo, Image, Inode, InodeKind};
-use crate::squashfs::format::DATA_UNCOMPRESSED;
-use crate::squashfs::{Error, Result};
+use crate::format::DATA_UNCOMPRESSED;
+use crate::{Error, Result};
 
 /// Where one data block of a file is, and what it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,8 +164,7 @@ impl Image {
 
     /// Entry `index` of the fragment table.
     pub fn fragment(&self, index: u32) -> Result<FragmentEntry> {
-        if self.sb.fragment_count > 0 && self.sb.fragment_table == crate::squashfs::format::NO_TABLE
-        {
+        if self.sb.fragment_count > 0 && self.sb.fragment_table == crate::format::NO_TABLE {
             return Err(self.corrupt("fragments are counted but there is no fragment table"));
         }
         let raw = self.lookup_entry(

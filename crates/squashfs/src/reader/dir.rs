@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 
 use super::{Image, Inode, InodeKind};
-use crate::squashfs::Result;
-use crate::squashfs::format::{DIR_HEADER_MAX_ENTRIES, MetaRef};
+use crate::Result;
+use crate::format::{DIR_HEADER_MAX_ENTRIES, MetaRef};
 
 /// One name in a directory listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,7 +125,7 @@ impl Image {
         let InodeKind::Dir(info) = &dir.kind else {
             return Err(self.corrupt(format!("inode {} is not a directory", dir.number)));
         };
-        if dir.disk_type != crate::squashfs::format::inode_type::LDIR {
+        if dir.disk_type != crate::format::inode_type::LDIR {
             return Ok(Vec::new());
         }
         let mut m = self.meta_reader(

@@ -13,7 +13,7 @@ use nix::sys::stat::{Mode, SFlag, UtimensatFlags, makedev, mknod, utimensat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchownat, mkfifo};
 
-use crate::squashfs::{self, EntrySink, Meta, Special, Xattr};
+use crate::{self as squashfs, EntrySink, Meta, Special, Xattr};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rec {

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::*;
+use crate::Meta;
 use crate::archive::dir::{DirOptions, dir_into};
 use crate::archive::testutil::*;
-use crate::squashfs::Meta;
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
@@ -616,11 +616,11 @@ fn numeric_fields() {
 /// Reads every file to the end and keeps nothing: for timing the conversion itself.
 struct Discarding;
 
-impl crate::squashfs::EntrySink for Discarding {
-    fn set_root_meta(&mut self, _: Meta) -> crate::squashfs::Result<()> {
+impl crate::EntrySink for Discarding {
+    fn set_root_meta(&mut self, _: Meta) -> crate::Result<()> {
         Ok(())
     }
-    fn add_dir(&mut self, _: &[u8], _: Meta) -> crate::squashfs::Result<()> {
+    fn add_dir(&mut self, _: &[u8], _: Meta) -> crate::Result<()> {
         Ok(())
     }
     fn add_file(
@@ -628,25 +628,18 @@ impl crate::squashfs::EntrySink for Discarding {
         path: &[u8],
         _: Meta,
         data: &mut dyn std::io::Read,
-    ) -> crate::squashfs::Result<()> {
+    ) -> crate::Result<()> {
         std::io::copy(data, &mut std::io::sink())
             .map(|_| ())
-            .map_err(|e| {
-                crate::squashfs::Error::io("read", String::from_utf8_lossy(path).into_owned(), e)
-            })
+            .map_err(|e| crate::Error::io("read", String::from_utf8_lossy(path).into_owned(), e))
     }
-    fn add_symlink(&mut self, _: &[u8], _: Meta, _: &[u8]) -> crate::squashfs::Result<()> {
+    fn add_symlink(&mut self, _: &[u8], _: Meta, _: &[u8]) -> crate::Result<()> {
         Ok(())
     }
-    fn add_special(
-        &mut self,
-        _: &[u8],
-        _: Meta,
-        _: crate::squashfs::Special,
-    ) -> crate::squashfs::Result<()> {
+    fn add_special(&mut self, _: &[u8], _: Meta, _: crate::Special) -> crate::Result<()> {
         Ok(())
     }
-    fn add_hardlink(&mut self, _: &[u8], _: &[u8]) -> crate::squashfs::Result<()> {
+    fn add_hardlink(&mut self, _: &[u8], _: &[u8]) -> crate::Result<()> {
         Ok(())
     }
 }
@@ -675,7 +668,7 @@ fn time_tar() {
 /// same image, byte for byte, and its listing must be mksquashfs' listing of the tree.
 #[test]
 fn tar_and_tree_pack_to_the_same_image_as_mksquashfs_lists() {
-    use crate::squashfs::writer::{Writer, WriterOptions};
+    use crate::writer::{Writer, WriterOptions};
     let fx = fixture(true);
     let tar = fx.work.join("a.tar");
     tar_of(
@@ -727,7 +720,7 @@ fn tar_and_tree_pack_to_the_same_image_as_mksquashfs_lists() {
 /// written, not when a later read of the image fails.
 #[test]
 fn an_xattr_value_over_64_kib_is_refused_naming_the_member() {
-    use crate::squashfs::writer::{Writer, WriterOptions};
+    use crate::writer::{Writer, WriterOptions};
     let dir = tmp();
     let path = dir.path().join("big-xattr.tar");
     python_tar(
@@ -855,7 +848,7 @@ fn malformed_pax_sizes_and_overlong_names_are_refused() {
 /// the tree gives (holes read as zeros), byte for byte.
 #[test]
 fn sparse_members_pack_like_the_tree_through_the_writer() {
-    use crate::squashfs::writer::{Writer, WriterOptions};
+    use crate::writer::{Writer, WriterOptions};
     let fx = fixture(false);
     let from_tree = fx.work.join("tree.sqsh");
     let mut writer = Writer::create(&from_tree, WriterOptions::default()).expect("writer");

@@ -30,7 +30,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::path::{normalize_member_path, parent_of};
 use super::{Error, LossTally, Result, lossy, xattr_storable};
-use crate::squashfs::{EntrySink, Meta, Special, Xattr, check_segments};
+use crate::{EntrySink, Meta, Special, Xattr, check_segments};
 
 /// How to read a tar stream.
 #[derive(Clone, Debug)]
@@ -262,7 +262,7 @@ impl ReadAhead {
                         .try_recv()
                         .unwrap_or_else(|_| Vec::with_capacity(READ_AHEAD_CHUNK));
                     buf.resize(READ_AHEAD_CHUNK, 0);
-                    let message = match crate::squashfs::entry::read_full(&mut *source, &mut buf) {
+                    let message = match crate::entry::read_full(&mut *source, &mut buf) {
                         Ok(filled) => {
                             buf.truncate(filled);
                             Ok(buf)

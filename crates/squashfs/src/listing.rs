@@ -45,7 +45,7 @@ pub fn list_with(image: &Image, out: &mut dyn Write, names: Names) -> Result<()>
 pub fn listing_line(path: &[u8], inode: &Inode, names: Names) -> Vec<u8> {
     let name = |bytes: &[u8]| match names {
         Names::Exact => bytes.to_vec(),
-        Names::Escaped => crate::output::escape_bytes(bytes).into_bytes(),
+        Names::Escaped => crate::names::escape_bytes(bytes).into_bytes(),
     };
     let owner = inode.meta.uid.to_string();
     let group = inode.meta.gid.to_string();
@@ -57,7 +57,7 @@ pub fn listing_line(path: &[u8], inode: &Inode, names: Names) -> Vec<u8> {
         ) => {
             // unsquashfs prints the raw 32-bit device word as `(int)data >> 8, data & 0xff`,
             // which differs from major,minor for large minors; we print what it prints.
-            let raw = crate::squashfs::format::encode_dev(*major, *minor) as i32;
+            let raw = crate::format::encode_dev(*major, *minor) as i32;
             let pad = TOTAL_CHARS.saturating_sub(used + 7).max(1);
             line.push_str(&format!("{:>pad$}{:3},{:3} ", " ", raw >> 8, raw & 0xff));
         }
@@ -144,7 +144,7 @@ fn format_time(mtime: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::squashfs::reader::testutil::{is_root, mknod, mksquashfs, unsquashfs_lln};
+    use crate::reader::testutil::{is_root, mknod, mksquashfs, unsquashfs_lln};
 
     #[test]
     fn mode_strings_match_ls() {

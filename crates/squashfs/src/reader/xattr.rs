@@ -3,8 +3,8 @@
 //! be stored once and referenced from elsewhere (the out-of-line flag).
 
 use super::Image;
-use crate::squashfs::format::{MetaRef, NO_TABLE, XATTR_NAME_MAX, XATTR_SIZE_MAX, xattr_type};
-use crate::squashfs::{Result, Xattr};
+use crate::format::{MetaRef, NO_TABLE, XATTR_NAME_MAX, XATTR_SIZE_MAX, xattr_type};
+use crate::{Result, Xattr};
 
 pub(super) struct XattrTable {
     /// Absolute start of the key/value stream.

@@ -1,8 +1,8 @@
 //! Inodes: the 16-byte common header, then one of the fourteen type-specific layouts.
 
 use super::Image;
-use crate::squashfs::format::{MetaRef, NO_FRAGMENT, NO_XATTR, decode_dev, inode_type as t};
-use crate::squashfs::{Meta, Result, Special};
+use crate::format::{MetaRef, NO_FRAGMENT, NO_XATTR, decode_dev, inode_type as t};
+use crate::{Meta, Result, Special};
 
 /// One inode of the image, with owners and xattrs resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]

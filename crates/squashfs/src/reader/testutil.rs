@@ -187,7 +187,7 @@ pub fn make_tree(root: &Path, many: usize) {
         // chown cleared the setuid bit: set it again, as a package manager would.
         fs::set_permissions(&suid, fs::Permissions::from_mode(0o4755)).unwrap();
     } else {
-        crate::not_run!(
+        imsctl_testkit::not_run!(
             "note: not root: fixture has no devices, foreign owners or security xattrs"
         );
     }
@@ -297,7 +297,7 @@ pub fn have_tool(name: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
-        crate::not_run!(
+        imsctl_testkit::not_run!(
             "note: {name} is not installed; skipping the part of the test that needs it"
         );
     }
