@@ -12,9 +12,7 @@ pub mod interrupt;
 pub mod job;
 pub mod output;
 pub mod repack;
-pub mod root;
 pub mod s3;
-pub mod sandbox;
 pub mod ssh;
 pub mod store;
 
@@ -22,3 +20,7 @@ pub mod store;
 /// (`crates/squashfs`); these names keep the paths the rest of the application uses.
 pub use imsctl_squashfs as squashfs;
 pub use imsctl_squashfs::archive;
+
+/// The sandbox and the job's image root (`crates/sandbox`).
+pub use imsctl_sandbox as sandbox;
+pub use imsctl_sandbox::root;

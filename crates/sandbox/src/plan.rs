@@ -673,8 +673,8 @@ fn nosuid_nodev_noexec() -> MsFlags {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::IdMapping;
     use crate::root::WorkLayout;
-    use crate::sandbox::IdMapping;
 
     fn cfg(source: ImageSource, jailed: bool, network: Network, ids: IdMapping) -> SandboxConfig {
         let mut c = SandboxConfig::new(WorkLayout::new("/w"), source, "job1");

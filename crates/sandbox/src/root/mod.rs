@@ -26,7 +26,7 @@ use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
-use crate::sandbox::error::{Error, Result, SysContext};
+use crate::error::{Error, Result, SysContext};
 
 /// Name of the marker written once an extracted root is complete, so that an interrupted
 /// extraction is redone rather than used half-made.
@@ -89,7 +89,7 @@ pub fn is_extracted(layout: &WorkLayout) -> bool {
 /// (real root: kernel squashfs; otherwise squashfuse with a usable /dev/fuse), extract mode
 /// otherwise.
 pub fn auto_source(base: &Path) -> ImageSource {
-    if crate::sandbox::userns::is_real_root() {
+    if crate::userns::is_real_root() {
         return ImageSource::Mount {
             base: base.to_path_buf(),
             via: LowerVia::KernelLoop,

@@ -14,7 +14,6 @@
 //! unit tests) still gets a per-session user namespace from [`super::process`].
 
 use std::fs;
-use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
 use nix::sched::{CloneFlags, unshare};
@@ -22,6 +21,7 @@ use nix::unistd::{ForkResult, Pid, fork};
 
 use super::error::{Error, Result};
 use super::idmap::IdMapping;
+use super::message::{Handshake, read_to_end};
 
 /// Whether this process is in the initial user namespace (its uid map is the identity).
 pub fn in_initial_user_namespace() -> bool {
@@ -175,9 +175,8 @@ fn enter_with_helpers(mapping: &IdMapping) -> std::result::Result<(), HelperFail
         ))),
         Ok(ForkResult::Child) => {
             drop((go_w, verdict_r));
-            let mut byte = [0u8; 1];
-            let code = match nix::unistd::read(&go_r, &mut byte) {
-                Ok(1) => match mapping.apply(me) {
+            let code = match Handshake::wait_for(&go_r) {
+                Some(Handshake::Unshared) => match mapping.apply(me) {
                     Ok(()) => 0,
                     Err(e) => {
                         let _ = nix::unistd::write(&verdict_w, e.to_string().as_bytes());
@@ -192,9 +191,15 @@ fn enter_with_helpers(mapping: &IdMapping) -> std::result::Result<(), HelperFail
         Ok(ForkResult::Parent { child }) => {
             drop((go_r, verdict_w));
             let unshared = unshare_user();
-            let _ = nix::unistd::write(&go_w, if unshared.is_ok() { b"G" } else { b"X" });
+            let told = match unshared {
+                Ok(()) => Handshake::Unshared,
+                Err(_) => Handshake::Abort,
+            };
+            let _ = told.signal(&go_w);
             drop(go_w);
-            let verdict = read_all(verdict_r.as_raw_fd());
+            let verdict = String::from_utf8_lossy(&read_to_end(&verdict_r))
+                .trim()
+                .to_string();
             let status = wait(child);
             unshared.map_err(HelperFailure::BeforeUnshare)?;
             match status {
@@ -206,23 +211,6 @@ fn enter_with_helpers(mapping: &IdMapping) -> std::result::Result<(), HelperFail
             }
         }
     }
-}
-
-fn read_all(fd: i32) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        // SAFETY: reading into a local buffer from a descriptor we own.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n > 0 {
-            out.extend_from_slice(&buf[..n as usize]);
-        } else if n < 0 && Errno::last() == Errno::EINTR {
-            continue;
-        } else {
-            break;
-        }
-    }
-    String::from_utf8_lossy(&out).trim().to_string()
 }
 
 fn wait(child: Pid) -> Option<i32> {

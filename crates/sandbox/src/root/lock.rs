@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use nix::errno::Errno;
 
 use super::WorkLayout;
-use crate::sandbox::error::{Error, Result, SysContext};
+use crate::error::{Error, Result, SysContext};
 
 /// An exclusive lock on a job's work dir, held until dropped.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 
-use crate::sandbox::error::{Error, Result, SysContext};
+use crate::error::{Error, Result, SysContext};
 
 const LOOP_CONTROL: &str = "/dev/loop-control";
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;

@@ -11,9 +11,11 @@ pub mod enter;
 pub mod error;
 pub mod exec;
 pub mod idmap;
+mod message;
 pub mod plan;
 pub mod process;
 pub mod pty;
+pub mod root;
 pub mod seccomp;
 pub mod userns;
 
@@ -30,7 +32,7 @@ pub use process::{Command, Stdio};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::process::ExitStatus;
 
-use crate::root::{self, ImageSource, JobLock, WorkLayout};
+use crate::root::{ImageSource, JobLock, WorkLayout};
 
 /// The network the sandbox sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

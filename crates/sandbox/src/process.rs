@@ -40,21 +40,11 @@ use nix::unistd::{ForkResult, Pid, fork};
 use super::confine::{self, Confinement};
 use super::error::{Error, Result};
 use super::exec::{self, Executed};
+use super::message::{Handshake, Report, read_to_end, send};
 use super::plan::MountStep;
 use super::{Network, SandboxConfig};
 use crate::root::ResolvConfGuard;
 
-const TAG_SETUP_ERROR: u8 = b'E';
-const TAG_CLEANUP_ERROR: u8 = b'C';
-const TAG_STATUS: u8 = b'S';
-/// pid 1's pid as the host sees it (sent by C1).
-const TAG_PID: u8 = b'P';
-/// A holding session has its mounts in place.
-const TAG_READY: u8 = b'R';
-/// pid 1 put the image's own resolv.conf back: the host may forget the swap's state file.
-const TAG_RESOLV_RESTORED: u8 = b'V';
-/// Keep each message within PIPE_BUF (4096) so concurrent writers cannot interleave.
-const MAX_MESSAGE: usize = 3800;
 pub(super) const PATH_INSIDE: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Signals pid 1 forwards to the command. SIGINT and SIGQUIT are not among them: the terminal
 /// delivers those to the command's process group directly.
@@ -154,9 +144,9 @@ impl Running {
             Ok(n) => self.read_ahead.extend_from_slice(&buf[..n]),
             Err(_) => {}
         }
-        parse_reports(&self.read_ahead)
+        Report::decode_all(&self.read_ahead)
             .iter()
-            .any(|(t, _)| *t == TAG_STATUS || *t == TAG_SETUP_ERROR)
+            .any(|r| matches!(r, Report::Status(_) | Report::SetupError(_)))
     }
 
     /// Kill the session: C1's death takes pid 1 and with it the whole namespace.
@@ -175,12 +165,12 @@ impl Running {
     pub fn wait_ready(mut self) -> std::result::Result<(Running, Pid), Error> {
         let mut buf = [0u8; 4096];
         loop {
-            let reports = parse_reports(&self.read_ahead);
-            let pid = reports
-                .iter()
-                .find(|(t, p)| *t == TAG_PID && p.len() == 4)
-                .map(|(_, p)| i32::from_le_bytes([p[0], p[1], p[2], p[3]]));
-            if let (true, Some(pid)) = (reports.iter().any(|(t, _)| *t == TAG_READY), pid) {
+            let reports = Report::decode_all(&self.read_ahead);
+            let pid = reports.iter().find_map(|r| match r {
+                Report::Pid(pid) => Some(*pid),
+                _ => None,
+            });
+            if let (true, Some(pid)) = (reports.contains(&Report::Ready), pid) {
                 return Ok((self, Pid::from_raw(pid)));
             }
             match nix::unistd::read(&self.reports, &mut buf) {
@@ -212,22 +202,17 @@ impl Running {
         let mut setup = None;
         let mut cleanup = None;
         let mut status = None;
-        for (tag, payload) in parse_reports(&bytes) {
-            let text = String::from_utf8_lossy(payload).into_owned();
-            match tag {
-                TAG_SETUP_ERROR => setup = setup.or(Some(text)),
-                TAG_CLEANUP_ERROR => cleanup = cleanup.or(Some(text)),
-                TAG_RESOLV_RESTORED => {
+        for report in Report::decode_all(&bytes) {
+            match report {
+                Report::SetupError(text) => setup = setup.or(Some(text)),
+                Report::CleanupError(text) => cleanup = cleanup.or(Some(text)),
+                Report::ResolvRestored => {
                     if let Err(e) = crate::root::resolv::forget_swap(&self.resolv_state) {
                         cleanup = cleanup.or(Some(e.to_string()));
                     }
                 }
-                TAG_STATUS if payload.len() == 4 => {
-                    status = Some(ExitStatus::from_raw(i32::from_le_bytes([
-                        payload[0], payload[1], payload[2], payload[3],
-                    ])))
-                }
-                _ => {}
+                Report::Status(raw) => status = Some(ExitStatus::from_raw(raw)),
+                Report::Pid(_) | Report::Ready => {}
             }
         }
         let run = match (setup, status) {
@@ -281,9 +266,13 @@ pub fn spawn(
             };
             if prepared.uses_userns {
                 // C1 says it has unshared (or closes the pipe on failure: its report says why).
-                if read_byte(&ready_r).is_some() {
+                if Handshake::wait_for(&ready_r).is_some() {
                     let mapped = cfg.ids.apply(child);
-                    let _ = write_all(go_w.as_raw_fd(), if mapped.is_ok() { b"G" } else { b"X" });
+                    let answer = match mapped {
+                        Ok(()) => Handshake::Go,
+                        Err(_) => Handshake::Abort,
+                    };
+                    let _ = answer.signal(&go_w);
                     drop(go_w);
                     if let Err(e) = mapped {
                         let _ = running.wait();
@@ -373,7 +362,7 @@ fn c1_main(
     keep.extend(stdio.raw_fds());
     close_other_fds(&mut keep);
     if let Err(e) = die_with_parent(|| nix::unistd::getppid() == parent) {
-        send(report, TAG_SETUP_ERROR, e.to_string().as_bytes());
+        send(report, &Report::SetupError(e.to_string()));
         return;
     }
     // The host's working directory must not travel into the sandbox with pid 1 (or squashfuse):
@@ -382,10 +371,7 @@ fn c1_main(
     if let Err(e) = nix::unistd::chdir("/") {
         return send(
             report,
-            TAG_SETUP_ERROR,
-            Error::sys("change directory to", "/", e)
-                .to_string()
-                .as_bytes(),
+            &Report::SetupError(Error::sys("change directory to", "/", e).to_string()),
         );
     }
     scrub_inherited_strings();
@@ -395,20 +381,20 @@ fn c1_main(
     if let Err(e) = unshare(p.clone_flags) {
         send(
             report,
-            TAG_SETUP_ERROR,
-            Error::sys(
-                format!("unshare namespaces ({:?}) of", p.clone_flags),
-                "/proc/self",
-                e,
-            )
-            .to_string()
-            .as_bytes(),
+            &Report::SetupError(
+                Error::sys(
+                    format!("unshare namespaces ({:?}) of", p.clone_flags),
+                    "/proc/self",
+                    e,
+                )
+                .to_string(),
+            ),
         );
         return;
     }
     if p.uses_userns {
-        let _ = write_all(ready.as_raw_fd(), b"R");
-        if read_byte(&go) != Some(b'G') {
+        let _ = Handshake::Unshared.signal(&ready);
+        if Handshake::wait_for(&go) != Some(Handshake::Go) {
             return; // the parent could not map ids; it reports why
         }
     }
@@ -416,29 +402,25 @@ fn c1_main(
     let holder_part = p.steps.iter().take_while(|s| s.runs_in_holder()).count();
     let fuse = match exec::execute_in_holder(&p.steps[..holder_part]) {
         Ok(fuse) => fuse,
-        Err(e) => return send(report, TAG_SETUP_ERROR, e.to_string().as_bytes()),
+        Err(e) => return send(report, &Report::SetupError(e.to_string())),
     };
     if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
         return send(
             report,
-            TAG_SETUP_ERROR,
-            Error::sys("unshare the pid namespace of", "/proc/self", e)
-                .to_string()
-                .as_bytes(),
+            &Report::SetupError(
+                Error::sys("unshare the pid namespace of", "/proc/self", e).to_string(),
+            ),
         );
     }
     let (alive_r, alive_w) = match pipe("create liveness pipe") {
         Ok(p) => p,
-        Err(e) => return send(report, TAG_SETUP_ERROR, e.to_string().as_bytes()),
+        Err(e) => return send(report, &Report::SetupError(e.to_string())),
     };
     // SAFETY: as in `spawn`; the child never returns.
     match unsafe { fork() } {
         Err(e) => send(
             report,
-            TAG_SETUP_ERROR,
-            Error::sys("fork pid 1 from", "/proc/self", e)
-                .to_string()
-                .as_bytes(),
+            &Report::SetupError(Error::sys("fork pid 1 from", "/proc/self", e).to_string()),
         ),
         Ok(ForkResult::Child) => {
             drop(alive_w);
@@ -448,7 +430,7 @@ fn c1_main(
         }
         Ok(ForkResult::Parent { child }) => {
             drop((alive_r, stdio));
-            send(report, TAG_PID, &child.as_raw().to_le_bytes());
+            send(report, &Report::Pid(child.as_raw()));
             wait_for_init(child, fuse);
             drop(alive_w);
         }
@@ -522,7 +504,7 @@ fn init_main(p: &Prepared<'_>, done: usize, stdio: Stdio, report: RawFd, alive: 
     // getppid() is 0 across the pid namespace boundary; C1's liveness is its pipe staying open.
     let c1_alive = || poll_hangup(&alive) == Some(false);
     if let Err(e) = die_with_parent(c1_alive) {
-        return send(report, TAG_SETUP_ERROR, e.to_string().as_bytes());
+        return send(report, &Report::SetupError(e.to_string()));
     }
     drop(alive);
     let mut executed = Executed::default();
@@ -531,7 +513,7 @@ fn init_main(p: &Prepared<'_>, done: usize, stdio: Stdio, report: RawFd, alive: 
         .and_then(|()| setup_inside(p, &p.steps[done..], &mut executed))
         .and_then(|()| confine::confine(&p.confinement));
     if let Err(e) = setup {
-        send(report, TAG_SETUP_ERROR, e.to_string().as_bytes());
+        send(report, &Report::SetupError(e.to_string()));
         finish(report, executed, None);
         return;
     }
@@ -561,12 +543,12 @@ fn setup_inside(p: &Prepared<'_>, steps: &[MountStep], executed: &mut Executed) 
 fn finish(report: RawFd, executed: Executed, status: Option<i32>) {
     kill_all();
     match executed.resolv.map(ResolvConfGuard::restore) {
-        Some(Err(e)) => send(report, TAG_CLEANUP_ERROR, e.to_string().as_bytes()),
-        Some(Ok(())) => send(report, TAG_RESOLV_RESTORED, b""),
+        Some(Err(e)) => send(report, &Report::CleanupError(e.to_string())),
+        Some(Ok(())) => send(report, &Report::ResolvRestored),
         None => {}
     }
     if let Some(raw) = status {
-        send(report, TAG_STATUS, &raw.to_le_bytes());
+        send(report, &Report::Status(raw));
     }
 }
 
@@ -583,10 +565,7 @@ fn supervise(p: &Prepared<'_>, stdio: Stdio, report: RawFd) -> Option<i32> {
     if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&waited), None) {
         send(
             report,
-            TAG_SETUP_ERROR,
-            Error::sys("block signals of", "/proc/self", e)
-                .to_string()
-                .as_bytes(),
+            &Report::SetupError(Error::sys("block signals of", "/proc/self", e).to_string()),
         );
         return None;
     }
@@ -600,16 +579,15 @@ fn supervise(p: &Prepared<'_>, stdio: Stdio, report: RawFd) -> Option<i32> {
         Err(e) => {
             send(
                 report,
-                TAG_SETUP_ERROR,
-                Error::sys("fork the command from", "/proc/self", e)
-                    .to_string()
-                    .as_bytes(),
+                &Report::SetupError(
+                    Error::sys("fork the command from", "/proc/self", e).to_string(),
+                ),
             );
             return None;
         }
         Ok(ForkResult::Child) => {
             let err = exec_command(p, stdio);
-            send(report, TAG_SETUP_ERROR, err.to_string().as_bytes());
+            send(report, &Report::SetupError(err.to_string()));
             // SAFETY: leave the forked child.
             unsafe { libc::_exit(127) }
         }
@@ -634,7 +612,7 @@ extern "C" fn noop_handler(_: libc::c_int) {}
 
 /// Keep the namespace (and its mounts) alive until told to stop; a clean stop is status 0.
 fn hold(waited: &SigSet, report: RawFd) -> i32 {
-    send(report, TAG_READY, b"");
+    send(report, &Report::Ready);
     loop {
         match waited.wait() {
             Ok(Signal::SIGTERM) | Ok(Signal::SIGHUP) => return 0,
@@ -884,65 +862,6 @@ fn pipe(op: &str) -> Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Write a tagged report (truncated to stay atomic).
-fn send(fd: RawFd, tag: u8, payload: &[u8]) {
-    let payload = &payload[..payload.len().min(MAX_MESSAGE)];
-    let mut msg = Vec::with_capacity(5 + payload.len());
-    msg.push(tag);
-    msg.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    msg.extend_from_slice(payload);
-    let _ = write_all(fd, &msg);
-}
-
-fn parse_reports(mut bytes: &[u8]) -> Vec<(u8, &[u8])> {
-    let mut out = Vec::new();
-    while bytes.len() >= 5 {
-        let len = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
-        let Some(payload) = bytes.get(5..5 + len) else {
-            break;
-        };
-        out.push((bytes[0], payload));
-        bytes = &bytes[5 + len..];
-    }
-    out
-}
-
-fn write_all(fd: RawFd, mut buf: &[u8]) -> nix::Result<()> {
-    // SAFETY: borrowing a descriptor the caller keeps open for the duration of the call.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    while !buf.is_empty() {
-        match nix::unistd::write(fd, buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(Errno::EINTR) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn read_byte(fd: &OwnedFd) -> Option<u8> {
-    let mut b = [0u8; 1];
-    loop {
-        match nix::unistd::read(fd, &mut b) {
-            Ok(1) => return Some(b[0]),
-            Err(Errno::EINTR) => continue,
-            _ => return None,
-        }
-    }
-}
-
-fn read_to_end(fd: &OwnedFd) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match nix::unistd::read(fd, &mut buf) {
-            Ok(0) => return out,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(Errno::EINTR) | Err(Errno::EAGAIN) => continue,
-            Err(_) => return out,
-        }
-    }
-}
-
 /// Whether the write side of a pipe is closed (None when poll fails).
 fn poll_hangup(fd: &OwnedFd) -> Option<bool> {
     let mut pfd = libc::pollfd {
@@ -953,40 +872,4 @@ fn poll_hangup(fd: &OwnedFd) -> Option<bool> {
     // SAFETY: poll on one valid pollfd, no timeout.
     let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
     (rc >= 0).then_some(pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reports_round_trip_and_truncated_tail_is_ignored() {
-        let (r, w) = pipe("test").expect("pipe");
-        send(
-            w.as_raw_fd(),
-            TAG_SETUP_ERROR,
-            b"failed to mount x on /y: EPERM",
-        );
-        send(w.as_raw_fd(), TAG_STATUS, &(3i32 << 8).to_le_bytes());
-        drop(w);
-        let mut bytes = read_to_end(&r);
-        bytes.extend_from_slice(&[TAG_CLEANUP_ERROR, 50, 0, 0, 0, b'x']);
-        let reports = parse_reports(&bytes);
-        assert_eq!(reports.len(), 2);
-        assert_eq!(
-            reports[0],
-            (TAG_SETUP_ERROR, &b"failed to mount x on /y: EPERM"[..])
-        );
-        assert_eq!(reports[1].0, TAG_STATUS);
-    }
-
-    #[test]
-    fn long_messages_stay_within_pipe_buf() {
-        let (r, w) = pipe("test").expect("pipe");
-        send(w.as_raw_fd(), TAG_SETUP_ERROR, &vec![b'a'; 10_000]);
-        drop(w);
-        let bytes = read_to_end(&r);
-        assert!(bytes.len() <= 4096);
-        assert_eq!(parse_reports(&bytes)[0].1.len(), MAX_MESSAGE);
-    }
 }

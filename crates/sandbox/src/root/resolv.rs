@@ -17,7 +17,7 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::sandbox::error::{Error, Result, SysContext};
+use crate::error::{Error, Result, SysContext};
 
 const NAME: &str = "resolv.conf";
 /// Where the image's own file waits during the session (same dir: a rename, never a copy).
