@@ -50,7 +50,7 @@ pub struct S3Args {
         default_value = "auto",
         value_name = "STYLE"
     )]
-    pub addressing_style: crate::s3::AddressingStyle,
+    pub addressing_style: imsctl::s3::AddressingStyle,
     /// Multipart part size, 5M to 5G [default: 16M].
     #[arg(long, global = true, value_parser = parse_size_u64, value_name = "SIZE")]
     pub part_size: Option<u64>,
@@ -63,14 +63,14 @@ pub struct S3Args {
     pub stream: bool,
     /// How long a failing S3 request is retried (exponential backoff with jitter): seconds, or
     /// 500ms, 30s, 2m [default: 30s; also IMSCTL_S3_RETRY_BUDGET].
-    #[arg(long, global = true, value_parser = crate::s3::config::parse_duration, value_name = "DURATION")]
+    #[arg(long, global = true, value_parser = imsctl::s3::config::parse_duration, value_name = "DURATION")]
     pub retry_budget: Option<std::time::Duration>,
 }
 
 impl S3Args {
     /// The S3 options the command line gives (the rest comes from the environment).
-    pub fn options(&self) -> crate::s3::S3Options {
-        crate::s3::S3Options {
+    pub fn options(&self) -> imsctl::s3::S3Options {
+        imsctl::s3::S3Options {
             endpoint: self.endpoint.clone(),
             region: None,
             ca_bundle: self.ca_bundle.clone(),
@@ -83,11 +83,15 @@ impl S3Args {
     }
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
-pub enum OutputFormat {
-    #[default]
-    Toml,
-    Json,
+pub use imsctl::output::OutputFormat;
+
+/// `--format`: the names of [`OutputFormat`], listed in the help.
+fn format_parser() -> impl clap::builder::TypedValueParser<Value = OutputFormat> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["toml", "json"]).map(|name| match name.as_str() {
+        "json" => OutputFormat::Json,
+        _ => OutputFormat::Toml,
+    })
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,7 +156,7 @@ pub struct EnterArgs {
     pub jail: bool,
     /// A capability the sandbox's processes keep beyond the default set.
     #[arg(long = "cap-add", value_parser = parse_capability)]
-    pub cap_add: Vec<crate::sandbox::Capability>,
+    pub cap_add: Vec<imsctl::sandbox::Capability>,
     #[arg(long)]
     pub login_shell: bool,
     /// Run `$SHELL -c COMMAND`.
@@ -177,8 +181,8 @@ pub struct EnterArgs {
 pub struct WindowSize(pub nix::pty::Winsize);
 
 /// A capability by name (`NET_RAW`, `CAP_NET_RAW`) or number.
-pub fn parse_capability(s: &str) -> Result<crate::sandbox::Capability, String> {
-    crate::sandbox::Capability::parse(s)
+pub fn parse_capability(s: &str) -> Result<imsctl::sandbox::Capability, String> {
+    imsctl::sandbox::Capability::parse(s)
         .ok_or_else(|| format!("'{s}' is not a Linux capability (e.g. NET_RAW, SYS_PTRACE)"))
 }
 
@@ -262,7 +266,7 @@ pub struct EnvironmentArgs {
     /// Let the sandbox's processes keep this capability too (e.g. NET_RAW for ping, SYS_PTRACE
     /// for strace); repeatable. The default set is Docker's without NET_RAW.
     #[arg(long = "cap-add", value_name = "CAPABILITY", value_parser = parse_capability)]
-    pub cap_add: Vec<crate::sandbox::Capability>,
+    pub cap_add: Vec<imsctl::sandbox::Capability>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -297,7 +301,7 @@ pub struct JobSshArgs {
     #[arg(long)]
     pub public_key_id: Option<String>,
     /// Where the SSH server listens; port 0 picks a free one.
-    #[arg(long, default_value = crate::ssh::daemon::DEFAULT_LISTEN, value_name = "ADDR:PORT")]
+    #[arg(long, default_value = imsctl::ssh::daemon::DEFAULT_LISTEN, value_name = "ADDR:PORT")]
     pub ssh_listen: String,
     /// How the image is packed when the complete file ends an SSH session.
     #[command(flatten)]
@@ -325,7 +329,7 @@ pub struct JobCreateArgs {
     #[arg(long)]
     pub public_key_id: Option<String>,
     /// Where the SSH server listens; port 0 picks a free one.
-    #[arg(long, default_value = crate::ssh::daemon::DEFAULT_LISTEN, value_name = "ADDR:PORT")]
+    #[arg(long, default_value = imsctl::ssh::daemon::DEFAULT_LISTEN, value_name = "ADDR:PORT")]
     pub ssh_listen: String,
     #[command(flatten)]
     pub env: EnvironmentArgs,
@@ -417,7 +421,7 @@ pub fn customize_steps(matches: &clap::ArgMatches) -> Vec<Step> {
 #[derive(Args, Debug, Clone, Copy, Default)]
 pub struct FormatArg {
     /// Output format: toml (as `cray ims`) or json (sorted keys, stable for scripts).
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = format_parser(), default_value = "toml")]
     pub format: OutputFormat,
 }
 
@@ -475,7 +479,7 @@ fn parse_age(text: &str) -> Result<std::time::Duration, String> {
     let (number, unit) = match (t.strip_suffix('h'), t.strip_suffix('d')) {
         (Some(n), _) => (n, 3600.0),
         (_, Some(n)) => (n, 86_400.0),
-        _ => return crate::s3::config::parse_duration(t),
+        _ => return imsctl::s3::config::parse_duration(t),
     };
     let value: f64 = number
         .trim()
@@ -518,7 +522,7 @@ pub struct ImportArgs {
     pub name: Option<String>,
     /// Architecture of the image: x86_64 or aarch64 (default: this machine's).
     #[arg(long)]
-    pub arch: Option<crate::store::Arch>,
+    pub arch: Option<imsctl::store::Arch>,
     #[command(flatten)]
     pub format: FormatArg,
 }
@@ -659,10 +663,10 @@ pub struct LsArgs {
     pub image: PathBuf,
 }
 
-/// `--threads`: 0 (one per core) to [`MAX_THREADS`](crate::squashfs::writer::MAX_THREADS).
+/// `--threads`: 0 (one per core) to [`MAX_THREADS`](imsctl::squashfs::writer::MAX_THREADS).
 /// 100000 threads would spend minutes starting and contending before any work.
 pub fn parse_threads(s: &str) -> Result<usize, String> {
-    use crate::squashfs::writer::MAX_THREADS;
+    use imsctl::squashfs::writer::MAX_THREADS;
     let n: usize = s
         .trim()
         .parse()

@@ -4,8 +4,6 @@
 //! --customize--> changed root --pack--> artifacts --publish--> store.
 
 pub mod artifacts;
-pub mod cli;
-pub mod commands;
 pub mod context;
 pub mod fsutil;
 pub mod interrupt;

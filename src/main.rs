@@ -3,9 +3,11 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+mod cli;
+mod commands;
+
 use clap::{CommandFactory, FromArgMatches};
-use imsctl::cli::{Cli, Command};
-use imsctl::commands;
+use cli::{Cli, Command};
 use imsctl::context::Context;
 use imsctl::store::Store;
 
@@ -32,7 +34,7 @@ fn main() -> ExitCode {
         // First, while this process is single-threaded: it joins namespaces.
         return report(commands::ssh::enter(args));
     }
-    let steps = imsctl::cli::customize_steps(&matches);
+    let steps = cli::customize_steps(&matches);
     let mut ctx = Context::new(
         cli.global.store.clone(),
         cli.global.verbose,

@@ -11,7 +11,14 @@ use std::io;
 use serde::Serialize;
 use serde_json::ser::{Formatter, PrettyFormatter};
 
-use crate::cli::OutputFormat;
+
+/// How records are printed: `--format toml` (the default, as `cray ims` has it) or `json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    #[default]
+    Toml,
+    Json,
+}
 
 /// Errors rendering a value (only a record that cannot be expressed at all fails). The cause
 /// is part of the message, not also a `source()`: printed once.

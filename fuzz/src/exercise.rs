@@ -243,8 +243,8 @@ fn record<R: Record + PartialEq + std::fmt::Debug>(text: &[u8]) -> Result<(), St
         ),
     };
     assert_eq!(parsed, again, "a record changed through a write and a read");
-    let _ = render_one(&parsed, imsctl::cli::OutputFormat::Json);
-    let _ = render_one(&parsed, imsctl::cli::OutputFormat::Toml);
+    let _ = render_one(&parsed, imsctl::output::OutputFormat::Json);
+    let _ = render_one(&parsed, imsctl::output::OutputFormat::Toml);
     Ok(())
 }
 

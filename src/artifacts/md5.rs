@@ -88,7 +88,8 @@ pub fn copy_with_md5(src: &Path, dst: &mut File, dst_path: &Path) -> Result<Stri
     Ok(hex(&hasher.finalize()))
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lowercase hexadecimal, as md5sum prints it.
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {

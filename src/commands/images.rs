@@ -10,11 +10,11 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::artifacts::verify_image;
+use imsctl::artifacts::verify_image;
 use crate::cli::{ImagesCommand, ImportArgs};
-use crate::interrupt::{Kind, TempGuard};
-use crate::output::{render_list, render_one};
-use crate::store::{Arch, ImageRecord, Store};
+use imsctl::interrupt::{Kind, TempGuard};
+use imsctl::output::{render_list, render_one};
+use imsctl::store::{Arch, ImageRecord, Store};
 
 /// Builds the SquashFS of `src` at `dest` (a path that does not exist yet). A directory
 /// source is walked without the paths of the third argument (the store, which may lie inside
@@ -133,7 +133,7 @@ fn default_image_name(src: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::artifacts::manifest::{ArtifactKind, Manifest};
+    use imsctl::artifacts::manifest::{ArtifactKind, Manifest};
     use crate::cli::{FormatArg, IdArg, IdFormatArgs, OutputFormat, VerifyArgs};
     use std::fs;
 
@@ -187,7 +187,7 @@ mod tests {
         use md5::Digest;
         assert_eq!(
             rootfs.md5,
-            crate::artifacts::md5::hex(&md5::Md5::digest(b"squashfs bytes"))
+            imsctl::artifacts::md5::hex(&md5::Md5::digest(b"squashfs bytes"))
         );
         assert_eq!(rootfs.link.etag, rootfs.md5);
         assert_eq!(

@@ -8,11 +8,11 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::cli::{CustomizeArgs, EnvironmentArgs, JobsCommand, ModeArg, NetworkArg, Step};
 use crate::commands::squashfs::{import_source, writer_options};
-use crate::context::Context;
-use crate::job::{self, AfterSession, CreateSpec};
-use crate::output::{python_json, render_list, render_one};
-use crate::sandbox::{self, Network};
-use crate::store::{ImageRecord, JobRecord, RootMode, Store};
+use imsctl::context::Context;
+use imsctl::job::{self, AfterSession, CreateSpec};
+use imsctl::output::{python_json, render_list, render_one};
+use imsctl::sandbox::{self, Network};
+use imsctl::store::{ImageRecord, JobRecord, RootMode, Store};
 
 fn spec_from(
     env: &EnvironmentArgs,
@@ -88,7 +88,7 @@ pub fn run(ctx: &Context, store: &Store, cmd: &JobsCommand, out: &mut dyn Write)
             let mut job = job::create(ctx, store, &spec)?;
             if a.public_key_id.is_some() {
                 let forward = crate::commands::ssh::server_args(ctx, &a.pack);
-                job = crate::ssh::daemon::start(store, &job, &a.ssh_listen, &forward)
+                job = imsctl::ssh::daemon::start(store, &job, &a.ssh_listen, &forward)
                     .map_err(|e| job::fail_with(store, job.id, e))?;
             }
             write_out(out, &render_one(&job, a.format.format)?)
@@ -124,7 +124,7 @@ pub fn run(ctx: &Context, store: &Store, cmd: &JobsCommand, out: &mut dyn Write)
             writer_options(&a.pack)?;
             let job = job::prepare_ssh(store, &a.id, a.public_key_id.as_deref())?;
             let forward = crate::commands::ssh::server_args(ctx, &a.pack);
-            let job = crate::ssh::daemon::start(store, &job, &a.ssh_listen, &forward)?;
+            let job = imsctl::ssh::daemon::start(store, &job, &a.ssh_listen, &forward)?;
             write_out(out, &render_one(&job, a.format.format)?)
         }
     }
@@ -201,10 +201,10 @@ fn script_argv(path: &Path) -> Result<Vec<String>> {
 fn run_ansible(store: &Store, job: &JobRecord, playbook: &Path) -> Result<()> {
     let playbook = std::fs::canonicalize(playbook)
         .with_context(|| format!("failed to find the playbook {}", playbook.display()))?;
-    let ansible = crate::root::find_program("ansible-playbook")
+    let ansible = imsctl::root::find_program("ansible-playbook")
         .context("--ansible needs ansible-playbook on this host (pip install ansible-core)")?;
     for tool in ["ssh", "ssh-keygen"] {
-        if crate::root::find_program(tool).is_none() {
+        if imsctl::root::find_program(tool).is_none() {
             bail!("--ansible runs the playbook over SSH: it needs {tool} (openssh-client)");
         }
     }
@@ -242,13 +242,13 @@ fn run_ansible(store: &Store, job: &JobRecord, playbook: &Path) -> Result<()> {
         "--accept-key-file".to_string(),
         key.with_extension("pub").display().to_string(),
     ];
-    let served = crate::ssh::daemon::start(store, job, "127.0.0.1:0", &forward)?;
+    let served = imsctl::ssh::daemon::start(store, job, "127.0.0.1:0", &forward)?;
     let played = play_over_ssh(&ansible, &playbook, &served, &key, &dir);
-    let stopped = crate::ssh::daemon::stop(store, &served);
+    let stopped = imsctl::ssh::daemon::stop(store, &served);
     played?;
     stopped?;
     let after: JobRecord = store.get_by_id(job.id)?;
-    if after.status != crate::store::JobStatus::WaitingOnUser {
+    if after.status != imsctl::store::JobStatus::WaitingOnUser {
         bail!(
             "the playbook ended the job (a complete or failed file): it is {:?} now",
             after.status
@@ -311,7 +311,7 @@ fn regenerate_initrd(store: &Store, job: &JobRecord) -> Result<()> {
     let cfg = job::sandbox_config(store, job);
     let version = {
         let held = sandbox::hold_root(&cfg)?;
-        let boot = crate::artifacts::find_boot_files(&held.path(), job.arch, None, None);
+        let boot = imsctl::artifacts::find_boot_files(&held.path(), job.arch, None, None);
         held.release()?;
         boot?
             .kernel_version
@@ -341,7 +341,7 @@ pub fn customize(
     let pack = writer_options(&args.pack)?;
     if let Some(path) = &args.report {
         // Refused before the job runs, not after it has published.
-        crate::fsutil::check_output_path(path)?;
+        imsctl::fsutil::check_output_path(path)?;
     }
     let image = source_image(ctx, store, &args.src)?;
     let spec = spec_from(
@@ -364,8 +364,8 @@ pub fn customize(
         if args.shell {
             let cfg = job::sandbox_config(store, &job);
             sandbox::shell(&cfg)?;
-            if let Some(crate::root::Signal::Failed) =
-                crate::root::signal_raised(&cfg.layout, &cfg.source)
+            if let Some(imsctl::root::Signal::Failed) =
+                imsctl::root::signal_raised(&cfg.layout, &cfg.source)
             {
                 bail!("the failed file was touched in the shell");
             }
@@ -388,7 +388,7 @@ pub fn customize(
             .unwrap_or_default();
         let text = python_json(&report)? + "\n";
         // Like the image: a complete file or none, and never over a device, FIFO or symlink.
-        crate::fsutil::write_atomically(path, |tmp| {
+        imsctl::fsutil::write_atomically(path, |tmp| {
             std::fs::write(tmp, &text)
                 .with_context(|| format!("failed to write the report {}", tmp.display()))
         })?;

@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::cli::PublicKeysCommand;
-use crate::output::{render_list, render_one};
-use crate::store::{Error, PublicKeyRecord, RecordKind, Store};
+use imsctl::output::{render_list, render_one};
+use imsctl::store::{Error, PublicKeyRecord, RecordKind, Store};
 
 pub fn run(store: &Store, cmd: &PublicKeysCommand, out: &mut dyn Write) -> anyhow::Result<()> {
     let text = match cmd {
@@ -48,7 +48,7 @@ const KEY_TYPES: &[&str] = &[
 
 /// Read an OpenSSH public key file: exactly one key line `TYPE BASE64 [COMMENT]` whose base64
 /// blob starts with the same type name. Returns the line, trimmed. Errors name the file.
-pub fn read_public_key_file(path: &Path) -> crate::store::Result<String> {
+pub fn read_public_key_file(path: &Path) -> imsctl::store::Result<String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::io("read the public key file", path, e))?;
     let lines: Vec<&str> = text

@@ -1,14 +1,14 @@
 //! Rootless runs of the commands that open, pack, report on or remove a job's tree happen
-//! inside imsctl's own user namespace (see [`crate::sandbox::userns`]). Decided here, once, in
+//! inside imsctl's own user namespace (see [`imsctl::sandbox::userns`]). Decided here, once, in
 //! `main`, before any thread starts.
 
 use anyhow::{Context as _, Result};
 
 use crate::cli::{Command, ImagesCommand, JobsCommand};
-use crate::context::Context;
-use crate::sandbox::IdMapping;
-use crate::sandbox::userns::{self, SINGLE_ID_HINT};
-use crate::store::{JobRecord, Store};
+use imsctl::context::Context;
+use imsctl::sandbox::IdMapping;
+use imsctl::sandbox::userns::{self, SINGLE_ID_HINT};
+use imsctl::store::{JobRecord, Store};
 
 /// Enter imsctl's user namespace when `command` needs it and this process is not root. The
 /// store's location is fixed first (in `ctx.store`): inside, this process is root, and the
@@ -53,5 +53,5 @@ fn served_over_ssh(command: &Command, store_root: &std::path::Path) -> bool {
     };
     store
         .get::<JobRecord>(&args.id)
-        .is_ok_and(|job| crate::ssh::daemon::running_sandbox(&job).is_some())
+        .is_ok_and(|job| imsctl::ssh::daemon::running_sandbox(&job).is_some())
 }

@@ -8,13 +8,13 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 
 use crate::cli::{ImagesCommand, S3Args};
-use crate::context::Context;
-use crate::output::{render_list, render_one};
-use crate::s3::{
+use imsctl::context::Context;
+use imsctl::output::{render_list, render_one};
+use imsctl::s3::{
     Client, LINK_TYPE_S3, Resume, S3Config, S3Url, VerifyMode, import_image, verify_s3_image,
 };
-use crate::store::s3_backend::{ImageCatalog, S3Store};
-use crate::store::{Arch, ImageRecord, Store};
+use imsctl::store::s3_backend::{ImageCatalog, S3Store};
+use imsctl::store::{Arch, ImageRecord, Store};
 
 /// `--store` when it names a bucket.
 pub fn s3_store_url(ctx: &Context) -> anyhow::Result<Option<S3Url>> {

@@ -6,13 +6,13 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::archive::{self, DirOptions, LeftOut, TarOptions};
+use imsctl::archive::{self, DirOptions, LeftOut, TarOptions};
 use crate::cli::{ConvertArgs, ExtractArgs, LsArgs, PackArgs, PackOptions};
-use crate::context::{Context, CounterTicker};
-use crate::squashfs::extract::{self, ExtractOptions};
-use crate::squashfs::reader::Image;
-use crate::squashfs::writer::{Summary, Writer, WriterOptions};
-use crate::squashfs::{Algorithm, from_image, listing};
+use imsctl::context::{Context, CounterTicker};
+use imsctl::squashfs::extract::{self, ExtractOptions};
+use imsctl::squashfs::reader::Image;
+use imsctl::squashfs::writer::{Summary, Writer, WriterOptions};
+use imsctl::squashfs::{Algorithm, from_image, listing};
 
 /// Writer options from the command line; the superblock time defaults to now.
 pub fn writer_options(p: &PackOptions) -> Result<WriterOptions> {
@@ -69,7 +69,7 @@ pub fn build_image(
     dir_opts: &DirOptions,
 ) -> Result<Summary> {
     let kind = input_kind(input)?;
-    crate::fsutil::write_atomically(output, |tmp| {
+    imsctl::fsutil::write_atomically(output, |tmp| {
         let mut writer = Writer::create(tmp, opts)?;
         match kind {
             InputKind::Directory => {
@@ -155,7 +155,7 @@ fn print_summary(ctx: &Context, output: &Path, s: &Summary, secs: f64) {
     if ctx.verbose > 0 || ctx.progress {
         eprintln!(
             "imsctl: wrote {} ({} inodes, {:.1} MiB of files into {:.1} MiB, {} duplicate files) in {:.1}s",
-            crate::output::escape_controls(&output.display().to_string()),
+            imsctl::output::escape_controls(&output.display().to_string()),
             s.inodes,
             s.file_bytes as f64 / 1048576.0,
             s.bytes_used as f64 / 1048576.0,
@@ -199,7 +199,7 @@ pub fn extract(ctx: &Context, args: &ExtractArgs) -> Result<()> {
     let bar = ctx.bytes_bar("extracting", None);
     let opts = ExtractOptions {
         skip_devices: args.skip_devices,
-        progress: Some(crate::squashfs::extract::Progress::new({
+        progress: Some(imsctl::squashfs::extract::Progress::new({
             let bar = bar.clone();
             move |n| bar.inc(n)
         })),

@@ -4,14 +4,14 @@ use anyhow::Result;
 
 use crate::cli::{EnterArgs, PackOptions, SshServerArgs};
 use crate::commands::squashfs::writer_options;
-use crate::context::Context;
-use crate::sandbox::enter::{self, SessionCommand, Target, Terminal};
-use crate::store::Store;
+use imsctl::context::Context;
+use imsctl::sandbox::enter::{self, SessionCommand, Target, Terminal};
+use imsctl::store::Store;
 
 /// `internal-ssh-server`: serve until the job's complete/failed file or SIGTERM.
 pub fn serve(ctx: &Context, store: &Store, args: &SshServerArgs) -> Result<()> {
     let pack = writer_options(&args.pack)?;
-    crate::ssh::daemon::serve(
+    imsctl::ssh::daemon::serve(
         ctx,
         store,
         &args.id,
@@ -27,15 +27,15 @@ pub fn enter(args: &EnterArgs) -> Result<()> {
     let target = Target {
         holder: args.pid,
         jailed: args.jail,
-        confinement: crate::sandbox::Confinement::with_added(&args.cap_add),
+        confinement: imsctl::sandbox::Confinement::with_added(&args.cap_add),
     };
     let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
     let never = if args.sftp {
         enter::enter(target, None, || {
             let home = std::path::Path::new("/root");
-            crate::ssh::sftp::serve_stdio(home)
+            imsctl::ssh::sftp::serve_stdio(home)
                 .map(|()| 0)
-                .map_err(|e| crate::sandbox::Error::io("serve SFTP in", home, e))
+                .map_err(|e| imsctl::sandbox::Error::io("serve SFTP in", home, e))
         })?
     } else {
         let command = match (&args.command, args.argv.is_empty()) {
@@ -57,7 +57,7 @@ pub fn enter(args: &EnterArgs) -> Result<()> {
 
 /// The options a job's SSH server is started with, all placed after its subcommand (the global
 /// ones are accepted there too): S3 and verbosity as this process has them, and the pack
-/// options for the complete file. The store is added by [`crate::ssh::daemon::start`].
+/// options for the complete file. The store is added by [`imsctl::ssh::daemon::start`].
 pub fn server_args(ctx: &Context, pack: &PackOptions) -> Vec<String> {
     let mut args = Vec::new();
     let s3 = &ctx.s3;
@@ -68,9 +68,9 @@ pub fn server_args(ctx: &Context, pack: &PackOptions) -> Vec<String> {
         args.extend(["--ca-bundle".to_string(), c.display().to_string()]);
     }
     let style = match s3.addressing_style {
-        crate::s3::AddressingStyle::Auto => "auto",
-        crate::s3::AddressingStyle::Path => "path",
-        crate::s3::AddressingStyle::Virtual => "virtual",
+        imsctl::s3::AddressingStyle::Auto => "auto",
+        imsctl::s3::AddressingStyle::Path => "path",
+        imsctl::s3::AddressingStyle::Virtual => "virtual",
     };
     args.extend(["--s3-addressing-style".to_string(), style.to_string()]);
     if let Some(p) = s3.part_size {
