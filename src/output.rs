@@ -11,7 +11,6 @@ use std::io;
 use serde::Serialize;
 use serde_json::ser::{Formatter, PrettyFormatter};
 
-
 /// How records are printed: `--format toml` (the default, as `cray ims` has it) or `json`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum OutputFormat {

@@ -10,8 +10,8 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use imsctl::artifacts::verify_image;
 use crate::cli::{ImagesCommand, ImportArgs};
+use imsctl::artifacts::verify_image;
 use imsctl::interrupt::{Kind, TempGuard};
 use imsctl::output::{render_list, render_one};
 use imsctl::store::{Arch, ImageRecord, Store};
@@ -133,8 +133,8 @@ fn default_image_name(src: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imsctl::artifacts::manifest::{ArtifactKind, Manifest};
     use crate::cli::{FormatArg, IdArg, IdFormatArgs, OutputFormat, VerifyArgs};
+    use imsctl::artifacts::manifest::{ArtifactKind, Manifest};
     use std::fs;
 
     fn no_converter(_: &str, _: &Path, _: &[&Path]) -> anyhow::Result<()> {

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 
-use imsctl::archive::{self, DirOptions, LeftOut, TarOptions};
 use crate::cli::{ConvertArgs, ExtractArgs, LsArgs, PackArgs, PackOptions};
+use imsctl::archive::{self, DirOptions, LeftOut, TarOptions};
 use imsctl::context::{Context, CounterTicker};
 use imsctl::squashfs::extract::{self, ExtractOptions};
 use imsctl::squashfs::reader::Image;

@@ -5,19 +5,39 @@ use anyhow::Result;
 use crate::cli::{EnterArgs, PackOptions, SshServerArgs};
 use crate::commands::squashfs::writer_options;
 use imsctl::context::Context;
+use imsctl::job;
 use imsctl::sandbox::enter::{self, SessionCommand, Target, Terminal};
-use imsctl::store::Store;
+use imsctl::ssh::daemon::{JobHooks, SessionsEnd};
+use imsctl::store::{JobRecord, Store};
 
 /// `internal-ssh-server`: serve until the job's complete/failed file or SIGTERM.
 pub fn serve(ctx: &Context, store: &Store, args: &SshServerArgs) -> Result<()> {
     let pack = writer_options(&args.pack)?;
+    let job: JobRecord = store.get(&args.id)?;
+    let id = job.id.to_string();
+    let hooks = JobHooks {
+        sandbox: job::sandbox_config(store, &job),
+        environment: job::ims_environment(&job),
+        end: Box::new(|end| match end {
+            SessionsEnd::Complete => {
+                let result = job::complete(ctx, store, &id, &pack)?;
+                eprintln!(
+                    "imsctl ssh: job {id} published image {}",
+                    result.ims_image_record.id
+                );
+                Ok(())
+            }
+            SessionsEnd::Failed => {
+                job::fail(store, &id, "the user signalled failure (failed file)").map(drop)
+            }
+        }),
+    };
     imsctl::ssh::daemon::serve(
-        ctx,
         store,
-        &args.id,
+        &job,
         args.listen,
         args.accept_key_file.as_deref(),
-        &pack,
+        hooks,
     )
 }
 

@@ -26,12 +26,29 @@ use uuid::Uuid;
 
 use super::keys;
 use super::server::{Server, Spawner};
-use crate::context::Context;
-use crate::job;
 use crate::root::{self, Signal};
 use crate::sandbox;
-use crate::squashfs::writer::WriterOptions;
 use crate::store::{JobRecord, JobStatus, PublicKeyRecord, Store};
+
+/// What the server needs from the job layer, handed in by the caller: the server runs sessions
+/// and never reaches up into the job code.
+pub struct JobHooks<'a> {
+    /// The job's sandbox, held for the server's lifetime.
+    pub sandbox: sandbox::SandboxConfig,
+    /// The environment every session gets (IMS_JOB_ID, IMS_ARCH, ...).
+    pub environment: Vec<(String, String)>,
+    /// Called once when the user signalled the end through the complete or failed file.
+    pub end: Box<dyn FnOnce(SessionsEnd) -> Result<()> + 'a>,
+}
+
+/// How the user ended the sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionsEnd {
+    /// The complete file: package and publish the image.
+    Complete,
+    /// The failed file: mark the job failed.
+    Failed,
+}
 
 /// Where a job's server listens unless told otherwise: loopback, a free port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:0";
@@ -252,14 +269,12 @@ enum Ending {
 /// The server process itself (`internal-ssh-server`). Prints the ready line on stdout once it
 /// listens, then keeps only its log.
 pub fn serve(
-    ctx: &Context,
     store: &Store,
-    id: &str,
+    job: &JobRecord,
     listen: SocketAddr,
     accept_key_file: Option<&std::path::Path>,
-    pack: &WriterOptions,
+    hooks: JobHooks<'_>,
 ) -> Result<()> {
-    let job: JobRecord = store.get(id)?;
     if job.status != JobStatus::WaitingOnUser {
         bail!("job {} is not waiting_on_user", job.id);
     }
@@ -279,8 +294,12 @@ pub fn serve(
                 .with_context(|| format!("public key {key_id}"))?
         }
     };
-    let host_key = keys::load_or_create_host_key(&ssh_dir(store, &job).join("host_ed25519_key"))?;
-    let cfg = job::sandbox_config(store, &job);
+    let host_key = keys::load_or_create_host_key(&ssh_dir(store, job).join("host_ed25519_key"))?;
+    let JobHooks {
+        sandbox: cfg,
+        environment,
+        end,
+    } = hooks;
     // Before any thread exists: the sandbox forks.
     let held = sandbox::hold_session(&cfg)?;
     let listener =
@@ -309,7 +328,7 @@ pub fn serve(
             jailed: cfg.jailed,
             confinement: cfg.confinement,
         },
-        job_env: job::ims_environment(&job),
+        job_env: environment,
     };
     let server = Server {
         accepted: Arc::new(accepted),
@@ -339,22 +358,8 @@ pub fn serve(
     }
     eprintln!("imsctl ssh: job {}: sessions closed ({ending:?})", job.id);
     match ending {
-        Ending::Signal(Signal::Complete) => {
-            let result = job::complete(ctx, store, &job.id.to_string(), pack)?;
-            eprintln!(
-                "imsctl ssh: job {} published image {}",
-                job.id, result.ims_image_record.id
-            );
-            Ok(())
-        }
-        Ending::Signal(Signal::Failed) => {
-            job::fail(
-                store,
-                &job.id.to_string(),
-                "the user signalled failure (failed file)",
-            )?;
-            Ok(())
-        }
+        Ending::Signal(Signal::Complete) => end(SessionsEnd::Complete),
+        Ending::Signal(Signal::Failed) => end(SessionsEnd::Failed),
         Ending::Stopped | Ending::WorkDirGone | Ending::SandboxGone => Ok(()),
     }
 }
