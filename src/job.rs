@@ -10,15 +10,14 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use uuid::Uuid;
 
 use crate::archive::{self, DirOptions};
-use crate::artifacts::{self, CustomizeResult};
+use crate::artifacts::{self, ArtifactKind, CustomizeResult};
 use crate::context::{Context, CounterTicker};
+use crate::publish::{ImageMeta, Published};
 use crate::repack::{BaseAwareSink, BaseIndex, ExtractIndex, Provenance, base_index};
 use crate::root::{self, ImageSource, LowerVia, Signal, WorkLayout};
 use crate::s3::Settled;
@@ -632,50 +631,36 @@ fn package(
     fs::copy(&boot.initrd, &initrd)
         .with_context(|| format!("failed to copy the initrd {}", boot.initrd.display()))?;
     let image_id = Uuid::new_v4();
-    let pack_here = |follow: &mut dyn FnMut(Settled) -> Result<()>| {
-        pack_root(
-            ctx,
-            (&base, base_paths),
-            &root_view,
-            &rootfs,
-            pack.clone(),
-            &cfg,
-            follow,
-        )
+    let target = job.extra.get(PUBLISH_FIELD).and_then(|v| v.as_str());
+    let backend = crate::publish::backend(ctx, store, target)?;
+    let meta = ImageMeta {
+        name: Some(job.image_root_archive_name.clone()),
+        job_id: Some(job.id),
     };
-    let (ims_image_artifacts, image) = match job.extra.get(PUBLISH_FIELD).and_then(|v| v.as_str()) {
-        Some(dest) => {
-            let s3 = S3Destination::connect(ctx, dest)?;
-            let published = publish_to_s3(
-                ctx,
-                &s3,
-                job,
-                image_id,
-                [&rootfs, &kernel, &initrd],
-                &cfg.layout,
-                pack_here,
-            )?;
-            if let Err(e) = held.release() {
-                let _ = published.discard(&s3.client);
-                return Err(e.into());
-            }
-            let image = crate::store::s3_backend::register_published(
-                store,
-                &s3.client,
-                &published,
-                &job.image_root_archive_name,
-                job.arch,
-            )?;
-            (published.ims_image_artifacts(), image)
-        }
-        None => {
-            pack_here(&mut |_| Ok(()))?;
-            held.release()?;
-            let published = artifacts::publish_local(store, image_id, &rootfs, &kernel, &initrd)?;
-            let image = published.register(store, &job.image_root_archive_name, job.arch)?;
-            (published.ims_image_artifacts(), image)
-        }
-    };
+    // Dropped on an error below, the publication removes whatever it had sent.
+    let mut publishing =
+        backend.begin(image_id, &meta, Some(&cfg.layout.work().join("s3-uploads")))?;
+    pack_root(
+        ctx,
+        (&base, base_paths),
+        &root_view,
+        &rootfs,
+        pack.clone(),
+        &cfg,
+        &mut |settled| publishing.follow(ArtifactKind::Rootfs, &rootfs, settled, ctx),
+    )?;
+    held.release()?;
+    for (kind, path) in [
+        (ArtifactKind::Rootfs, &rootfs),
+        (ArtifactKind::Kernel, &kernel),
+        (ArtifactKind::Initrd, &initrd),
+    ] {
+        publishing.upload(kind, path, ctx)?;
+    }
+    let Published {
+        ims_image_artifacts,
+        record: image,
+    } = publishing.finish(store, &job.image_root_archive_name, job.arch)?;
     let job = store.update::<JobRecord>(job.id, |j| {
         j.status = JobStatus::Success;
         j.resultant_image_id = Some(image.id);
@@ -696,110 +681,6 @@ fn package(
         ims_job_record: job,
         result: "success".into(),
     })
-}
-
-/// Where a job publishes in S3: the bucket's client and the destination URL.
-struct S3Destination {
-    client: crate::s3::Client,
-    dest: crate::s3::S3Url,
-}
-
-impl S3Destination {
-    fn connect(ctx: &Context, dest: &str) -> Result<S3Destination> {
-        use crate::s3::{Client, S3Config, S3Url};
-        let dest = S3Url::parse(dest)?;
-        let config = S3Config::resolve(&ctx.s3)?;
-        let client = Client::new(&config, &dest.bucket)?;
-        Ok(S3Destination { client, dest })
-    }
-}
-
-/// Pack with `pack`, then publish rootfs, kernel, initrd and manifest.json to S3. With
-/// `stream_uploads`, the rootfs goes up while it is packed: `pack` reports how far the file is
-/// final, and its parts go up as they become final (part 1, with the superblock, once the image
-/// is complete). Nothing is left in the bucket unless every
-/// object is in place and checked; the caller registers the image afterwards.
-fn publish_to_s3(
-    ctx: &Context,
-    s3: &S3Destination,
-    job: &JobRecord,
-    image_id: Uuid,
-    [rootfs, kernel, initrd]: [&Path; 3],
-    layout: &WorkLayout,
-    pack: impl FnOnce(&mut dyn FnMut(Settled) -> Result<()>) -> Result<()>,
-) -> Result<crate::s3::S3ImageArtifacts> {
-    use crate::artifacts::ArtifactKind;
-    use crate::s3::{ImageMeta, Publication, Resume};
-    let meta = ImageMeta {
-        name: Some(job.image_root_archive_name.clone()),
-        job_id: Some(job.id),
-    };
-    let resume = Resume::on(Some(layout.work().join("s3-uploads")));
-    let mut publication = Publication::begin(&s3.client, &s3.dest, image_id, &meta, &resume)?;
-    if !s3.client.config().stream_uploads {
-        pack(&mut |_| Ok(()))?;
-        upload_each(
-            ctx,
-            &mut publication,
-            [
-                (ArtifactKind::Rootfs, rootfs),
-                (ArtifactKind::Kernel, kernel),
-                (ArtifactKind::Initrd, initrd),
-            ],
-        )?;
-        return Ok(publication.finish()?);
-    }
-    let sent = Arc::new(AtomicU64::new(0));
-    let mut streaming = None;
-    let _ticker = CounterTicker::start(ctx.bytes_bar("rootfs→S3", None), sent.clone());
-    pack(&mut |settled| {
-        let upload = publication.stream(
-            ArtifactKind::Rootfs,
-            rootfs,
-            settled,
-            crate::squashfs::writer::HEADER_MAX,
-            sent.clone(),
-        )?;
-        streaming = Some(upload);
-        Ok(())
-    })?;
-    let upload = streaming.ok_or_else(|| anyhow!("internal: the rootfs upload never started"))?;
-    let streamed = publication.add_streamed(ArtifactKind::Rootfs, upload)?;
-    let stats = &streamed.stats;
-    ctx.info(format!(
-        "rootfs uploaded to {}/{image_id}/rootfs: {} of {} parts while packing, done {:.2}s after packing (md5sum metadata copy {:.2}s)",
-        s3.dest,
-        stats.parts_while_writing,
-        stats.parts,
-        stats.after_writer.as_secs_f64(),
-        stats.metadata_copy.as_secs_f64()
-    ));
-    upload_each(
-        ctx,
-        &mut publication,
-        [
-            (ArtifactKind::Kernel, kernel),
-            (ArtifactKind::Initrd, initrd),
-        ],
-    )?;
-    Ok(publication.finish()?)
-}
-
-/// Upload whole files (their md5 computed on the way) into the publication.
-fn upload_each<'a>(
-    ctx: &Context,
-    publication: &mut crate::s3::Publication,
-    files: impl IntoIterator<Item = (crate::artifacts::ArtifactKind, &'a Path)>,
-) -> Result<()> {
-    for (kind, path) in files {
-        let file = crate::s3::ArtifactFile {
-            kind,
-            path,
-            md5: None,
-        };
-        publication.upload(&file, ctx)?;
-    }
-    Ok(())
 }
 
 /// Pack the held image root, taking every certainly-unchanged entry from the base image: its

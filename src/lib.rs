@@ -9,6 +9,7 @@ pub mod fsutil;
 pub mod interrupt;
 pub mod job;
 pub mod output;
+pub mod publish;
 pub mod repack;
 pub mod s3;
 pub mod ssh;

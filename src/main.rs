@@ -50,20 +50,15 @@ fn main() -> ExitCode {
         Command::Pack(args) => commands::squashfs::pack(&ctx, &args),
         Command::Extract(args) => commands::squashfs::extract(&ctx, &args),
         Command::Ls(args) => commands::squashfs::ls(&ctx, &args),
-        Command::Images(cmd) => match commands::s3::handles(&ctx, &cmd) {
-            Ok(true) => {
-                let stdout = std::io::stdout();
-                commands::s3::run_images(&ctx, &cli.global.s3, &cmd, &mut stdout.lock())
-            }
-            Ok(false) => with_store(&ctx, |store, out| {
-                let convert =
-                    |src: &str, dest: &std::path::Path, leave_out: &[&std::path::Path]| {
-                        commands::squashfs::import_source(&ctx, src, dest, leave_out)
-                    };
-                commands::images::run(store, &cmd, &convert, out)
-            }),
-            Err(e) => Err(e),
-        },
+        Command::Images(cmd) => {
+            let convert = |src: &str, dest: &std::path::Path, leave_out: &[&std::path::Path]| {
+                commands::squashfs::import_source(&ctx, src, dest, leave_out)
+            };
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            commands::images::run(&ctx, &cli.global.s3, &cmd, &convert, &mut out)
+                .and_then(|()| Ok(out.flush()?))
+        }
         Command::Jobs(cmd) => with_store(&ctx, |store, out| {
             commands::jobs::run(&ctx, store, &cmd, out)
         }),

@@ -1,5 +1,5 @@
 //! What a customization produces and where it goes: kernel/initrd detection, the CA certificate,
-//! manifest.json with md5s computed by us, and the local artifact backend.
+//! manifest.json with md5s computed by us. Where they go is `crate::publish`.
 //!
 //! Errors are the store's (`crate::store::Error`): both name the operation and the path.
 
@@ -7,7 +7,6 @@ pub mod boot;
 pub mod ca;
 pub mod manifest;
 pub mod md5;
-pub mod publish;
 pub mod rootpath;
 
 use serde::{Deserialize, Serialize};
@@ -15,9 +14,6 @@ use serde::{Deserialize, Serialize};
 pub use boot::{BootFiles, Choice, find_boot_files};
 pub use ca::{CA_CERT_ENV, CA_CERT_PATH_IN_IMAGE, ca_cert_source, inject_ca_cert, read_ca_cert};
 pub use manifest::{ArtifactKind, Manifest, ManifestArtifact};
-pub use publish::{
-    ImageArtifacts, VerifyEntry, VerifyReport, VerifyStatus, publish_local, verify_image,
-};
 pub use rootpath::resolve_in_root;
 
 use crate::store::{Error, ImageRecord, JobRecord, Result};
@@ -36,9 +32,13 @@ pub struct CustomizeResult {
 }
 
 impl CustomizeResult {
-    pub fn success(artifacts: &ImageArtifacts, image: ImageRecord, job: JobRecord) -> Self {
+    pub fn success(
+        ims_image_artifacts: Vec<ManifestArtifact>,
+        image: ImageRecord,
+        job: JobRecord,
+    ) -> Self {
         CustomizeResult {
-            ims_image_artifacts: artifacts.ims_image_artifacts(),
+            ims_image_artifacts,
             ims_image_record: image,
             ims_job_record: job,
             result: RESULT_SUCCESS.to_string(),

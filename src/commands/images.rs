@@ -1,4 +1,8 @@
-//! `imsctl images list|describe|delete|verify|import` (as `cray ims images`).
+//! `imsctl images …` (as `cray ims images`), on either catalogue: the local store, or an S3
+//! bucket named by `--store s3://BUCKET[/PREFIX]` that several build hosts share. `list`,
+//! `describe` and `delete` go through the catalogue trait; `publish` sends a local image to S3;
+//! `import` takes an archive, a directory, a SquashFS or an image in S3; `verify` checks the
+//! artifacts where the record's link points.
 //!
 //! `import` needs the converter (archive/directory → SquashFS), which lives elsewhere: the
 //! caller passes it in as `convert(src, dest)`, a function that writes the SquashFS of `src` to
@@ -8,48 +12,115 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::Context;
+use anyhow::{Context as _, bail};
 
-use crate::cli::{ImagesCommand, ImportArgs};
-use imsctl::artifacts::verify_image;
+use crate::cli::{ImagesCommand, ImportArgs, S3Args, VerifyArgs};
+use imsctl::context::Context;
 use imsctl::interrupt::{Kind, TempGuard};
 use imsctl::output::{render_list, render_one};
-use imsctl::store::{Arch, ImageRecord, Store};
+use imsctl::publish::s3_catalog::S3Store;
+use imsctl::publish::{LINK_TYPE_S3, VerifyMode, import_image, verify_image, verify_s3_image};
+use imsctl::s3::{Client, Resume, S3Config, S3Url};
+use imsctl::store::{Arch, ImageCatalog, ImageRecord, Store};
 
 /// Builds the SquashFS of `src` at `dest` (a path that does not exist yet). A directory
 /// source is walked without the paths of the third argument (the store, which may lie inside
 /// it), compared by device and inode.
 pub type Converter<'a> = &'a dyn Fn(&str, &Path, &[&Path]) -> anyhow::Result<()>;
 
+/// The catalogue `--store` names.
+enum Catalog {
+    Local(Store),
+    S3(Box<S3Store>),
+}
+
+impl Catalog {
+    fn open(ctx: &Context, s3: &S3Args) -> anyhow::Result<Catalog> {
+        match ctx.store.as_deref().and_then(Path::to_str) {
+            Some(text) if S3Url::is_s3(text) => {
+                let root = S3Url::parse(text)?;
+                Ok(Catalog::S3(Box::new(S3Store::open(
+                    &s3_config(s3)?,
+                    &root,
+                )?)))
+            }
+            _ => Ok(Catalog::Local(Store::locate(ctx.store.as_deref())?)),
+        }
+    }
+
+    fn records(&self) -> &dyn ImageCatalog {
+        match self {
+            Catalog::Local(store) => store,
+            Catalog::S3(store) => store.as_ref(),
+        }
+    }
+
+    /// The local store, for the verbs that read or write local artifacts.
+    fn local(&self, verb: &str) -> anyhow::Result<&Store> {
+        match self {
+            Catalog::Local(store) => Ok(store),
+            Catalog::S3(store) => bail!(
+                "images {verb} works on the local store; run it without --store {}",
+                store.root()
+            ),
+        }
+    }
+}
+
+fn s3_config(args: &S3Args) -> anyhow::Result<S3Config> {
+    Ok(S3Config::resolve(&args.options())?)
+}
+
 pub fn run(
-    store: &Store,
+    ctx: &Context,
+    s3: &S3Args,
     cmd: &ImagesCommand,
     convert: Converter<'_>,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
+    let catalog = Catalog::open(ctx, s3)?;
     let text = match cmd {
-        ImagesCommand::List(args) => render_list(&store.list::<ImageRecord>()?, args.format)?,
+        ImagesCommand::List(args) => render_list(&catalog.records().list_images()?, args.format)?,
         ImagesCommand::Describe(args) => {
-            render_one(&store.get::<ImageRecord>(&args.id)?, args.format.format)?
+            render_one(&catalog.records().get_image(&args.id)?, args.format.format)?
         }
-        ImagesCommand::Delete(args) => {
-            store.delete_image(&args.id)?;
-            String::new()
-        }
-        ImagesCommand::Verify(args) => return verify(store, &args.id, out),
+        ImagesCommand::Delete(args) => delete(&catalog, &args.id)?,
+        ImagesCommand::Repair(args) => match &catalog {
+            Catalog::S3(store) => repair(store, args.older_than, args.dry_run)?,
+            Catalog::Local(_) => bail!(
+                "images repair cleans an S3 catalogue: run it with --store s3://BUCKET[/PREFIX]"
+            ),
+        },
+        ImagesCommand::Verify(args) => return verify(ctx, s3, &catalog, args, out),
         ImagesCommand::Import(args) => {
-            render_one(&import(store, args, convert)?, args.format.format)?
+            let store = catalog.local("import").map_err(|_| {
+                anyhow::anyhow!(
+                    "cannot import {} into an S3 store: import into a local store, then \
+                     `imsctl images publish ID s3://…`",
+                    args.src
+                )
+            })?;
+            let record = if S3Url::is_s3(&args.src) {
+                import_from_s3(ctx, &s3_config(s3)?, store, args)?
+            } else {
+                import(store, args, convert)?
+            };
+            render_one(&record, args.format.format)?
         }
-        ImagesCommand::Repair(_) => anyhow::bail!(
-            "images repair cleans an S3 catalogue: run it with --store s3://BUCKET[/PREFIX]"
-        ),
-        // S3 work is dispatched to commands::s3 before reaching here.
         ImagesCommand::Publish(args) => {
-            anyhow::bail!(
-                "images publish {} {}: S3 is not configured here",
-                args.id,
-                args.dest
-            )
+            let store = catalog.local("publish")?;
+            let dest = S3Url::parse(&args.dest)?;
+            let target = S3Store::open(&s3_config(s3)?, &dest)?;
+            // Upload ids are remembered in the store's work area, so a rerun after a kill
+            // resumes even on servers that cannot list uploads in progress.
+            let resume = match args.no_resume {
+                true => Resume::off(),
+                false => Resume::on(Some(store.work_root().join("s3-uploads"))),
+            };
+            let record = target
+                .publish_from_local(store, &args.id, &resume, ctx)
+                .with_context(|| format!("failed to publish image {} to {dest}", args.id))?;
+            render_one(&record, args.format.format)?
         }
     };
     out.write_all(text.as_bytes())
@@ -57,21 +128,114 @@ pub fn run(
     Ok(())
 }
 
-/// Print one line per artifact; an error (non-zero exit) when any does not match.
-fn verify(store: &Store, id: &str, out: &mut dyn Write) -> anyhow::Result<()> {
-    let report = verify_image(store, id)?;
+/// Delete the record and the artifacts it owns. In an S3 catalogue, an id without a record
+/// may still hold what a publish that died left: those objects are removed and listed.
+fn delete(catalog: &Catalog, id: &str) -> anyhow::Result<String> {
+    let error = match catalog.records().delete_image(id) {
+        Ok(_) => return Ok(String::new()),
+        Err(e) => e,
+    };
+    let Catalog::S3(store) = catalog else {
+        return Err(error);
+    };
+    if !error.to_string().starts_with("no image with id") {
+        return Err(error);
+    }
+    let removed = store.delete_orphan(id)?;
+    if removed.is_empty() {
+        return Err(error);
+    }
+    Ok(removed.iter().map(|line| format!("{line}\n")).collect())
+}
+
+fn repair(
+    store: &S3Store,
+    older_than: std::time::Duration,
+    dry_run: bool,
+) -> anyhow::Result<String> {
+    let actions = store.repair(older_than, dry_run)?;
+    if actions.is_empty() {
+        return Ok(format!("{}: nothing to repair\n", store.root()));
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    Ok(actions
+        .iter()
+        .map(|line| format!("{verb} {line}\n"))
+        .collect())
+}
+
+fn import_from_s3(
+    ctx: &Context,
+    config: &S3Config,
+    store: &Store,
+    args: &ImportArgs,
+) -> anyhow::Result<ImageRecord> {
+    let src = S3Url::parse(&args.src)?;
+    let client = Client::new(config, &src.bucket)?;
+    import_image(
+        &client,
+        &src,
+        store,
+        args.name.as_deref(),
+        args.arch.unwrap_or_else(Arch::host),
+        ctx,
+    )
+    .with_context(|| format!("failed to import {src}"))
+}
+
+/// Print one line per artifact where the record's link points (the local store or S3); an
+/// error (non-zero exit) when any does not match.
+fn verify(
+    ctx: &Context,
+    s3: &S3Args,
+    catalog: &Catalog,
+    args: &VerifyArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let record = catalog.records().get_image(&args.id)?;
+    let in_s3 = record
+        .link
+        .as_ref()
+        .is_some_and(|l| l.link_type == LINK_TYPE_S3);
+    let (report, what) = match catalog {
+        Catalog::Local(store) if !in_s3 => (verify_image(store, &args.id)?, "files"),
+        Catalog::S3(store) => (
+            verify_s3(ctx, store.client(), &record, args.deep)?,
+            "objects",
+        ),
+        Catalog::Local(_) => {
+            let link = record.link.as_ref().map(|l| l.path.as_str()).unwrap_or("");
+            let url = S3Url::parse(link)?;
+            let client = Client::new(&s3_config(s3)?, &url.bucket)?;
+            (verify_s3(ctx, &client, &record, args.deep)?, "objects")
+        }
+    };
     for entry in &report.entries {
         writeln!(out, "{entry}").context("failed to write the output")?;
     }
     if !report.is_ok() {
-        anyhow::bail!(
-            "image {}: {} of {} files failed verification",
+        bail!(
+            "image {}: {} of {} {what} failed verification",
             report.image_id,
             report.failures(),
             report.entries.len()
         );
     }
     Ok(())
+}
+
+fn verify_s3(
+    ctx: &Context,
+    client: &Client,
+    record: &ImageRecord,
+    deep: bool,
+) -> anyhow::Result<imsctl::publish::VerifyReport> {
+    let mode = if deep {
+        VerifyMode::Deep
+    } else {
+        VerifyMode::Metadata
+    };
+    Ok(verify_s3_image(client, record, mode, ctx)?)
 }
 
 /// Convert `args.src` into a SquashFS inside the store's work area (same filesystem as the
@@ -139,6 +303,17 @@ mod tests {
 
     fn no_converter(_: &str, _: &Path, _: &[&Path]) -> anyhow::Result<()> {
         anyhow::bail!("no converter in this test")
+    }
+
+    /// `run` on the local store at `store`'s root, S3 settings left at their defaults.
+    fn run(
+        store: &Store,
+        cmd: &ImagesCommand,
+        convert: Converter<'_>,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        let ctx = Context::new(Some(store.root().to_path_buf()), 0, true);
+        super::run(&ctx, &S3Args::default(), cmd, convert, out)
     }
 
     /// A stand-in converter: "converts" by copying the source file.

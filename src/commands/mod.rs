@@ -4,6 +4,5 @@ pub mod images;
 pub mod jobs;
 pub mod public_keys;
 pub mod rootless;
-pub mod s3;
 pub mod squashfs;
 pub mod ssh;

@@ -11,7 +11,6 @@ pub mod config;
 pub mod download;
 pub mod guard;
 pub mod multipart;
-pub mod publish;
 pub mod stream;
 
 use std::fmt;
@@ -23,16 +22,8 @@ pub use config::{AddressingStyle, RetryPolicy, S3Config, S3Options, Timeouts};
 pub use download::{Downloaded, download_file, md5_of_object};
 pub use multipart::{Resume, UploadOptions, UploadStats, UploadedObject, upload_file};
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
-mod tests_shared;
-#[cfg(test)]
 pub(crate) mod testserver;
 
-pub use publish::{
-    ArtifactFile, ImageMeta, LINK_TYPE_S3, Publication, S3ImageArtifacts, VerifyMode, import_image,
-    publish_s3, verify_s3_image,
-};
 pub use stream::{Settled, StreamOptions, StreamUpload};
 
 /// Errors of the S3 code. Request errors name the operation, the object and the endpoint.

@@ -405,7 +405,7 @@ impl Worker {
 /// Give a complete object new user metadata by copying it onto itself on the server: one
 /// `CopyObject` up to `single_copy_limit`, a multipart copy above (S3 refuses a single copy
 /// over 5 GiB). Returns the object's new ETag.
-pub(super) fn set_metadata(
+pub(crate) fn set_metadata(
     client: &Client,
     key: &str,
     size: u64,

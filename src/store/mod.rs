@@ -21,9 +21,9 @@
 //! can therefore leave an artifacts directory without a record, never the reverse; `gc` removes
 //! those orphans.
 
+pub mod catalog;
 pub mod lock;
 pub mod records;
-pub mod s3_backend;
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -36,6 +36,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::interrupt::{Kind, TempGuard};
+pub use catalog::ImageCatalog;
 pub use lock::StoreLock;
 pub use records::{
     Arch, ChangeReport, ImageRecord, JobRecord, JobStatus, JobType, LINK_TYPE_FILE, Link,

@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::guard::{self, lease_key, read_lease};
-use super::testserver::{self, Fault, FaultProxy, REJECT_REGION, Relay, Server};
 use super::*;
 use crate::artifacts::manifest::ArtifactKind;
 use crate::artifacts::md5::md5_file;
 use crate::context::Context;
-use crate::store::s3_backend::{ImageCatalog, S3Store};
-use crate::store::{Arch, ImageRecord, Store};
+use crate::publish::s3_catalog::S3Store;
+use crate::s3::guard::{self, lease_key, read_lease};
+use crate::s3::testserver::{self, Fault, FaultProxy, REJECT_REGION, Relay, Server};
+use crate::s3::*;
+use crate::store::{Arch, ImageCatalog, ImageRecord, Store};
 
 fn quiet() -> Context {
     Context::new(None, 0, true)
@@ -465,7 +466,7 @@ fn a_ten_second_outage_during_a_multipart_publish_and_an_import_is_ridden_out() 
         let imported = result.unwrap_or_else(|e| panic!("{name}: import through the outage: {e}"));
         eprintln!("{name}: import of 40 MiB with a 10 s outage {at:?} in: {took:?}");
         assert!(took >= outage, "{name}: the outage did not hit the import");
-        let report = crate::artifacts::verify_image(&into, &imported.id.to_string()).expect("v");
+        let report = crate::publish::verify_image(&into, &imported.id.to_string()).expect("v");
         assert!(report.is_ok(), "{name}: {report:?}");
         let rootfs = local
             .image_artifacts_dir(id)
@@ -544,10 +545,10 @@ fn orphans_are_republished_deleted_and_repaired() {
     }];
     // A run that died after its manifest and before its record: objects and lease stay.
     let orphan_with_lease = |id: Uuid| {
-        let registry = publish::Registry::Bucket {
+        let registry = crate::publish::s3::Registry::Bucket {
             record_key: format!("site/records/images/{id}.json"),
         };
-        let published = publish::publish_s3_to(
+        let published = crate::publish::s3::publish_s3_to(
             &direct,
             catalogue.root(),
             id,

@@ -18,19 +18,19 @@ use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
-use super::client::Client;
-use super::download::{download_file, md5_of_object};
-use super::guard::Lease;
-use super::multipart::{
-    MD5SUM_META, Resume, UploadOptions, UploadStats, UploadedObject, check_uploaded, upload_file,
-};
-use super::stream::{Settled, StreamOptions, StreamUpload};
-use super::{Error, Result, S3Url};
+use super::local::{VerifyEntry, VerifyReport, VerifyStatus};
 use crate::artifacts::manifest::{
     ArtifactKind, MANIFEST_FILE, MANIFEST_MIME, Manifest, ManifestArtifact,
 };
-use crate::artifacts::{VerifyEntry, VerifyReport, VerifyStatus};
 use crate::context::{Context, CounterTicker};
+use crate::s3::client::Client;
+use crate::s3::download::{download_file, md5_of_object};
+use crate::s3::guard::Lease;
+use crate::s3::multipart::{
+    MD5SUM_META, Resume, UploadOptions, UploadStats, UploadedObject, check_uploaded, upload_file,
+};
+use crate::s3::stream::{Settled, StreamOptions, StreamUpload};
+use crate::s3::{Error, Result, S3Url};
 use crate::store::records::ExtraFields;
 use crate::store::{Arch, ImageRecord, Link, Store, Timestamp};
 
@@ -270,7 +270,7 @@ impl<'c> Publication<'c> {
         };
         // The first request is a write (the probe, unless its answer is cached): a missing
         // bucket, a read-only key or a wrong region fail here, at once, with the server's code.
-        super::guard::conditional_writes(client, dest)?;
+        crate::s3::guard::conditional_writes(client, dest)?;
         if let Some(why) = taken()? {
             return Err(Error::AlreadyPublished(why));
         }

@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::testserver::{self, Fault, FaultProxy, Server};
 use super::*;
-use crate::artifacts::VerifyStatus;
 use crate::artifacts::manifest::{ArtifactKind, Manifest};
 use crate::artifacts::md5::md5_file;
 use crate::context::Context;
-use crate::store::s3_backend::{ImageCatalog, S3Store};
-use crate::store::{Arch, ImageRecord, Store};
+use crate::publish::VerifyStatus;
+use crate::publish::s3_catalog::S3Store;
+use crate::s3::testserver::{self, Fault, FaultProxy, Server};
+use crate::s3::*;
+use crate::store::{Arch, ImageCatalog, ImageRecord, Store};
 
 fn quiet() -> Context {
     Context::new(None, 0, true)
@@ -226,7 +227,7 @@ fn publish_list_verify_import_delete() {
             import_image(&client, &src, &local, None, Arch::X86_64, &quiet()).expect("import");
         assert_eq!(imported.name, "demo image");
         let report =
-            crate::artifacts::verify_image(&local, &imported.id.to_string()).expect("verify");
+            crate::publish::verify_image(&local, &imported.id.to_string()).expect("verify");
         assert!(report.is_ok() && report.entries.len() == 4, "{report:?}");
         let local_manifest =
             Manifest::read(Path::new(&imported.link.expect("link").path)).expect("manifest");
@@ -545,7 +546,7 @@ fn a_killed_publish_resumes() {
         let mut child = std::process::Command::new(&exe)
             .args([
                 "--exact",
-                "s3::tests::child_publish",
+                "publish::s3_tests::child_publish",
                 "--ignored",
                 "--test-threads=1",
             ])
@@ -706,7 +707,7 @@ fn local_catalogue_with_s3_artifacts() {
             listed[3].link.path,
             format!("s3://{bucket}/boot/{id}/manifest.json")
         );
-        let record = crate::store::s3_backend::register_published(
+        let record = crate::publish::s3_catalog::register_published(
             &local,
             &client,
             &published,
@@ -723,7 +724,7 @@ fn local_catalogue_with_s3_artifacts() {
         // to the registered image (the lease went with the first registration).
         let before = keys_under(&client, "boot/");
         assert_eq!(before.len(), 4, "the IMS layout only: {before:?}");
-        let err = crate::store::s3_backend::register_published(
+        let err = crate::publish::s3_catalog::register_published(
             &local,
             &client,
             &published,
@@ -838,12 +839,12 @@ fn a_streamed_rootfs_is_the_packed_file() {
         let info = client.head_object(&key).expect("head").expect("exists");
         assert_eq!(info.metadata.get(multipart::MD5SUM_META), Some(&md5));
         assert_eq!(
-            info.metadata.get(publish::META_IMAGE_ID),
+            info.metadata.get(crate::publish::s3::META_IMAGE_ID),
             Some(&id.to_string())
         );
         assert_eq!(
             info.metadata
-                .get(publish::META_IMAGE_NAME)
+                .get(crate::publish::s3::META_IMAGE_NAME)
                 .map(String::as_str),
             Some("streamed")
         );

@@ -17,8 +17,10 @@ use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use rayon::prelude::*;
 use uuid::Uuid;
 
-use super::manifest::{ArtifactKind, MANIFEST_FILE, MANIFEST_MIME, Manifest, ManifestArtifact};
-use super::md5::{copy_with_md5, md5_file};
+use crate::artifacts::manifest::{
+    ArtifactKind, MANIFEST_FILE, MANIFEST_MIME, Manifest, ManifestArtifact,
+};
+use crate::artifacts::md5::{copy_with_md5, md5_file};
 use crate::interrupt::{Kind, TempGuard};
 use crate::store::records::ExtraFields;
 use crate::store::{
@@ -308,7 +310,7 @@ fn stage_and_commit<'a>(
     let json = manifest.to_json()?;
     let manifest_path = staging.join(MANIFEST_FILE);
     write_new_file(&manifest_path, json.as_bytes())?;
-    let manifest_md5 = super::md5::hex(&Md5::digest(json.as_bytes()));
+    let manifest_md5 = crate::artifacts::md5::hex(&Md5::digest(json.as_bytes()));
     sync_dir(staging)?;
     renameat2(
         AT_FDCWD,
@@ -569,7 +571,7 @@ mod tests {
     }
 
     fn md5_of(bytes: &[u8]) -> String {
-        super::super::md5::hex(&Md5::digest(bytes))
+        crate::artifacts::md5::hex(&Md5::digest(bytes))
     }
 
     fn artifacts_entries(store: &Store) -> Vec<String> {
@@ -787,7 +789,7 @@ mod tests {
         let mut job =
             JobRecord::new_customize(Uuid::new_v4(), "sles15_barebones_image", Arch::X86_64);
         job.resultant_image_id = Some(id);
-        let result = CustomizeResult::success(&published, image, job);
+        let result = CustomizeResult::success(published.ims_image_artifacts(), image, job);
         let text = result.to_json().expect("json");
         let value: serde_json::Value = serde_json::from_str(&text).expect("parse");
         let keys: Vec<&String> = value.as_object().expect("object").keys().collect();

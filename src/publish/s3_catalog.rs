@@ -21,45 +21,12 @@ use anyhow::{Context as _, anyhow, bail};
 use rayon::prelude::*;
 use uuid::Uuid;
 
-use super::{Arch, ImageRecord, LINK_TYPE_FILE, RecordKind, Store};
+use super::s3::{ArtifactFile, ImageMeta, META_JOB_ID, Registry, S3ImageArtifacts, publish_s3_to};
 use crate::artifacts::manifest::{ArtifactKind, MANIFEST_FILE, Manifest};
 use crate::context::Context;
 use crate::s3::guard::{LeaseInfo, lease_key, leases_prefix, read_lease};
-use crate::s3::publish::{
-    ArtifactFile, ImageMeta, META_JOB_ID, Registry, S3ImageArtifacts, publish_s3_to,
-};
 use crate::s3::{Client, Resume, S3Config, S3Url};
-
-/// What `images list|describe|delete` need from a catalogue.
-pub trait ImageCatalog {
-    /// Where the catalogue is, for messages (`/var/lib/imsctl`, `s3://bucket/prefix`).
-    fn location(&self) -> String;
-    /// Every image record, oldest first (ties by id).
-    fn list_images(&self) -> anyhow::Result<Vec<ImageRecord>>;
-    fn get_image(&self, id: &str) -> anyhow::Result<ImageRecord>;
-    /// Add a record; an existing record with the same id is an error, never replaced.
-    fn insert_image(&self, record: &ImageRecord) -> anyhow::Result<()>;
-    /// Delete the record, then the artifacts it owns in this catalogue. Returns the record.
-    fn delete_image(&self, id: &str) -> anyhow::Result<ImageRecord>;
-}
-
-impl ImageCatalog for Store {
-    fn location(&self) -> String {
-        self.root().display().to_string()
-    }
-    fn list_images(&self) -> anyhow::Result<Vec<ImageRecord>> {
-        Ok(self.list::<ImageRecord>()?)
-    }
-    fn get_image(&self, id: &str) -> anyhow::Result<ImageRecord> {
-        Ok(self.get::<ImageRecord>(id)?)
-    }
-    fn insert_image(&self, record: &ImageRecord) -> anyhow::Result<()> {
-        Ok(self.insert(record)?)
-    }
-    fn delete_image(&self, id: &str) -> anyhow::Result<ImageRecord> {
-        Ok(Store::delete_image(self, id)?)
-    }
-}
+use crate::store::{Arch, ImageCatalog, ImageRecord, LINK_TYPE_FILE, RecordKind, Store};
 
 /// Register the record of an image `publish_s3` uploaded, in any catalogue (the local store
 /// or an S3 store), then release the image id's lease. If the record cannot be written the
