@@ -80,13 +80,24 @@ impl TempGuard {
         // Started outside the lock: the watcher never needs it to start, but keep it simple.
         let watching = start_watcher();
         let mut reg = registry();
-        let (value, path) = create()?;
-        let id = reg.next_id;
-        reg.next_id += 1;
-        reg.entries.push(Entry { id, path, kind });
+        // The handlers go in before the path exists: a signal between its creation and the
+        // handlers would otherwise end the process by the default action and leave it behind.
+        // Until the path is registered, the watcher finds nothing to remove.
         if watching && reg.installed.is_empty() {
             reg.installed = install_handlers();
         }
+        let (value, path) = match create() {
+            Ok(made) => made,
+            Err(e) => {
+                if reg.entries.is_empty() && !reg.installed.is_empty() {
+                    uninstall_handlers(&std::mem::take(&mut reg.installed));
+                }
+                return Err(e);
+            }
+        };
+        let id = reg.next_id;
+        reg.next_id += 1;
+        reg.entries.push(Entry { id, path, kind });
         Ok((value, TempGuard { id }))
     }
 
