@@ -1,8 +1,5 @@
-//! Our SquashFS 4.0 engine: read, write, compressors, xattrs, block reuse.
-//!
-//! backhand (the crate the user named) reads and writes no xattrs, knows no hardlinks and
-//! compresses sequentially; a root filesystem needs all three, so the engine is written here from
-//! the format. backhand stays as a dev-dependency: one more independent reader in the tests.
+// The crate's documentation is its README, whose example runs as a doctest.
+#![doc = include_str!("../README.md")]
 
 pub mod archive;
 pub mod compress;

@@ -113,7 +113,7 @@ enum FragBlock {
 pub enum RawTail {
     /// Uncompressed bytes, packed into a new fragment.
     Bytes(Vec<u8>),
-    /// Already in a fragment block copied with [`DataWriter::add_raw_fragment`].
+    /// Already in a fragment block copied with [`Writer::add_raw_fragment`](super::Writer::add_raw_fragment).
     Reused { fragment: u32, offset: u32 },
 }
 
