@@ -8,7 +8,7 @@
 # imsctl publish = `images publish ID s3://…` (multipart, parallel parts, md5sum metadata, HEAD
 # checks, manifest); aws = `aws s3 cp FILE s3://…` (its defaults: 8 MiB parts, 10 requests).
 # imsctl import = `images import s3://…/ID` (parallel ranged GETs, md5 check, local register);
-# aws = `aws s3 cp s3://… FILE`.
+# aws = `aws s3 cp s3://… FILE`. The two alternate which goes first, run by run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,21 +58,28 @@ now() { date +%s.%N; }
 elapsed() { python3 -c "print(f'{$2 - $1:.3f}')"; }
 median() { python3 -c 'import statistics,sys; print(f"{statistics.median(map(float, sys.argv[1:])):.3f}")' "$@"; }
 
+publish_ims() { "$IMSCTL" --quiet --store "$store" images publish "$id" "s3://bench/ims-$1" >/dev/null; }
+publish_aws() { aws s3 cp --only-show-errors "$rootfs" "s3://bench/aws-$1/$id/rootfs"; }
+import_ims() { "$IMSCTL" --quiet --store "$work/import-$1" images import "s3://bench/ims-$1/$id" >/dev/null; }
+import_aws() { aws s3 cp --only-show-errors "s3://bench/aws-$1/$id/rootfs" "$work/aws-rootfs-$1"; }
+# Time `$1 $run` and `$2 $run`, in this order on odd runs and the other way round on even ones,
+# so that neither always runs in the same position (first right after the previous run's
+# deletes, or second on a moto that has just taken 1 GiB more). Sets time_1 and time_2 (of $1
+# and $2).
+timed_pair() {
+    local first=$1 second=$2 t0 t1 t2
+    if [ $((run % 2)) -eq 0 ]; then first=$2 second=$1; fi
+    t0=$(now); "$first" "$run"; t1=$(now); "$second" "$run"; t2=$(now)
+    time_1=$(elapsed "$t0" "$t1") time_2=$(elapsed "$t1" "$t2")
+    if [ "$first" != "$1" ]; then time_1=$(elapsed "$t1" "$t2") time_2=$(elapsed "$t0" "$t1"); fi
+}
+
 pub_ims=() pub_aws=() get_ims=() get_aws=()
 for run in $(seq "$RUNS"); do
-    t0=$(now)
-    "$IMSCTL" --quiet --store "$store" images publish "$id" "s3://bench/ims-$run" >/dev/null
-    t1=$(now)
-    aws s3 cp --only-show-errors "$rootfs" "s3://bench/aws-$run/$id/rootfs"
-    t2=$(now)
-    pub_ims+=("$(elapsed "$t0" "$t1")") pub_aws+=("$(elapsed "$t1" "$t2")")
-
-    t0=$(now)
-    "$IMSCTL" --quiet --store "$work/import-$run" images import "s3://bench/ims-$run/$id" >/dev/null
-    t1=$(now)
-    aws s3 cp --only-show-errors "s3://bench/aws-$run/$id/rootfs" "$work/aws-rootfs-$run"
-    t2=$(now)
-    get_ims+=("$(elapsed "$t0" "$t1")") get_aws+=("$(elapsed "$t1" "$t2")")
+    timed_pair publish_ims publish_aws
+    pub_ims+=("$time_1") pub_aws+=("$time_2")
+    timed_pair import_ims import_aws
+    get_ims+=("$time_1") get_aws+=("$time_2")
     cmp -s "$rootfs" "$work/import-$run/artifacts/"*/rootfs || { echo "bench-s3: imported rootfs differs" >&2; exit 1; }
     rm -rf "$work/import-$run" "$work/aws-rootfs-$run"
     aws s3 rm --recursive --only-show-errors "s3://bench/ims-$run"

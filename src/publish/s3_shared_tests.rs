@@ -603,7 +603,9 @@ fn orphans_are_republished_deleted_and_repaired() {
     // An abandoned multipart upload of another id, without a lease.
     let abandoned = Uuid::new_v4();
     let key = format!("site/{abandoned}/rootfs");
-    let upload = direct.create_multipart(&key, &[]).expect("create");
+    let upload = direct
+        .create_multipart(&key, &[], super::client::PartChecksums::None)
+        .expect("create");
     direct
         .upload_part(&key, &upload, 1, &[7u8; 1000])
         .expect("part");

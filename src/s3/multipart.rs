@@ -10,6 +10,12 @@
 //! as its ETag; a server with opaque ETags gets every part again, which is correct, only slower).
 //! A run that fails with an error (not a kill) aborts its upload, so no orphan parts stay.
 //!
+//! Every part carries its Content-MD5, which the server checks. A multipart upload also declares
+//! CRC32 checksums (as `aws s3 cp` does): each part carries its CRC32 too, and the server builds
+//! the object's composite checksum from them instead of computing a full-object checksum of its
+//! own after the last part (moto spends seconds per GiB on that). A server that refuses the
+//! declaration gets an upload without it.
+//!
 //! The object's md5 is stored as `x-amz-meta-md5sum` when the upload is created, and checked with
 //! a HEAD at the end (with the size). A resumed upload created for an older version of the file
 //! would carry a stale md5sum: the check catches it, and the file is uploaded again from scratch.
@@ -23,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
-use super::client::{Client, ListedPart};
+use super::client::{Client, ListedPart, PartChecksums};
 use super::{Error, Result};
 use crate::artifacts::md5::hex;
 
@@ -81,6 +87,10 @@ pub(super) struct UploadState {
     pub(super) size: u64,
     pub(super) part_size: u64,
     pub(super) md5: String,
+    /// What the upload declared at its creation (absent in state files of older versions,
+    /// whose uploads declared nothing).
+    #[serde(default)]
+    pub(super) checksums: PartChecksums,
 }
 
 fn read_state(path: &Path) -> Option<UploadState> {
@@ -118,6 +128,8 @@ pub struct UploadStats {
     /// Body bytes sent (retries included).
     pub bytes_sent: u64,
     pub resumed_upload: bool,
+    /// What a multipart upload declared: CRC32 when its parts carried their CRC32 as well.
+    pub checksums: PartChecksums,
     /// Streamed uploads: parts sent while the file was still being written.
     pub parts_while_writing: usize,
     /// Streamed uploads: how long the upload took after the writer finished (the part of it
@@ -252,6 +264,7 @@ fn multipart(
         size,
         part_size,
         md5: md5.to_string(),
+        checksums: PartChecksums::Crc32,
     };
     let _state_lock = lock_state(client, key, state_file.as_deref())?;
     let found = match options.resume.enabled {
@@ -261,13 +274,14 @@ fn multipart(
     let (upload_id, listed, leftovers) = (found.upload_id, found.parts, found.others);
     let trust_size = found.same_file;
     let resumed_upload = upload_id.is_some();
-    let upload_id = match upload_id {
-        Some(id) => id,
+    let (upload_id, checksums): (String, PartChecksums) = match upload_id {
+        Some(id) => (id, found.checksums),
         None => {
-            let id = client.create_multipart(key, metadata)?;
+            let (id, checksums) = create_with_checksums(client, key, metadata)?;
             if let Some(path) = &state_file {
                 let state = UploadState {
                     upload_id: id.clone(),
+                    checksums,
                     ..wanted.clone()
                 };
                 if let Err(e) = write_state(path, &state) {
@@ -275,22 +289,24 @@ fn multipart(
                     return Err(e);
                 }
             }
-            id
+            (id, checksums)
         }
     };
 
     let result = upload_parts(
         client,
         key,
-        &upload_id,
+        (&upload_id, checksums),
         (file, path, size),
         (part_size, parts, part_md5s),
         &listed,
         trust_size,
         progress,
     )
-    .and_then(|(etags, stats)| {
-        let etag = complete(client, key, &upload_id, &etags, size)?;
+    .and_then(|(sent, stats)| {
+        let etags: Vec<String> = sent.iter().map(|p| p.etag.clone()).collect();
+        let crc32s: Vec<u32> = sent.iter().filter_map(|p| p.crc32).collect();
+        let etag = complete(client, key, &upload_id, (&etags, &crc32s), size)?;
         Ok((etag, stats))
     });
     match result {
@@ -310,6 +326,7 @@ fn multipart(
                     parts_reused: reused,
                     bytes_sent: sent,
                     resumed_upload,
+                    checksums,
                     ..UploadStats::default()
                 },
             })
@@ -324,9 +341,28 @@ fn multipart(
     }
 }
 
+/// Create a multipart upload declaring CRC32 part checksums; a server that refuses the
+/// declaration (one without S3's additional checksums) gets an upload without, whose parts
+/// Content-MD5 alone checks, as before.
+fn create_with_checksums(
+    client: &Client,
+    key: &str,
+    metadata: &[(String, String)],
+) -> Result<(String, PartChecksums)> {
+    match client.create_multipart(key, metadata, PartChecksums::Crc32) {
+        Ok(id) => Ok((id, PartChecksums::Crc32)),
+        Err(e) if matches!(e.status(), Some(400 | 501)) => {
+            let id = client.create_multipart(key, metadata, PartChecksums::None)?;
+            Ok((id, PartChecksums::None))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// An upload of `key` to continue, its parts, and the ids of other (older) uploads of the key.
 /// The state file's upload comes first, when it was for the same file (size, part size, md5);
-/// then the newest upload the server lists.
+/// then the newest upload the server lists that has parts (without parts nothing is saved, and
+/// what it declared at its creation could not be told from its listing).
 pub(super) fn find_resumable(
     client: &Client,
     key: &str,
@@ -336,6 +372,7 @@ pub(super) fn find_resumable(
     if let Some(state) = state_file.and_then(read_state) {
         let same_file = UploadState {
             upload_id: state.upload_id.clone(),
+            checksums: state.checksums,
             ..wanted.clone()
         } == state;
         if same_file {
@@ -345,6 +382,7 @@ pub(super) fn find_resumable(
                     parts,
                     others: Vec::new(),
                     same_file: true,
+                    checksums: state.checksums,
                 });
             }
         } else {
@@ -359,19 +397,34 @@ pub(super) fn find_resumable(
         Err(e) if e.status() == Some(501) => Vec::new(),
         Err(e) => return Err(e),
     };
+    let mut empty = Vec::new();
     while let Some(newest) = pending.pop() {
-        let others = pending.iter().map(|u| u.upload_id.clone()).collect();
-        if let Some(parts) = client.list_parts(key, &newest.upload_id)? {
-            return Ok(Found {
-                upload_id: Some(newest.upload_id),
-                parts,
-                others,
-                same_file: false,
-            });
+        match client.list_parts(key, &newest.upload_id)? {
+            Some(parts) if !parts.is_empty() => {
+                let mut others: Vec<String> = pending.iter().map(|u| u.upload_id.clone()).collect();
+                others.append(&mut empty);
+                // Parts of an upload that declared CRC32 are listed with their CRC32.
+                let checksums = match parts.iter().any(|p| p.crc32.is_some()) {
+                    true => PartChecksums::Crc32,
+                    false => PartChecksums::None,
+                };
+                return Ok(Found {
+                    upload_id: Some(newest.upload_id),
+                    parts,
+                    others,
+                    same_file: false,
+                    checksums,
+                });
+            }
+            Some(_) => empty.push(newest.upload_id),
+            // Gone between the two listings (completed or aborted elsewhere): try an older one.
+            None => {}
         }
-        // Gone between the two listings (completed or aborted elsewhere): try an older one.
     }
-    Ok(Found::default())
+    Ok(Found {
+        others: empty,
+        ..Found::default()
+    })
 }
 
 /// Lock an upload's state file for the whole upload (`<state>.lock`, kept): two runs sharing
@@ -412,56 +465,65 @@ pub(super) struct Found {
     /// part size: its parts are our bytes (the server checked each one's Content-MD5), so a
     /// part of the right size is good even when the server lists no ETag (s3s-fs).
     pub(super) same_file: bool,
+    /// What the upload declared at its creation: its remaining parts must carry the same.
+    pub(super) checksums: PartChecksums,
 }
 
-/// Send the parts with `concurrency` threads. Returns the ETags in part order and
+/// A part on the server, sent by this run or kept from an earlier one.
+pub(super) struct SentPart {
+    pub(super) etag: String,
+    /// Its CRC32, for an upload that declared CRC32 checksums.
+    pub(super) crc32: Option<u32>,
+    pub(super) reused: bool,
+}
+
+/// Send the parts with `concurrency` threads. Returns the parts in part order and
 /// (parts reused, bytes sent).
 #[allow(clippy::too_many_arguments)]
 fn upload_parts(
     client: &Client,
     key: &str,
-    upload_id: &str,
+    (upload_id, checksums): (&str, PartChecksums),
     (file, path, size): (&File, &Path, u64),
     (part_size, parts, part_md5s): (u64, usize, Option<&[[u8; 16]]>),
     listed: &[ListedPart],
     trust_size: bool,
     progress: &AtomicU64,
-) -> Result<(Vec<String>, (usize, u64))> {
+) -> Result<(Vec<SentPart>, (usize, u64))> {
     let reused = AtomicUsize::new(0);
     let sent = AtomicU64::new(0);
-    let etags = in_parallel(client.config().concurrency, parts, |index| {
+    let all = in_parallel(client.config().concurrency, parts, |index| {
         let offset = index as u64 * part_size;
         let len = part_size.min(size - offset);
         let number = u16::try_from(index + 1).unwrap_or(u16::MAX);
         let known_md5 = part_md5s.and_then(|m| m.get(index));
-        let (etag, was_reused) = one_part(
+        let part = one_part(
             client,
-            key,
-            upload_id,
+            (key, upload_id, checksums),
             (file, path),
             (offset, len, number, known_md5),
             listed,
             trust_size,
         )?;
-        if was_reused {
+        if part.reused {
             reused.fetch_add(1, Ordering::Relaxed);
         } else {
             sent.fetch_add(len, Ordering::Relaxed);
         }
         progress.fetch_add(len, Ordering::Relaxed);
-        Ok(etag)
+        Ok(part)
     })?;
-    Ok((etags, (reused.into_inner(), sent.into_inner())))
+    Ok((all, (reused.into_inner(), sent.into_inner())))
 }
 
-/// Run `part(index)` for every index below `parts` on up to `concurrency` threads; the ETags in
-/// part order, or the first error (after which no new part starts).
-pub(super) fn in_parallel(
+/// Run `part(index)` for every index below `parts` on up to `concurrency` threads; the results
+/// (ETags, parts) in part order, or the first error (after which no new part starts).
+pub(super) fn in_parallel<T: Send>(
     concurrency: usize,
     parts: usize,
-    part: impl Fn(usize) -> Result<String> + Sync,
-) -> Result<Vec<String>> {
-    let etags: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; parts]);
+    part: impl Fn(usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let etags: Mutex<Vec<Option<T>>> = Mutex::new((0..parts).map(|_| None).collect());
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
@@ -502,35 +564,55 @@ pub(super) fn in_parallel(
 
 /// Read one part, keep the server's copy when it is the same bytes, else send it. A listed
 /// ETag must be the md5 of our bytes; a part listed without one is kept only when `trust_size`
-/// (see `Found::same_file`), and our md5 stands in as its ETag.
-#[allow(clippy::too_many_arguments)]
+/// (see `Found::same_file`), and our md5 stands in as its ETag. With CRC32 `checksums` the part
+/// carries its CRC32 as well (the server checks both it and the Content-MD5); a kept part's
+/// CRC32 is that of our bytes, which it equals.
 pub(super) fn one_part(
     client: &Client,
-    key: &str,
-    upload_id: &str,
+    (key, upload_id, checksums): (&str, &str, PartChecksums),
     (file, path): (&File, &Path),
     (offset, len, number, known_md5): (u64, u64, u16, Option<&[u8; 16]>),
     listed: &[ListedPart],
     trust_size: bool,
-) -> Result<(String, bool)> {
+) -> Result<SentPart> {
     let body = read_range(file, path, offset, len)?;
     let digest: [u8; 16] = match known_md5 {
         Some(d) => *d,
         None => Md5::digest(&body).into(),
     };
+    let crc32 = match checksums {
+        PartChecksums::Crc32 => Some(crc32_of(&body)),
+        PartChecksums::None => None,
+    };
     if let Some(existing) = listed.iter().find(|p| p.number == number)
         && existing.size == len
     {
         let md5 = hex(&digest);
+        let kept = |etag: String| SentPart {
+            etag,
+            crc32,
+            reused: true,
+        };
         if existing.etag.eq_ignore_ascii_case(&md5) {
-            return Ok((existing.etag.clone(), true));
+            return Ok(kept(existing.etag.clone()));
         }
         if existing.etag.is_empty() && trust_size {
-            return Ok((md5, true));
+            return Ok(kept(md5));
         }
     }
-    let etag = client.upload_part_hashed(key, upload_id, number, &body, &digest)?;
-    Ok((etag, false))
+    let etag = client.upload_part_hashed(key, upload_id, number, &body, &digest, crc32)?;
+    Ok(SentPart {
+        etag,
+        crc32,
+        reused: false,
+    })
+}
+
+/// CRC-32 (IEEE, as S3's `x-amz-checksum-crc32`) of `bytes`.
+pub(super) fn crc32_of(bytes: &[u8]) -> u32 {
+    let mut crc = flate2::Crc::new();
+    crc.update(bytes);
+    crc.sum()
 }
 
 /// Complete the upload. A Complete that succeeded on the server but whose answer was lost is
@@ -539,10 +621,10 @@ pub(super) fn complete(
     client: &Client,
     key: &str,
     upload_id: &str,
-    etags: &[String],
+    (etags, crc32s): (&[String], &[u32]),
     size: u64,
 ) -> Result<String> {
-    match client.complete_multipart(key, upload_id, etags) {
+    match client.complete_multipart(key, upload_id, etags, crc32s) {
         Ok(etag) => Ok(etag),
         Err(e) if e.is_not_found() => match client.head_object(key)? {
             Some(info)

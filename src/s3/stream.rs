@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::client::{Client, ListedPart};
+use super::client::{Client, ListedPart, PartChecksums};
 use super::multipart::{
     self, Found, MD5SUM_META, Resume, UploadState, UploadStats, UploadedObject, check_uploaded,
     find_resumable, forget_state, one_part, write_state,
@@ -119,18 +119,27 @@ impl StreamUpload {
             size: 0,
             part_size,
             md5: String::new(),
+            checksums: PartChecksums::None,
         };
-        let found = match options.resume.enabled {
+        let mut found = match options.resume.enabled {
             true => find_resumable(client, key, state_file.as_deref(), &wanted)?,
             false => Found::default(),
         };
+        // A stream declares no part checksums (its parts are numbered before the file is
+        // final): an upload that declared some is not continued, only aborted with the others.
+        if found.checksums != PartChecksums::None
+            && let Some(id) = found.upload_id.take()
+        {
+            found.others.push(id);
+            found.parts.clear();
+        }
         let resumed = found.upload_id.is_some();
         for stale in &found.others {
             let _ = client.abort_multipart(key, stale);
         }
         let upload_id = match found.upload_id {
             Some(id) => id,
-            None => client.create_multipart(key, &metadata)?,
+            None => client.create_multipart(key, &metadata, PartChecksums::None)?,
         };
         if let Some(state) = &state_file {
             let record = UploadState {
@@ -240,7 +249,13 @@ impl StreamUpload {
             return Err(e);
         }
         let etags = self.shared.etags_in_order(parts).ok_or(Error::Cancelled)?;
-        multipart::complete(&self.client, &self.key, &self.upload_id, &etags, size)?;
+        multipart::complete(
+            &self.client,
+            &self.key,
+            &self.upload_id,
+            (&etags, &[]),
+            size,
+        )?;
         self.done = true;
         forget_state(self.state_file.as_deref());
         let checked = self.with_md5(size, &md5).map(|mut object| {
@@ -277,6 +292,7 @@ impl StreamUpload {
                 after_writer: Default::default(),
                 metadata_copy,
                 already_there: false,
+                checksums: PartChecksums::None,
             },
         })
     }
@@ -382,22 +398,21 @@ impl Worker {
     fn send(&self, index: usize, len: u64) -> Result<()> {
         let number = u16::try_from(index + 1)
             .map_err(|_| Error::Config(format!("part {} is beyond S3's limit", index + 1)))?;
-        let (etag, reused) = one_part(
+        let part = one_part(
             &self.client,
-            &self.key,
-            &self.upload_id,
+            (&self.key, &self.upload_id, PartChecksums::None),
             (&self.file, &self.path),
             (index as u64 * self.part_size, len, number, None),
             &self.shared.listed,
             false,
         )?;
-        if reused {
+        if part.reused {
             self.shared.reused.fetch_add(1, Ordering::Relaxed);
         } else {
             self.shared.bytes_sent.fetch_add(len, Ordering::Relaxed);
         }
         self.shared.progress.fetch_add(len, Ordering::Relaxed);
-        self.shared.record(index, etag);
+        self.shared.record(index, part.etag);
         Ok(())
     }
 }
@@ -417,9 +432,9 @@ pub(crate) fn set_metadata(
     }
     let part = COPY_PART.min(single_copy_limit).max(5 << 20);
     let parts = usize::try_from(size.div_ceil(part)).unwrap_or(usize::MAX);
-    let upload_id = client.create_multipart(key, metadata)?;
+    let upload_id = client.create_multipart(key, metadata, PartChecksums::None)?;
     let copied = copy_parts(client, key, &upload_id, size, part, parts)
-        .and_then(|etags| multipart::complete(client, key, &upload_id, &etags, size));
+        .and_then(|etags| multipart::complete(client, key, &upload_id, (&etags, &[]), size));
     if copied.is_err() {
         let _ = client.abort_multipart(key, &upload_id);
     }
