@@ -1,6 +1,6 @@
 //! imsctl: customize boot images locally, the IMS way, with no cluster.
 //!
-//! The pipeline (see DESIGN.md): source --import--> base image --open--> image root
+//! The pipeline (see docs/ARCHITECTURE.md): source --import--> base image --open--> image root
 //! --customize--> changed root --pack--> artifacts --publish--> store.
 
 pub mod artifacts;
@@ -11,7 +11,6 @@ pub mod job;
 pub mod output;
 pub mod publish;
 pub mod repack;
-pub mod s3;
 pub mod ssh;
 pub mod store;
 
@@ -23,3 +22,6 @@ pub use imsctl_squashfs::archive;
 /// The sandbox and the job's image root (`crates/sandbox`).
 pub use imsctl_sandbox as sandbox;
 pub use imsctl_sandbox::root;
+
+/// The S3 transport (`crates/s3`).
+pub use imsctl_s3 as s3;

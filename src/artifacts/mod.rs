@@ -6,7 +6,8 @@
 pub mod boot;
 pub mod ca;
 pub mod manifest;
-pub mod md5;
+/// MD5 of artifacts: the transport's (S3 needs it for Content-MD5 and `md5sum` metadata).
+pub use imsctl_s3::md5;
 pub mod rootpath;
 
 use serde::{Deserialize, Serialize};

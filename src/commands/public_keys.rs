@@ -33,19 +33,6 @@ pub fn run(store: &Store, cmd: &PublicKeysCommand, out: &mut dyn Write) -> anyho
     Ok(())
 }
 
-/// Key types OpenSSH writes in `.pub` files (certificates are `<type>-cert-v01@openssh.com`).
-const KEY_TYPES: &[&str] = &[
-    "ssh-rsa",
-    "ssh-dss",
-    "ssh-ed25519",
-    "ssh-ed448",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "sk-ssh-ed25519@openssh.com",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
-];
-
 /// Read an OpenSSH public key file: exactly one key line `TYPE BASE64 [COMMENT]` whose base64
 /// blob starts with the same type name. Returns the line, trimmed. Errors name the file.
 pub fn read_public_key_file(path: &Path) -> imsctl::store::Result<String> {
@@ -72,80 +59,8 @@ pub fn read_public_key_file(path: &Path) -> imsctl::store::Result<String> {
             )));
         }
     };
-    check_public_key_line(line).map_err(invalid)?;
+    imsctl::ssh::keys::parse_public_key_line(line).map_err(invalid)?;
     Ok(line.to_string())
-}
-
-fn check_public_key_line(line: &str) -> Result<(), String> {
-    let mut fields = line.split_whitespace();
-    let key_type = fields.next().unwrap_or_default();
-    // A certificate names its key type with -cert-v01@openssh.com instead of any @openssh.com.
-    let base_type = key_type
-        .strip_suffix("-cert-v01@openssh.com")
-        .unwrap_or(key_type);
-    let known = KEY_TYPES
-        .iter()
-        .any(|t| *t == base_type || t.strip_suffix("@openssh.com") == Some(base_type));
-    if !known {
-        let shown: String = key_type.chars().take(40).collect();
-        return Err(format!(
-            "unknown key type {shown:?} (a private key or another format?)"
-        ));
-    }
-    let blob = fields
-        .next()
-        .ok_or_else(|| "no base64 key data after the key type".to_string())?;
-    let bytes =
-        decode_base64(blob).ok_or_else(|| "the key data is not valid base64".to_string())?;
-    let name = blob_type_name(&bytes).ok_or_else(|| "the key data is truncated".to_string())?;
-    if name != key_type.as_bytes() {
-        return Err(format!(
-            "the key data is of type {:?}, the line says {key_type:?}",
-            String::from_utf8_lossy(name)
-        ));
-    }
-    Ok(())
-}
-
-/// The SSH wire format starts with a string (u32 big-endian length, bytes): the key type.
-fn blob_type_name(blob: &[u8]) -> Option<&[u8]> {
-    let len = u32::from_be_bytes(blob.get(..4)?.try_into().ok()?) as usize;
-    blob.get(4..4usize.checked_add(len)?)
-}
-
-/// Standard base64 with `=` padding (what OpenSSH writes). None on any invalid input.
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    fn value(c: u8) -> Option<u32> {
-        match c {
-            b'A'..=b'Z' => Some(u32::from(c - b'A')),
-            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => None,
-        }
-    }
-    let bytes = text.as_bytes();
-    if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
-        return None;
-    }
-    let padding = bytes.iter().rev().take_while(|&&c| c == b'=').count();
-    if padding > 2 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    let last_chunk = bytes.len() / 4 - 1;
-    for (i, chunk) in bytes.chunks(4).enumerate() {
-        let pad = if i == last_chunk { padding } else { 0 };
-        let mut acc = 0u32;
-        for &c in &chunk[..4 - pad] {
-            acc = (acc << 6) | value(c)?;
-        }
-        acc <<= 6 * pad as u32;
-        let triple = [(acc >> 16) as u8, (acc >> 8) as u8, acc as u8];
-        out.extend_from_slice(&triple[..3 - pad]);
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -160,16 +75,6 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, text).expect("write");
         path
-    }
-
-    #[test]
-    fn base64_decodes() {
-        assert_eq!(decode_base64("TWFu").as_deref(), Some(&b"Man"[..]));
-        assert_eq!(decode_base64("TWE=").as_deref(), Some(&b"Ma"[..]));
-        assert_eq!(decode_base64("TQ==").as_deref(), Some(&b"M"[..]));
-        assert_eq!(decode_base64("TQ="), None);
-        assert_eq!(decode_base64("T!=="), None);
-        assert_eq!(decode_base64("TQ==TWFu"), None);
     }
 
     #[test]

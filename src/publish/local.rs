@@ -525,7 +525,7 @@ fn check(name: String, link: &Link, expected: &str) -> VerifyEntry {
     let status = match md5_file(Path::new(&link.path)) {
         Ok(actual) if actual.eq_ignore_ascii_case(expected) => VerifyStatus::Ok,
         Ok(actual) => VerifyStatus::Mismatch { actual },
-        Err(Error::Io { cause, .. }) => VerifyStatus::Missing(cause.to_string()),
+        Err(imsctl_s3::Error::Io { cause, .. }) => VerifyStatus::Missing(cause.to_string()),
         Err(other) => VerifyStatus::Missing(other.to_string()),
     };
     VerifyEntry {

@@ -2,7 +2,7 @@
 //! servers that honour conditional writes and behind a proxy that strips them), what a lost
 //! lease may delete, early rejections, outages, retry budget and connection reuse.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -14,21 +14,12 @@ use crate::artifacts::md5::md5_file;
 use crate::context::Context;
 use crate::publish::s3_catalog::S3Store;
 use crate::s3::guard::{self, lease_key, read_lease};
-use crate::s3::testserver::{self, Fault, FaultProxy, REJECT_REGION, Relay, Server};
+use crate::s3::testserver::{self, Fault, FaultProxy, REJECT_REGION, Relay, Server, random_file};
 use crate::s3::*;
 use crate::store::{Arch, ImageCatalog, ImageRecord, Store};
 
 fn quiet() -> Context {
     Context::new(None, 0, true)
-}
-
-fn random_file(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut data = vec![0u8; len];
-    rng.fill(&mut data);
-    let path = dir.join(name);
-    std::fs::write(&path, &data).expect("write");
-    path
 }
 
 /// A local store holding one image (rootfs of `rootfs_len` bytes, a kernel), and its id.
@@ -604,7 +595,7 @@ fn orphans_are_republished_deleted_and_repaired() {
     let abandoned = Uuid::new_v4();
     let key = format!("site/{abandoned}/rootfs");
     let upload = direct
-        .create_multipart(&key, &[], super::client::PartChecksums::None)
+        .create_multipart(&key, &[], crate::s3::client::PartChecksums::None)
         .expect("create");
     direct
         .upload_part(&key, &upload, 1, &[7u8; 1000])

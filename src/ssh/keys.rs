@@ -48,10 +48,18 @@ pub fn load_or_create_host_key(path: &Path) -> Result<PrivateKey> {
 /// Parse a public-key record's `public_key` ("ssh-rsa AAAA… comment", as in authorized_keys).
 pub fn parse_authorized_key(text: &str) -> Result<PublicKey> {
     let line = text.trim();
-    PublicKey::from_openssh(line).with_context(|| {
+    parse_public_key_line(line).map_err(|why| {
         let shown: String = line.chars().take(40).collect();
-        format!("the public key record does not hold an OpenSSH public key ('{shown}…')")
+        anyhow::anyhow!(
+            "the public key record does not hold an OpenSSH public key ('{shown}…'): {why}"
+        )
     })
+}
+
+/// The one parser of OpenSSH public key lines (`TYPE BASE64 [COMMENT]`): what `public-keys
+/// create` accepts is exactly what the server can check a login against.
+pub fn parse_public_key_line(line: &str) -> std::result::Result<PublicKey, String> {
+    PublicKey::from_openssh(line.trim()).map_err(|e| e.to_string())
 }
 
 /// Whether `offered` is the accepted key (same algorithm and key material; comments differ).

@@ -39,8 +39,9 @@ use crate::interrupt::{Kind, TempGuard};
 pub use catalog::ImageCatalog;
 pub use lock::StoreLock;
 pub use records::{
-    Arch, ChangeReport, ImageRecord, JobRecord, JobStatus, JobType, LINK_TYPE_FILE, Link,
-    PublicKeyRecord, Record, RecordKind, RootMode, SshContainer, Timestamp,
+    Arch, ChangeReport, ImageRecord, JobNetwork, JobRecord, JobSettings, JobStatus, JobType,
+    LINK_TYPE_FILE, Link, PackSpec, PublicKeyRecord, PublishTarget, Record, RecordKind, RootMode,
+    SshContainer, Timestamp,
 };
 
 /// Errors of the store and of the artifact code. Each names what it was about.
@@ -67,6 +68,23 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A store error met while publishing to S3 travels with the transport's errors.
+impl From<Error> for imsctl_s3::Error {
+    fn from(e: Error) -> Self {
+        imsctl_s3::Error::Caller(Box::new(e))
+    }
+}
+
+/// Hashing a file (`artifacts::md5`) fails as the S3 transport's errors do.
+impl From<imsctl_s3::Error> for Error {
+    fn from(e: imsctl_s3::Error) -> Self {
+        match e {
+            imsctl_s3::Error::Io { op, path, cause } => Error::Io { op, path, cause },
+            other => Error::Invalid(other.to_string()),
+        }
+    }
+}
 
 impl Error {
     pub fn io(op: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> Self {
@@ -419,7 +437,7 @@ impl Store {
 /// A record as the store reads it from `path`: JSON holding a record of kind `R` whose id is
 /// `id` (the file's name). Public so that the fuzz targets reach it as the store does.
 pub fn parse_record<R: Record>(path: &Path, bytes: &[u8], id: Uuid) -> Result<R> {
-    let record: R = serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+    let mut record: R = serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
         path: path.to_path_buf(),
         what: format!("{} record: {e}", R::KIND),
     })?;
@@ -433,6 +451,7 @@ pub fn parse_record<R: Record>(path: &Path, bytes: &[u8], id: Uuid) -> Result<R>
             ),
         });
     }
+    record.upgrade();
     Ok(record)
 }
 

@@ -1008,31 +1008,10 @@ fn url_decode(input: &[u8]) -> Option<Vec<u8>> {
 
 /// Standard base64; libarchive omits the `=` padding, others may not.
 fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
-    fn sextet(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let digits: Vec<u8> = input.iter().copied().filter(|&c| c != b'=').collect();
-    if digits.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
-    for chunk in digits.chunks(4) {
-        let mut acc = 0u32;
-        for &c in chunk {
-            acc = acc << 6 | sextet(c)?;
-        }
-        acc <<= 6 * (4 - chunk.len() as u32);
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Some(out)
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD_PAD_INDIFFERENT
+        .decode(input)
+        .ok()
 }
 
 /// The GNU sparse formats stored in pax records.

@@ -47,9 +47,6 @@ pub struct WriterOptions {
     pub exportable: bool,
     /// Compression threads; 0 means one per core. Capped at 4 per core and [`MAX_THREADS`].
     pub threads: usize,
-    /// When packing a customized root, copy unchanged files' compressed blocks from the base
-    /// image (only used by the customize workflow; `--full-repack` turns it off).
-    pub reuse_base: bool,
 }
 
 impl Default for WriterOptions {
@@ -68,7 +65,6 @@ impl Default for WriterOptions {
             xattrs: true,
             exportable: true,
             threads: 0,
-            reuse_base: true,
         }
     }
 }

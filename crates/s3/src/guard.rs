@@ -38,7 +38,7 @@ use uuid::Uuid;
 
 use super::client::Client;
 use super::{Error, Result, S3Url};
-use crate::artifacts::md5::hex;
+use crate::md5::hex;
 
 /// Where the bookkeeping objects of imsctl live under a prefix (outside the IMS layout).
 pub const META_DIR: &str = ".imsctl";

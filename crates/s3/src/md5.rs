@@ -7,7 +7,7 @@ use std::path::Path;
 
 use md5::{Digest, Md5};
 
-use crate::store::{Error, Result};
+use crate::{Error, Result};
 
 const BUFFER: usize = 1 << 20;
 

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::client::{Client, ListedPart, PartChecksums};
 use super::{Error, Result};
-use crate::artifacts::md5::hex;
+use crate::md5::hex;
 
 /// The user-metadata name IMS gives the md5 of an object (`x-amz-meta-md5sum`).
 pub const MD5SUM_META: &str = "md5sum";
@@ -170,10 +170,10 @@ pub fn upload_file(
     let (md5, part_md5s) = match &options.known_md5 {
         Some(m) => (m.to_ascii_lowercase(), None),
         None if size > part_size => {
-            let (md5, parts) = crate::artifacts::md5::md5_file_with_parts(path, part_size)?;
+            let (md5, parts) = crate::md5::md5_file_with_parts(path, part_size)?;
             (md5, Some(parts))
         }
-        None => (crate::artifacts::md5::md5_file(path)?, None),
+        None => (crate::md5::md5_file(path)?, None),
     };
     let part_md5s = part_md5s.as_deref();
     let mut metadata = options.metadata.clone();

@@ -233,8 +233,7 @@ impl StreamUpload {
         self.shared.final_size.store(size, Ordering::Release);
         // Part 1 and the md5 of the whole file side by side, while the workers send the rest.
         let (md5, first) = std::thread::scope(|scope| {
-            let hashing =
-                scope.spawn(|| crate::artifacts::md5::md5_file(&self.path).map_err(Error::from));
+            let hashing = scope.spawn(|| crate::md5::md5_file(&self.path));
             let worker = self.worker();
             let first = worker.send(0, self.part_size.min(size));
             let md5 = hashing

@@ -340,22 +340,15 @@ impl Client {
         content_type: Option<&str>,
         if_none_match: bool,
     ) -> Result<String> {
-        let meta_headers: Vec<(String, String)> = metadata
-            .iter()
-            .map(|(k, v)| (format!("x-amz-meta-{}", k.to_ascii_lowercase()), v.clone()))
-            .collect();
+        let meta_headers = meta_headers(metadata);
         let sign = || {
-            let mut action = self.bucket.put_object(self.credentials(), key);
-            for (k, v) in &meta_headers {
-                action.headers_mut().insert(k.as_str(), v.as_str());
-            }
-            action.sign(SIGNATURE_LIFETIME)
+            signed_with(
+                self.bucket.put_object(self.credentials(), key),
+                &meta_headers,
+            )
         };
         let content_md5 = content_md5(body);
-        let mut headers: Vec<(&str, &str)> = meta_headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let mut headers = as_pairs(&meta_headers);
         headers.push(("content-md5", &content_md5));
         if let Some(ct) = content_type {
             headers.push(("content-type", ct));
@@ -421,24 +414,17 @@ impl Client {
         metadata: &[(String, String)],
         checksums: PartChecksums,
     ) -> Result<String> {
-        let mut meta_headers: Vec<(String, String)> = metadata
-            .iter()
-            .map(|(k, v)| (format!("x-amz-meta-{}", k.to_ascii_lowercase()), v.clone()))
-            .collect();
+        let mut meta_headers = meta_headers(metadata);
         if checksums == PartChecksums::Crc32 {
             meta_headers.push(("x-amz-checksum-algorithm".into(), "CRC32".into()));
         }
         let sign = || {
-            let mut action = self.bucket.create_multipart_upload(self.credentials(), key);
-            for (k, v) in &meta_headers {
-                action.headers_mut().insert(k.as_str(), v.as_str());
-            }
-            action.sign(SIGNATURE_LIFETIME)
+            signed_with(
+                self.bucket.create_multipart_upload(self.credentials(), key),
+                &meta_headers,
+            )
         };
-        let headers: Vec<(&str, &str)> = meta_headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let headers = as_pairs(&meta_headers);
         let reply = self.call(
             "CreateMultipartUpload",
             key,
@@ -563,17 +549,8 @@ impl Client {
         let mut extra = meta_headers(metadata);
         extra.push(("x-amz-copy-source".into(), self.copy_source(key)));
         extra.push(("x-amz-metadata-directive".into(), "REPLACE".into()));
-        let sign = || {
-            let mut action = self.bucket.put_object(self.credentials(), key);
-            for (k, v) in &extra {
-                action.headers_mut().insert(k.as_str(), v.as_str());
-            }
-            action.sign(SIGNATURE_LIFETIME)
-        };
-        let headers: Vec<(&str, &str)> = extra
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let sign = || signed_with(self.bucket.put_object(self.credentials(), key), &extra);
+        let headers = as_pairs(&extra);
         let reply = self.call("CopyObject", key, Method::Put, &sign, &headers, Some(&[]))?;
         self.copy_result_etag("CopyObject", key, &reply)
     }
@@ -596,18 +573,13 @@ impl Client {
             ),
         ];
         let sign = || {
-            let mut action = self
-                .bucket
-                .upload_part(self.credentials(), key, number, upload_id);
-            for (k, v) in &extra {
-                action.headers_mut().insert(k.as_str(), v.as_str());
-            }
-            action.sign(SIGNATURE_LIFETIME)
+            signed_with(
+                self.bucket
+                    .upload_part(self.credentials(), key, number, upload_id),
+                &extra,
+            )
         };
-        let headers: Vec<(&str, &str)> = extra
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let headers = as_pairs(&extra);
         let reply = self.call(
             "UploadPartCopy",
             key,
@@ -1083,6 +1055,21 @@ fn backoff(policy: &super::RetryPolicy, attempt: u32) -> Duration {
 }
 
 /// `x-amz-meta-*` headers for user metadata given without the prefix.
+/// Sign `action` with `headers` added: they are part of the signature.
+fn signed_with<'a>(mut action: impl S3Action<'a>, headers: &'a [(String, String)]) -> Url {
+    for (k, v) in headers {
+        action.headers_mut().insert(k.as_str(), v.as_str());
+    }
+    action.sign(SIGNATURE_LIFETIME)
+}
+
+fn as_pairs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
 fn meta_headers(metadata: &[(String, String)]) -> Vec<(String, String)> {
     metadata
         .iter()
@@ -1194,24 +1181,7 @@ fn content_md5(body: &[u8]) -> String {
 }
 
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
 }
 
 /// TLS trusting only the certificates of a PEM bundle (a site's private CA).

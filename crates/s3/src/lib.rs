@@ -1,6 +1,9 @@
-//! S3: a blocking client on rusty-s3 (sans-IO SigV4 presigning) and ureq, with retries,
-//! parallel multipart uploads that resume, parallel ranged downloads, and the IMS artifact
-//! layout on top (`publish`).
+//! imsctl's S3 transport: a blocking client on rusty-s3 (sans-IO SigV4 presigning) and ureq,
+//! with retries under a time budget, parallel multipart uploads that resume, uploads streamed
+//! while their file is written, parallel ranged downloads, and per-key leases for servers
+//! without conditional writes (`guard`). It knows objects and files, not images or records:
+//! the IMS artifact layout is the application's (`imsctl::publish`). Progress is an atomic
+//! counter the caller reads.
 //!
 //! Every request is presigned by rusty-s3 (query-string SigV4, unsigned payload) and sent by
 //! ureq; integrity comes from `Content-MD5` on every upload (the server recomputes it) and from
@@ -10,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod download;
 pub mod guard;
+pub mod md5;
 pub mod multipart;
 pub mod stream;
 
@@ -21,10 +25,14 @@ pub use client::{Client, ObjectInfo};
 pub use config::{AddressingStyle, RetryPolicy, S3Config, S3Options, Timeouts};
 pub use download::{Downloaded, download_file, md5_of_object};
 pub use multipart::{Resume, UploadOptions, UploadStats, UploadedObject, upload_file};
-#[cfg(test)]
-pub(crate) mod testserver;
+/// Local S3 servers (moto, s3s-fs) and a fault-injecting proxy, for tests here and above.
+#[cfg(any(test, feature = "testserver"))]
+pub mod testserver;
 
 pub use stream::{Settled, StreamOptions, StreamUpload};
+
+#[cfg(test)]
+mod tests;
 
 /// Errors of the S3 code. Request errors name the operation, the object and the endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +61,12 @@ pub enum Error {
     Integrity { target: String, what: String },
     #[error("{0}")]
     Config(String),
-    /// A record or manifest problem from the store layer.
-    #[error(transparent)]
-    Store(#[from] crate::store::Error),
     #[error("interrupted")]
     Cancelled,
+    /// An error of the layer above, met while it drove a transfer (a record it could not
+    /// write, a manifest it could not parse), carried through unchanged.
+    #[error(transparent)]
+    Caller(Box<dyn std::error::Error + Send + Sync>),
     /// Another run holds the image id (its lease, or this store's lock): nothing was changed.
     #[error("{0}")]
     Busy(String),

@@ -662,3 +662,25 @@ fn spawn_pipe(from: &TcpStream, to: &TcpStream) {
         let _ = to.shutdown(Shutdown::Write);
     });
 }
+
+/// Run `test` against every server installed here (moto, s3s-fs); none is a test not run.
+pub fn for_each_server(test: impl Fn(&Server)) {
+    let servers = servers();
+    if servers.is_empty() {
+        imsctl_testkit::not_run!("no S3 server installed (moto_server, s3s-fs)");
+    }
+    for server in &servers {
+        eprintln!("-- against {}", server.name);
+        test(server);
+    }
+}
+
+/// A file of `len` pseudo-random bytes (seeded: reproducible, incompressible).
+pub fn random_file(dir: &std::path::Path, name: &str, len: usize, seed: u64) -> PathBuf {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut data = vec![0u8; len];
+    rng.fill(&mut data);
+    let path = dir.join(name);
+    std::fs::write(&path, &data).expect("write");
+    path
+}

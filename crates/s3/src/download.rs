@@ -14,7 +14,7 @@ use md5::{Digest, Md5};
 
 use super::client::Client;
 use super::{Error, Result};
-use crate::artifacts::md5::hex;
+use crate::md5::hex;
 
 /// A downloaded file.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -47,6 +47,16 @@ pub enum AddressingStyle {
     Virtual,
 }
 
+impl std::fmt::Display for AddressingStyle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AddressingStyle::Auto => "auto",
+            AddressingStyle::Path => "path",
+            AddressingStyle::Virtual => "virtual",
+        })
+    }
+}
+
 impl std::str::FromStr for AddressingStyle {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -66,6 +76,8 @@ impl std::str::FromStr for AddressingStyle {
 pub struct S3Options {
     pub endpoint: Option<String>,
     pub region: Option<String>,
+    /// The credentials profile; None: `AWS_PROFILE`, else `default`.
+    pub profile: Option<String>,
     pub ca_bundle: Option<PathBuf>,
     pub addressing_style: AddressingStyle,
     pub part_size: Option<u64>,
@@ -191,7 +203,11 @@ impl S3Config {
     pub fn resolve_with(options: &S3Options, var: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
         let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
         let home = var("HOME").map(PathBuf::from);
-        let profile = var("AWS_PROFILE").unwrap_or_else(|| "default".to_string());
+        let profile = options
+            .profile
+            .clone()
+            .or_else(|| var("AWS_PROFILE"))
+            .unwrap_or_else(|| "default".to_string());
 
         let config_file = var("AWS_CONFIG_FILE")
             .map(PathBuf::from)
