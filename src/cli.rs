@@ -73,6 +73,7 @@ impl S3Args {
         imsctl::s3::S3Options {
             endpoint: self.endpoint.clone(),
             region: None,
+            profile: None,
             ca_bundle: self.ca_bundle.clone(),
             addressing_style: self.addressing_style,
             part_size: self.part_size,
@@ -141,8 +142,6 @@ pub struct SshServerArgs {
     /// server `customize --ansible` runs its playbook through).
     #[arg(long)]
     pub accept_key_file: Option<std::path::PathBuf>,
-    #[command(flatten)]
-    pub pack: PackOptions,
 }
 
 #[derive(Args, Debug)]
@@ -588,41 +587,6 @@ pub struct PackOptions {
     pub full_repack: bool,
 }
 
-impl PackOptions {
-    /// The same options as command-line flags, for a process that parses them again (a job's SSH
-    /// server packs with what `jobs create` was given).
-    pub fn to_args(&self) -> Vec<String> {
-        let mut args = vec![
-            "--comp".to_string(),
-            self.comp.clone(),
-            "--block-size".into(),
-            self.block_size.to_string(),
-            "--threads".into(),
-            self.threads.to_string(),
-        ];
-        let valued = [("--level", self.level), ("--mkfs-time", self.mkfs_time)];
-        for (flag, value) in valued {
-            if let Some(v) = value {
-                args.extend([flag.to_string(), v.to_string()]);
-            }
-        }
-        let switches = [
-            ("--no-fragments", self.no_fragments),
-            ("--tail-ends", self.tail_ends),
-            ("--no-xattrs", self.no_xattrs),
-            ("--no-exports", self.no_exports),
-            ("--full-repack", self.full_repack),
-        ];
-        args.extend(
-            switches
-                .iter()
-                .filter(|(_, on)| *on)
-                .map(|(f, _)| f.to_string()),
-        );
-        args
-    }
-}
-
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
     /// Input: .txz, .tar, .tar.gz, .tar.zst (detected by content) or a SquashFS image.
@@ -840,15 +804,6 @@ mod tests {
                 "100000",
             ],
             &["imsctl", "jobs", "ssh", "j", "--threads", "100000"],
-            &[
-                "imsctl",
-                "internal-ssh-server",
-                "j",
-                "--listen",
-                "127.0.0.1:0",
-                "--threads",
-                "100000",
-            ],
         ] {
             let err = Cli::try_parse_from(argv).expect_err("refused").to_string();
             assert!(err.contains("more than the 256"), "{argv:?}: {err}");

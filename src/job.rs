@@ -25,7 +25,8 @@ use crate::sandbox::{self, Network, SandboxConfig};
 use crate::squashfs::reader::Image;
 use crate::squashfs::writer::{Writer, WriterOptions};
 use crate::store::{
-    ChangeReport, ImageRecord, JobRecord, JobStatus, RootMode, SshContainer, Store,
+    ChangeReport, ImageRecord, JobNetwork, JobRecord, JobStatus, PackSpec, RootMode, SshContainer,
+    Store,
 };
 
 /// What `jobs create` and `customize` ask for.
@@ -47,6 +48,30 @@ pub struct CreateSpec {
     pub publish: Option<String>,
     /// Capabilities the sandbox's processes keep beyond the default set (`--cap-add`).
     pub cap_add: Vec<sandbox::Capability>,
+    /// How the image is packed when the job completes without being told (the SSH server's
+    /// complete file).
+    pub pack: Option<PackSpec>,
+}
+
+/// The writer's options for a pack spec (its `reuse_base` is the packer's business, not the
+/// writer's). The superblock time is the spec's, else now.
+pub fn writer_options(spec: &PackSpec) -> Result<WriterOptions> {
+    let algorithm: crate::squashfs::Algorithm =
+        spec.compressor.parse().map_err(anyhow::Error::msg)?;
+    let mut opts =
+        WriterOptions::new(algorithm, spec.level, spec.block_size).map_err(anyhow::Error::msg)?;
+    opts.mkfs_time = match spec.mkfs_time {
+        Some(t) => t,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
+    };
+    opts.fragments = spec.fragments;
+    opts.tail_ends = spec.tail_ends;
+    opts.xattrs = spec.xattrs;
+    opts.exportable = spec.exportable;
+    opts.threads = spec.threads;
+    Ok(opts)
 }
 
 /// Adds the injected CA certificate to the image's trust store with the image's own tool.
@@ -59,14 +84,6 @@ elif command -v update-ca-trust >/dev/null 2>&1; then
 fi
 echo "--ca-trust: the image has no CA trust tool (update-ca-certificates or update-ca-trust)" >&2
 exit 127"#;
-
-const NETWORK_FIELD: &str = "network";
-/// Capabilities added to the sandbox's default set, by name.
-const CAP_ADD_FIELD: &str = "cap_add";
-/// Where the job publishes: an `s3://` URL (absent: the local store).
-const PUBLISH_FIELD: &str = "publish";
-/// Set when the user named the boot files; otherwise the image's kernel is detected.
-const BOOT_NAMES_GIVEN: &str = "boot_file_names_given";
 
 /// The base image's SquashFS in the store.
 fn base_rootfs(store: &Store, image_id: Uuid) -> PathBuf {
@@ -101,24 +118,19 @@ fn default_mode(base: &Path) -> RootMode {
 }
 
 fn network_of(job: &JobRecord) -> Network {
-    match job.extra.get(NETWORK_FIELD).and_then(|v| v.as_str()) {
-        Some("none") => Network::None,
-        _ => Network::Host,
+    match job.settings.network {
+        JobNetwork::None => Network::None,
+        JobNetwork::Host => Network::Host,
     }
 }
 
 fn confinement_of(job: &JobRecord) -> sandbox::Confinement {
     let added: Vec<sandbox::Capability> = job
-        .extra
-        .get(CAP_ADD_FIELD)
-        .and_then(|v| v.as_array())
-        .map(|names| {
-            names
-                .iter()
-                .filter_map(|n| sandbox::Capability::parse(n.as_str()?))
-                .collect()
-        })
-        .unwrap_or_default();
+        .settings
+        .cap_add
+        .iter()
+        .filter_map(|name| sandbox::Capability::parse(name))
+        .collect();
     sandbox::Confinement::with_added(&added)
 }
 
@@ -233,9 +245,8 @@ pub fn create(ctx: &Context, store: &Store, spec: &CreateSpec) -> Result<JobReco
         artifacts::boot::check_boot_file_name(i, "initrd")?;
         job.initrd_file_name = i.clone();
     }
-    let names_given = spec.kernel_file_name.is_some() || spec.initrd_file_name.is_some();
-    job.extra
-        .insert(BOOT_NAMES_GIVEN.into(), names_given.into());
+    job.settings.boot_file_names_given =
+        spec.kernel_file_name.is_some() || spec.initrd_file_name.is_some();
     job.enable_debug = spec.enable_debug;
     job.public_key_id = match &spec.public_key_id {
         Some(k) => Some(Store::parse_id(crate::store::RecordKind::PublicKey, k)?),
@@ -243,15 +254,14 @@ pub fn create(ctx: &Context, store: &Store, spec: &CreateSpec) -> Result<JobReco
     };
     job.mode = Some(spec.mode.unwrap_or_else(|| default_mode(&base)));
     job.work_dir = Some(store.work_dir(job.id));
-    let network = if spec.network == Network::None {
-        "none"
-    } else {
-        "host"
+    job.settings.network = match spec.network {
+        Network::None => JobNetwork::None,
+        Network::Host => JobNetwork::Host,
     };
-    job.extra.insert(NETWORK_FIELD.into(), network.into());
-    if !spec.cap_add.is_empty() {
-        let names: Vec<serde_json::Value> = spec.cap_add.iter().map(|c| c.name().into()).collect();
-        job.extra.insert(CAP_ADD_FIELD.into(), names.into());
+    job.settings.cap_add = spec.cap_add.iter().map(|c| c.name().to_string()).collect();
+    if let Some(pack) = &spec.pack {
+        writer_options(pack)?;
+        job.settings.pack = Some(pack.clone());
     }
     job.ssh_containers = vec![SshContainer {
         status: "pending".into(),
@@ -262,7 +272,7 @@ pub fn create(ctx: &Context, store: &Store, spec: &CreateSpec) -> Result<JobReco
     }];
     if let Some(dest) = &spec.publish {
         crate::s3::S3Url::parse(dest)?;
-        job.extra.insert(PUBLISH_FIELD.into(), dest.clone().into());
+        job.settings.publish = Some(crate::publish::target_of(dest, &ctx.s3));
     }
     store.insert(&job)?;
     ctx.info(format!(
@@ -424,7 +434,7 @@ pub enum AfterSession {
 }
 
 /// Open the interactive shell (again and again, as with IMS ssh); a signal file ends the job.
-pub fn shell(ctx: &Context, store: &Store, id: &str, pack: &WriterOptions) -> Result<AfterSession> {
+pub fn shell(ctx: &Context, store: &Store, id: &str, pack: &PackSpec) -> Result<AfterSession> {
     let job = waiting_job(store, id)?;
     if crate::ssh::daemon::running_server(&job).is_some() {
         bail!(
@@ -444,7 +454,7 @@ pub fn exec(
     store: &Store,
     id: &str,
     argv: &[String],
-    pack: &WriterOptions,
+    pack: &PackSpec,
 ) -> Result<AfterSession> {
     let job = waiting_job(store, id)?;
     if let Some(holder) = crate::ssh::daemon::running_sandbox(&job) {
@@ -502,7 +512,7 @@ fn after_session(
     job: &JobRecord,
     cfg: &SandboxConfig,
     status: ExitStatus,
-    pack: &WriterOptions,
+    pack: &PackSpec,
 ) -> Result<AfterSession> {
     match root::signal_raised(&cfg.layout, &cfg.source) {
         Some(Signal::Complete) => Ok(AfterSession::Completed(Box::new(complete(
@@ -539,7 +549,7 @@ pub fn complete(
     ctx: &Context,
     store: &Store,
     id: &str,
-    pack: &WriterOptions,
+    pack: &PackSpec,
 ) -> Result<CustomizeResult> {
     let job: JobRecord = store.get(id)?;
     let layout = work_layout(store, &job);
@@ -587,7 +597,7 @@ fn package(
     ctx: &Context,
     store: &Store,
     job: &JobRecord,
-    pack: &WriterOptions,
+    pack: &PackSpec,
 ) -> Result<CustomizeResult> {
     let cfg = sandbox_config(store, job);
     // The image's own resolv.conf back in place, and no signal file in the image.
@@ -597,12 +607,7 @@ fn package(
     let report = change_report(&base_paths, &cfg);
     let held = sandbox::hold_root(&cfg)?;
     let root_view = held.path();
-    let names_given = job
-        .extra
-        .get(BOOT_NAMES_GIVEN)
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    let (kernel_name, initrd_name) = if names_given {
+    let (kernel_name, initrd_name) = if job.settings.boot_file_names_given {
         (
             Some(job.kernel_file_name.as_str()),
             Some(job.initrd_file_name.as_str()),
@@ -631,8 +636,7 @@ fn package(
     fs::copy(&boot.initrd, &initrd)
         .with_context(|| format!("failed to copy the initrd {}", boot.initrd.display()))?;
     let image_id = Uuid::new_v4();
-    let target = job.extra.get(PUBLISH_FIELD).and_then(|v| v.as_str());
-    let backend = crate::publish::backend(ctx, store, target)?;
+    let backend = crate::publish::backend(ctx, store, job.settings.publish.as_ref())?;
     let meta = ImageMeta {
         name: Some(job.image_root_archive_name.clone()),
         job_id: Some(job.id),
@@ -645,7 +649,7 @@ fn package(
         (&base, base_paths),
         &root_view,
         &rootfs,
-        pack.clone(),
+        (writer_options(pack)?, pack.reuse_base),
         &cfg,
         &mut |settled| publishing.follow(ArtifactKind::Rootfs, &rootfs, settled, ctx),
     )?;
@@ -692,7 +696,7 @@ fn pack_root(
     (base, base_paths): (&Image, BaseIndex),
     root_view: &Path,
     out: &Path,
-    opts: WriterOptions,
+    (opts, reuse_base): (WriterOptions, bool),
     cfg: &SandboxConfig,
     follow: &mut dyn FnMut(Settled) -> Result<()>,
 ) -> Result<()> {
@@ -703,9 +707,8 @@ fn pack_root(
     } else {
         Provenance::extracted(ExtractIndex::load(&extract_index_path(&cfg.layout))?)
     };
-    let reuse = opts.reuse_base
-        && *base.compressor() == opts.compressor
-        && base.block_size() == opts.block_size;
+    let reuse =
+        reuse_base && *base.compressor() == opts.compressor && base.block_size() == opts.block_size;
     let mut writer = Writer::create(out, opts)?;
     // Whoever follows the file (an upload) starts now; should packing fail, it is dropped,
     // which undoes what it did.

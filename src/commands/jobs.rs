@@ -6,12 +6,15 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cli::{CustomizeArgs, EnvironmentArgs, JobsCommand, ModeArg, NetworkArg, Step};
-use crate::commands::squashfs::{import_source, writer_options};
+use crate::cli::{
+    CustomizeArgs, EnvironmentArgs, JobsCommand, ModeArg, NetworkArg, PackOptions, Step,
+};
+use crate::commands::squashfs::{import_source, pack_spec, writer_options};
 use imsctl::context::Context;
 use imsctl::job::{self, AfterSession, CreateSpec};
 use imsctl::output::{python_json, render_list, render_one};
 use imsctl::sandbox::{self, Network};
+use imsctl::store::PackSpec;
 use imsctl::store::{ImageRecord, JobRecord, RootMode, Store};
 
 fn spec_from(
@@ -20,6 +23,7 @@ fn spec_from(
     name: String,
     jail: bool,
     public_key_id: Option<String>,
+    pack: &PackOptions,
 ) -> CreateSpec {
     CreateSpec {
         artifact_id,
@@ -41,7 +45,15 @@ fn spec_from(
         ca_trust: env.ca_trust,
         publish: env.publish.clone(),
         cap_add: env.cap_add.clone(),
+        pack: Some(pack_spec(pack)),
     }
+}
+
+/// The pack flags as a spec, refused now if the writer would refuse them later.
+fn checked_pack_spec(pack: &PackOptions) -> Result<PackSpec> {
+    let spec = pack_spec(pack);
+    job::writer_options(&spec)?;
+    Ok(spec)
 }
 
 fn write_out(out: &mut dyn Write, text: &str) -> Result<()> {
@@ -75,6 +87,7 @@ pub fn run(ctx: &Context, store: &Store, cmd: &JobsCommand, out: &mut dyn Write)
                 a.image_root_archive_name.clone(),
                 a.ssh_containers_jail,
                 a.public_key_id.clone(),
+                &a.pack,
             );
             if a.public_key_id.is_some() {
                 // Checked before the (long) preparation of the environment.
@@ -87,7 +100,7 @@ pub fn run(ctx: &Context, store: &Store, cmd: &JobsCommand, out: &mut dyn Write)
             }
             let mut job = job::create(ctx, store, &spec)?;
             if a.public_key_id.is_some() {
-                let forward = crate::commands::ssh::server_args(ctx, &a.pack);
+                let forward = crate::commands::ssh::server_args(ctx);
                 job = imsctl::ssh::daemon::start(store, &job, &a.ssh_listen, &forward)
                     .map_err(|e| job::fail_with(store, job.id, e))?;
             }
@@ -95,14 +108,14 @@ pub fn run(ctx: &Context, store: &Store, cmd: &JobsCommand, out: &mut dyn Write)
         }
         JobsCommand::Shell(a) => report_session(
             out,
-            job::shell(ctx, store, &a.id, &writer_options(&a.pack)?)?,
+            job::shell(ctx, store, &a.id, &checked_pack_spec(&a.pack)?)?,
         ),
         JobsCommand::Exec(a) => report_session(
             out,
-            job::exec(ctx, store, &a.id, &a.command, &writer_options(&a.pack)?)?,
+            job::exec(ctx, store, &a.id, &a.command, &checked_pack_spec(&a.pack)?)?,
         ),
         JobsCommand::Complete(a) => {
-            let result = job::complete(ctx, store, &a.id, &writer_options(&a.pack)?)?;
+            let result = job::complete(ctx, store, &a.id, &checked_pack_spec(&a.pack)?)?;
             write_out(out, &(result.to_json()? + "\n"))
         }
         JobsCommand::Fail(a) => {
@@ -121,9 +134,14 @@ pub fn run(ctx: &Context, store: &Store, cmd: &JobsCommand, out: &mut dyn Write)
             Ok(())
         }
         JobsCommand::Ssh(a) => {
-            writer_options(&a.pack)?;
+            let pack = checked_pack_spec(&a.pack)?;
             let job = job::prepare_ssh(store, &a.id, a.public_key_id.as_deref())?;
-            let forward = crate::commands::ssh::server_args(ctx, &a.pack);
+            // The server packs as this command says, when the user touches the complete file.
+            let job = store.update::<JobRecord>(job.id, |j| {
+                j.settings.pack = Some(pack.clone());
+                Ok(())
+            })?;
+            let forward = crate::commands::ssh::server_args(ctx);
             let job = imsctl::ssh::daemon::start(store, &job, &a.ssh_listen, &forward)?;
             write_out(out, &render_one(&job, a.format.format)?)
         }
@@ -338,7 +356,7 @@ pub fn customize(
     steps: &[Step],
     out: &mut dyn Write,
 ) -> Result<()> {
-    let pack = writer_options(&args.pack)?;
+    let pack = checked_pack_spec(&args.pack)?;
     if let Some(path) = &args.report {
         // Refused before the job runs, not after it has published.
         imsctl::fsutil::check_output_path(path)?;
@@ -350,6 +368,7 @@ pub fn customize(
         args.name.clone(),
         args.jail,
         None,
+        &args.pack,
     );
     let job = job::create(ctx, store, &spec)?;
     let id = job.id.to_string();

@@ -12,26 +12,28 @@ use imsctl::context::{Context, CounterTicker};
 use imsctl::squashfs::extract::{self, ExtractOptions};
 use imsctl::squashfs::reader::Image;
 use imsctl::squashfs::writer::{Summary, Writer, WriterOptions};
-use imsctl::squashfs::{Algorithm, from_image, listing};
+use imsctl::squashfs::{from_image, listing};
+use imsctl::store::PackSpec;
 
 /// Writer options from the command line; the superblock time defaults to now.
 pub fn writer_options(p: &PackOptions) -> Result<WriterOptions> {
-    let algorithm: Algorithm = p.comp.parse().map_err(anyhow::Error::msg)?;
-    let mut opts =
-        WriterOptions::new(algorithm, p.level, p.block_size).map_err(anyhow::Error::msg)?;
-    opts.mkfs_time = match p.mkfs_time {
-        Some(t) => t,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
-    };
-    opts.fragments = !p.no_fragments;
-    opts.tail_ends = p.tail_ends;
-    opts.xattrs = !p.no_xattrs;
-    opts.exportable = !p.no_exports;
-    opts.threads = p.threads;
-    opts.reuse_base = !p.full_repack;
-    Ok(opts)
+    imsctl::job::writer_options(&pack_spec(p))
+}
+
+/// The pack flags as the typed spec a job records.
+pub fn pack_spec(p: &PackOptions) -> PackSpec {
+    PackSpec {
+        compressor: p.comp.clone(),
+        level: p.level,
+        block_size: p.block_size,
+        mkfs_time: p.mkfs_time,
+        fragments: !p.no_fragments,
+        tail_ends: p.tail_ends,
+        xattrs: !p.no_xattrs,
+        exportable: !p.no_exports,
+        threads: p.threads,
+        reuse_base: !p.full_repack,
+    }
 }
 
 /// What a conversion's input is, judged by content, not by name.

@@ -2,8 +2,7 @@
 
 use anyhow::Result;
 
-use crate::cli::{EnterArgs, PackOptions, SshServerArgs};
-use crate::commands::squashfs::writer_options;
+use crate::cli::{EnterArgs, SshServerArgs};
 use imsctl::context::Context;
 use imsctl::job;
 use imsctl::sandbox::enter::{self, SessionCommand, Target, Terminal};
@@ -12,8 +11,10 @@ use imsctl::store::{JobRecord, Store};
 
 /// `internal-ssh-server`: serve until the job's complete/failed file or SIGTERM.
 pub fn serve(ctx: &Context, store: &Store, args: &SshServerArgs) -> Result<()> {
-    let pack = writer_options(&args.pack)?;
     let job: JobRecord = store.get(&args.id)?;
+    // Packed as the job was created (or `jobs ssh` was told), read from its record.
+    let pack = job.settings.pack.clone().unwrap_or_default();
+    job::writer_options(&pack)?;
     let id = job.id.to_string();
     let hooks = JobHooks {
         sandbox: job::sandbox_config(store, &job),
@@ -76,9 +77,10 @@ pub fn enter(args: &EnterArgs) -> Result<()> {
 }
 
 /// The options a job's SSH server is started with, all placed after its subcommand (the global
-/// ones are accepted there too): S3 and verbosity as this process has them, and the pack
-/// options for the complete file. The store is added by [`imsctl::ssh::daemon::start`].
-pub fn server_args(ctx: &Context, pack: &PackOptions) -> Vec<String> {
+/// ones are accepted there too): S3 transfer settings and verbosity as this process has them.
+/// Where to publish and how to pack it reads from the job's record. The store is added by
+/// [`imsctl::ssh::daemon::start`].
+pub fn server_args(ctx: &Context) -> Vec<String> {
     let mut args = Vec::new();
     let s3 = &ctx.s3;
     if let Some(e) = &s3.endpoint {
@@ -87,12 +89,10 @@ pub fn server_args(ctx: &Context, pack: &PackOptions) -> Vec<String> {
     if let Some(c) = &s3.ca_bundle {
         args.extend(["--ca-bundle".to_string(), c.display().to_string()]);
     }
-    let style = match s3.addressing_style {
-        imsctl::s3::AddressingStyle::Auto => "auto",
-        imsctl::s3::AddressingStyle::Path => "path",
-        imsctl::s3::AddressingStyle::Virtual => "virtual",
-    };
-    args.extend(["--s3-addressing-style".to_string(), style.to_string()]);
+    args.extend([
+        "--s3-addressing-style".to_string(),
+        s3.addressing_style.to_string(),
+    ]);
     if let Some(p) = s3.part_size {
         args.extend(["--part-size".to_string(), p.to_string()]);
     }
@@ -107,6 +107,5 @@ pub fn server_args(ctx: &Context, pack: &PackOptions) -> Vec<String> {
         usize::from(ctx.verbose),
     ));
     args.push("--quiet".into());
-    args.extend(pack.to_args());
     args
 }

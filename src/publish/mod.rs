@@ -32,8 +32,8 @@ use uuid::Uuid;
 
 use crate::artifacts::{ArtifactKind, ManifestArtifact};
 use crate::context::{Context, CounterTicker};
-use crate::s3::{Client, Resume, S3Config, S3Url, Settled, StreamUpload};
-use crate::store::{Arch, ImageCatalog, ImageRecord, Store};
+use crate::s3::{Client, Resume, S3Config, S3Options, S3Url, Settled, StreamUpload};
+use crate::store::{Arch, ImageCatalog, ImageRecord, PublishTarget, Store};
 
 /// An image published and registered: what `customize` prints as `ims_image_artifacts` and the
 /// new record.
@@ -88,18 +88,46 @@ pub trait Publishing {
     ) -> Result<Published>;
 }
 
-/// The backend for a publish target: `s3://BUCKET[/PREFIX]` (with the S3 settings of `ctx`),
-/// or the local store when there is none.
+/// The publish target `url` as a job records it: with the endpoint, region, profile and
+/// addressing style in effect now, so that completing the job later (another process, another
+/// shell) publishes to the same place. Credentials are never recorded.
+pub fn target_of(url: &str, s3: &S3Options) -> PublishTarget {
+    PublishTarget {
+        url: url.to_string(),
+        endpoint: s3.endpoint.clone(),
+        region: s3.region.clone(),
+        profile: s3
+            .profile
+            .clone()
+            .or_else(|| std::env::var("AWS_PROFILE").ok()),
+        addressing_style: Some(s3.addressing_style.to_string()),
+    }
+}
+
+/// The S3 settings of `ctx`, with what the target recorded taking precedence.
+fn options_for(target: &PublishTarget, s3: &S3Options) -> Result<S3Options> {
+    let mut options = s3.clone();
+    options.endpoint = target.endpoint.clone().or(options.endpoint);
+    options.region = target.region.clone().or(options.region);
+    options.profile = target.profile.clone().or(options.profile);
+    if let Some(style) = &target.addressing_style {
+        options.addressing_style = style.parse().map_err(anyhow::Error::msg)?;
+    }
+    Ok(options)
+}
+
+/// The backend for a publish target (`s3://BUCKET[/PREFIX]` with how to reach it), or the
+/// local store when there is none.
 pub fn backend<'s>(
     ctx: &Context,
     store: &'s Store,
-    target: Option<&str>,
+    target: Option<&PublishTarget>,
 ) -> Result<Box<dyn ArtifactBackend + 's>> {
     Ok(match target {
         None => Box::new(LocalBackend { store }),
-        Some(url) => {
-            let dest = S3Url::parse(url)?;
-            let config = S3Config::resolve(&ctx.s3)?;
+        Some(target) => {
+            let dest = S3Url::parse(&target.url)?;
+            let config = S3Config::resolve(&options_for(target, &ctx.s3)?)?;
             let client = Client::new(&config, &dest.bucket)?;
             Box::new(S3Backend { client, dest })
         }

@@ -2,13 +2,13 @@
 //! option names in brackets):
 //!
 //! - each source holds at most [`Limits::per_source_startups`] connections that have not
-//!   authenticated yet [PerSourceMaxStartups]; past it, a connection is refused at once;
+//!   authenticated yet (`PerSourceMaxStartups`); past it, a connection is refused at once;
 //! - all sources together: from [`Startups::start`] unauthenticated connections on, a new one is
 //!   refused with a probability rising from [`Startups::rate`] % to 100 % at [`Startups::full`]
 //!   [MaxStartups start:rate:full];
 //! - a source earns penalty time for what its connections did: failed authentication, left
 //!   without authenticating, overstayed the login grace time, was refused for having too many
-//!   [PerSourcePenalties]. Penalty time runs down with the clock; once a source has
+//!   (`PerSourcePenalties`). Penalty time runs down with the clock; once a source has
 //!   [`Penalties::min`] of it, its new connections are refused until the time has run out
 //!   (at most [`Penalties::max`]). Connections already open are left alone.
 //!
@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 /// The throttle's settings.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Unauthenticated connections one source may hold at once [PerSourceMaxStartups].
+    /// Unauthenticated connections one source may hold at once (`PerSourceMaxStartups`).
     pub per_source_startups: usize,
-    /// Unauthenticated connections of all sources [MaxStartups].
+    /// Unauthenticated connections of all sources (`MaxStartups`).
     pub startups: Startups,
-    /// A connection that has not authenticated after this long is closed [LoginGraceTime].
+    /// A connection that has not authenticated after this long is closed (`LoginGraceTime`).
     pub login_grace: Duration,
     pub penalties: Penalties,
 }
@@ -47,16 +47,16 @@ pub struct Startups {
 /// PerSourcePenalties: what each offence costs its source, and when penalties apply.
 #[derive(Debug, Clone, Copy)]
 pub struct Penalties {
-    /// The connection made authentication attempts and none succeeded [authfail].
+    /// The connection made authentication attempts and none succeeded (`authfail`).
     pub auth_failed: Duration,
-    /// The connection ended without attempting authentication [noauth]; also what a connection
+    /// The connection ended without attempting authentication (`noauth`); also what a connection
     /// refused for the source's (or the server's) startup limit costs.
     pub no_auth: Duration,
     /// The connection was closed by the login grace time [grace-exceeded].
     pub grace_exceeded: Duration,
-    /// New connections are refused once a source's penalty time reaches this [min]…
+    /// New connections are refused once a source's penalty time reaches this (`min`)…
     pub min: Duration,
-    /// …and penalty time never exceeds this [max].
+    /// …and penalty time never exceeds this (`max`).
     pub max: Duration,
     /// Sources tracked at most; beyond, new sources go unpenalised rather than evicting the
     /// ones already penalised [max-sources4, overflow:permissive].

@@ -53,6 +53,9 @@ pub trait Record: Serialize + for<'de> Deserialize<'de> {
     const KIND: RecordKind;
     fn id(&self) -> Uuid;
     fn created(&self) -> Timestamp;
+    /// Bring a record read from disk to the current shape (records written by older releases
+    /// keep working; the next write stores the new shape).
+    fn upgrade(&mut self) {}
 }
 
 /// A record's creation time. IMS writes RFC 3339 with microseconds and `+00:00`
@@ -397,6 +400,9 @@ pub struct JobRecord {
     /// What the customization changed (imsctl only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change_report: Option<ChangeReport>,
+    /// imsctl's own settings of the job, typed; under `imsctl` in the record.
+    #[serde(default, rename = "imsctl")]
+    pub settings: JobSettings,
     #[serde(flatten)]
     pub extra: ExtraFields,
 }
@@ -428,6 +434,7 @@ impl JobRecord {
             mode: None,
             error_message: None,
             change_report: None,
+            settings: JobSettings::default(),
             extra: ExtraFields::new(),
         }
     }
@@ -440,6 +447,136 @@ impl Record for JobRecord {
     }
     fn created(&self) -> Timestamp {
         self.created
+    }
+    fn upgrade(&mut self) {
+        self.upgrade_legacy_settings();
+    }
+}
+
+/// imsctl's own settings of a job, fixed when it is created, so that whatever completes it later
+/// (`jobs complete`, the SSH server's complete file) works as the job was asked to. IMS's job
+/// record has no place for them: they are kept together under `imsctl`. Records written before
+/// held the first four as top-level fields; [`Record::upgrade`] moves them here.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSettings {
+    /// The network the sandbox sees.
+    #[serde(default)]
+    pub network: JobNetwork,
+    /// Capabilities added to the sandbox's default set, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Where the image is published; absent: the local store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<PublishTarget>,
+    /// The user named the boot files; otherwise the image's kernel is detected.
+    #[serde(default)]
+    pub boot_file_names_given: bool,
+    /// How the image is packed; absent (an older record): the defaults of `imsctl pack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack: Option<PackSpec>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobNetwork {
+    /// The host's network (the default, as in IMS).
+    #[default]
+    Host,
+    /// A loopback only.
+    None,
+}
+
+/// An S3 publish target: the destination and how to reach it. Never a secret: credentials come
+/// from the environment or the named profile when the job completes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishTarget {
+    /// `s3://BUCKET[/PREFIX]`.
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// `auto`, `path` or `virtual`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addressing_style: Option<String>,
+}
+
+/// How a job's image is packed (the `imsctl pack` options it was created with).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackSpec {
+    /// `gzip`, `xz`, `zstd` or `lz4`.
+    pub compressor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<u32>,
+    pub block_size: u32,
+    /// Superblock time; absent: the time of packing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mkfs_time: Option<u32>,
+    pub fragments: bool,
+    pub tail_ends: bool,
+    pub xattrs: bool,
+    pub exportable: bool,
+    /// Compression threads (0: one per core).
+    pub threads: usize,
+    /// Copy unchanged files' compressed blocks from the base image (`--full-repack` turns it off).
+    pub reuse_base: bool,
+}
+
+/// `imsctl pack`'s defaults: gzip, 128 KiB blocks, fragments, xattrs, the export table, one
+/// thread per core, unchanged blocks reused.
+impl Default for PackSpec {
+    fn default() -> Self {
+        PackSpec {
+            compressor: "gzip".to_string(),
+            level: None,
+            block_size: 128 * 1024,
+            mkfs_time: None,
+            fragments: true,
+            tail_ends: false,
+            xattrs: true,
+            exportable: true,
+            threads: 0,
+            reuse_base: true,
+        }
+    }
+}
+
+impl JobRecord {
+    /// Move settings an older release wrote as top-level fields under `imsctl`.
+    fn upgrade_legacy_settings(&mut self) {
+        let extra = &mut self.extra;
+        if let Some(network) = extra.remove("network")
+            && network.as_str() == Some("none")
+        {
+            self.settings.network = JobNetwork::None;
+        }
+        if let Some(names) = extra.remove("cap_add") {
+            self.settings.cap_add = names
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|n| n.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
+        if let Some(url) = extra
+            .remove("publish")
+            .and_then(|v| v.as_str().map(String::from))
+        {
+            self.settings.publish = Some(PublishTarget {
+                url,
+                endpoint: None,
+                region: None,
+                profile: None,
+                addressing_style: None,
+            });
+        }
+        if let Some(given) = extra.remove("boot_file_names_given") {
+            self.settings.boot_file_names_given = given.as_bool().unwrap_or(false);
+        }
     }
 }
 
@@ -569,5 +706,36 @@ mod tests {
     fn arch_parses_and_rejects() {
         assert_eq!("aarch64".parse::<Arch>(), Ok(Arch::Aarch64));
         assert!("arm64".parse::<Arch>().is_err());
+    }
+
+    #[test]
+    fn a_job_record_of_an_older_release_reads_into_typed_settings() {
+        let id = Uuid::new_v4();
+        let mut job = JobRecord::new_customize(Uuid::new_v4(), "out", Arch::X86_64);
+        job.id = id;
+        let mut old = serde_json::to_value(&job).expect("serialize");
+        let fields = old.as_object_mut().expect("object");
+        fields.remove("imsctl");
+        fields.insert("network".into(), "none".into());
+        fields.insert("cap_add".into(), serde_json::json!(["NET_RAW"]));
+        fields.insert("publish".into(), "s3://b/site".into());
+        fields.insert("boot_file_names_given".into(), true.into());
+        let bytes = serde_json::to_vec(&old).expect("bytes");
+        let read: JobRecord =
+            crate::store::parse_record(std::path::Path::new("job.json"), &bytes, id).expect("read");
+        assert_eq!(read.settings.network, JobNetwork::None);
+        assert_eq!(read.settings.cap_add, ["NET_RAW"]);
+        assert_eq!(
+            read.settings.publish.as_ref().map(|p| p.url.as_str()),
+            Some("s3://b/site")
+        );
+        assert!(read.settings.boot_file_names_given);
+        // Written again, it has the new shape only.
+        let new = serde_json::to_value(&read).expect("serialize");
+        for legacy in ["network", "cap_add", "publish", "boot_file_names_given"] {
+            assert!(new.get(legacy).is_none(), "{legacy} left at the top: {new}");
+        }
+        assert_eq!(new["imsctl"]["network"], "none");
+        assert_eq!(new["imsctl"]["publish"]["url"], "s3://b/site");
     }
 }

@@ -160,10 +160,14 @@ fn ssh_runs_commands_copies_files_refuses_other_keys_and_the_complete_file_packs
     let Some(s) = SshSetup::new("ssh_runs_commands") else {
         return;
     };
-    let job = s.create_job(&[]);
+    // Pack options given at creation are the job's: the server packs with them, read from the
+    // record (not from its command line).
+    let job = s.create_job(&["--comp", "xz", "--block-size", "64K"]);
     assert_eq!(job["status"], "waiting_on_user", "{job:#}");
     assert_eq!(job["ssh_containers"][0]["status"], "ready", "{job:#}");
     assert_eq!(job["ssh_containers"][0]["jail"], false);
+    assert_eq!(job["imsctl"]["pack"]["compressor"], "xz", "{job:#}");
+    assert_eq!(job["imsctl"]["pack"]["block_size"], 65536, "{job:#}");
     let (host, port) = connection(&job);
     assert_eq!(host, "127.0.0.1");
     assert!(port > 0);
@@ -238,6 +242,11 @@ fn ssh_runs_commands_copies_files_refuses_other_keys_and_the_complete_file_packs
     );
     assert!(!listing.contains("should-not-exist"));
     assert!(!listing.contains("complete"), "no signal file in the image");
+    let superblock = run(Command::new("unsquashfs").arg("-s").arg(&rootfs));
+    assert!(
+        superblock.contains("Compression xz") && superblock.contains("Block size 65536"),
+        "packed as the job was created: {superblock}"
+    );
     assert!(
         wait_for(Duration::from_secs(10), || !listening(port)
             && !pid_alive(server_pid)),
