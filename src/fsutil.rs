@@ -20,23 +20,10 @@ pub fn write_atomically<T>(dest: &Path, fill: impl FnOnce(&Path) -> Result<T>) -
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     // 0666 minus the umask, as open(2) of a new file and mksquashfs give: tempfile's own 0600
     // would make the output unreadable to, say, a boot server running as another user.
-    // Registered for removal should a signal end the process before the rename.
-    let (tmp, guard) = TempGuard::create(Kind::File, || {
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .permissions(fs::Permissions::from_mode(0o666))
-            .tempfile_in(dir)?;
-        let path = tmp.path().to_path_buf();
-        Ok((tmp, path))
-    })
-    .with_context(|| format!("failed to create a temporary file in {}", dir.display()))?;
+    let (tmp, guard) = temp_beside(dest, 0o666)
+        .with_context(|| format!("failed to create a temporary file in {}", dir.display()))?;
     // Checked again after the work: whatever appeared at the path meanwhile is not ours to
     // replace.
     let filled = fill(tmp.path()).and_then(|value| check_output_path(dest).map(|()| value));
@@ -49,10 +36,56 @@ pub fn write_atomically<T>(dest: &Path, fill: impl FnOnce(&Path) -> Result<T>) -
             return Err(e);
         }
     };
-    guard
-        .release_with(|| tmp.persist(dest))
+    commit(tmp, guard, dest, true)
         .with_context(|| format!("failed to rename the finished file to {}", dest.display()))?;
     Ok(value)
+}
+
+/// A temporary file beside `dest` (same directory, so the final rename is atomic), named
+/// `.<name>.<random>.tmp`, created with `mode` (the umask applies) and registered for removal
+/// should a signal end the process before [`commit`]. The one way imsctl writes a file
+/// atomically; each caller adds the durability it needs (records fsync the file and the
+/// directory; outputs and files inside an image do not).
+pub fn temp_beside(dest: &Path, mode: u32) -> io::Result<(tempfile::NamedTempFile, TempGuard)> {
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    TempGuard::create(Kind::File, || {
+        // O_CREAT|O_EXCL: a planted symlink at the temp name is never followed.
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .permissions(fs::Permissions::from_mode(mode))
+            .tempfile_in(dir)?;
+        let path = tmp.path().to_path_buf();
+        Ok((tmp, path))
+    })
+}
+
+/// Make a [`temp_beside`] file final: rename it onto `dest` (with `replace == false`, link it
+/// there, failing with AlreadyExists if something is), under the signal registry's lock, so an
+/// interruption sees either the temp file or the finished one.
+pub fn commit(
+    tmp: tempfile::NamedTempFile,
+    guard: TempGuard,
+    dest: &Path,
+    replace: bool,
+) -> io::Result<()> {
+    guard
+        .release_with(|| {
+            if replace {
+                tmp.persist(dest)
+            } else {
+                tmp.persist_noclobber(dest)
+            }
+        })
+        .map(drop)
+        .map_err(|e| e.error)
 }
 
 /// Refuse an output path that holds anything but a regular file. The output is renamed into

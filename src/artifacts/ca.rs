@@ -98,10 +98,8 @@ fn create_dirs_inside(root: &Path, dir: &Path) -> Result<()> {
 }
 
 fn write_replacing(dir: &Path, target: &Path, pem: &[u8]) -> Result<()> {
-    // tempfile opens with O_CREAT|O_EXCL: a planted symlink is never followed.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".certificate_authority.crt.")
-        .tempfile_in(dir)
+    // Not synced: the image root is packed from this process's view, not after a reboot.
+    let (mut tmp, guard) = crate::fsutil::temp_beside(target, 0o644)
         .map_err(|e| Error::io("create a temporary file in", dir, e))?;
     tmp.write_all(pem)
         .map_err(|e| Error::io("write", tmp.path(), e))?;
@@ -109,9 +107,8 @@ fn write_replacing(dir: &Path, target: &Path, pem: &[u8]) -> Result<()> {
         .set_permissions(fs::Permissions::from_mode(0o644))
         .map_err(|e| Error::io("set permissions of", tmp.path(), e))?;
     chown_root(fchown(tmp.as_file(), Some(0), Some(0)), tmp.path())?;
-    tmp.persist(target)
-        .map_err(|e| Error::io("install the CA certificate as", target, e.error))?;
-    Ok(())
+    crate::fsutil::commit(tmp, guard, target, true)
+        .map_err(|e| Error::io("install the CA certificate as", target, e))
 }
 
 /// Ownership root:root. Without the privilege (not root, no user namespace) the file keeps the

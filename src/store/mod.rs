@@ -35,7 +35,6 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::interrupt::{Kind, TempGuard};
 pub use catalog::ImageCatalog;
 pub use lock::StoreLock;
 pub use records::{
@@ -523,31 +522,20 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32, replace: bool) 
     let dir = path
         .parent()
         .ok_or_else(|| Error::Invalid(format!("{}: no parent directory", path.display())))?;
-    let (mut tmp, guard) = TempGuard::create(Kind::File, || {
-        let tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .suffix(".part")
-            .tempfile_in(dir)?;
-        let path = tmp.path().to_path_buf();
-        Ok((tmp, path))
-    })
-    .map_err(|e| Error::io("create a temporary file in", dir, e))?;
+    let (mut tmp, guard) = crate::fsutil::temp_beside(path, mode)
+        .map_err(|e| Error::io("create a temporary file in", dir, e))?;
     tmp.write_all(bytes)
         .map_err(|e| Error::io("write", tmp.path(), e))?;
+    // The mode exactly, whatever the umask: records are private or not by design.
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io("set permissions of", tmp.path(), e))?;
+    // Durable: a record that was reported written survives a crash.
     tmp.as_file()
         .sync_all()
         .map_err(|e| Error::io("sync", tmp.path(), e))?;
-    let persisted = guard.release_with(|| {
-        if replace {
-            tmp.persist(path)
-        } else {
-            tmp.persist_noclobber(path)
-        }
-    });
-    persisted.map_err(|e| Error::io("rename into place", path, e.error))?;
+    crate::fsutil::commit(tmp, guard, path, replace)
+        .map_err(|e| Error::io("rename into place", path, e))?;
     sync_dir(dir)
 }
 
