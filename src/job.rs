@@ -664,7 +664,7 @@ fn package(
     let Published {
         ims_image_artifacts,
         record: image,
-    } = publishing.finish(store, &job.image_root_archive_name, job.arch)?;
+    } = publishing.finish(&job.image_root_archive_name, job.arch)?;
     let job = store.update::<JobRecord>(job.id, |j| {
         j.status = JobStatus::Success;
         j.resultant_image_id = Some(image.id);

@@ -78,14 +78,9 @@ pub trait Publishing {
     /// Add the finished artifact `kind` at `path`.
     fn upload(&mut self, kind: ArtifactKind, path: &Path, ctx: &Context) -> Result<()>;
 
-    /// Write the manifest and register the image's record in `catalog` under `name`. If the
-    /// record cannot be written, the artifacts are removed again.
-    fn finish(
-        self: Box<Self>,
-        catalog: &dyn ImageCatalog,
-        name: &str,
-        arch: Arch,
-    ) -> Result<Published>;
+    /// Write the manifest and register the image's record under `name` in the backend's
+    /// catalogue. If the record cannot be written, the artifacts are removed again.
+    fn finish(self: Box<Self>, name: &str, arch: Arch) -> Result<Published>;
 }
 
 /// The publish target `url` as a job records it: with the endpoint, region, profile and
@@ -129,7 +124,11 @@ pub fn backend<'s>(
             let dest = S3Url::parse(&target.url)?;
             let config = S3Config::resolve(&options_for(target, &ctx.s3)?)?;
             let client = Client::new(&config, &dest.bucket)?;
-            Box::new(S3Backend { client, dest })
+            Box::new(S3Backend {
+                client,
+                dest,
+                catalog: store,
+            })
         }
     })
 }
@@ -184,12 +183,7 @@ impl Publishing for LocalPublishing<'_> {
         Ok(())
     }
 
-    fn finish(
-        self: Box<Self>,
-        catalog: &dyn ImageCatalog,
-        name: &str,
-        arch: Arch,
-    ) -> Result<Published> {
+    fn finish(self: Box<Self>, name: &str, arch: Arch) -> Result<Published> {
         let published = publish_local(
             self.store,
             self.image_id,
@@ -197,12 +191,7 @@ impl Publishing for LocalPublishing<'_> {
             self.file(ArtifactKind::Kernel)?,
             self.file(ArtifactKind::Initrd)?,
         )?;
-        let record = published.image_record(name, arch);
-        if let Err(e) = catalog.insert_image(&record) {
-            // The insert error is what matters; a failed cleanup is left for `gc`.
-            let _ = published.discard(self.store);
-            return Err(e);
-        }
+        let record = published.register(self.store, name, arch)?;
         Ok(Published {
             ims_image_artifacts: published.ims_image_artifacts(),
             record,
@@ -210,13 +199,15 @@ impl Publishing for LocalPublishing<'_> {
     }
 }
 
-/// A bucket: `<prefix>/<image-id>/{rootfs,kernel,initrd,manifest.json}`, as IMS lays it out.
-pub struct S3Backend {
+/// A bucket: `<prefix>/<image-id>/{rootfs,kernel,initrd,manifest.json}`, as IMS lays it out;
+/// the records go to `catalog` (a job's: the local store).
+pub struct S3Backend<'s> {
     pub client: Client,
     pub dest: S3Url,
+    pub catalog: &'s dyn ImageCatalog,
 }
 
-impl ArtifactBackend for S3Backend {
+impl ArtifactBackend for S3Backend<'_> {
     fn begin<'a>(
         &'a self,
         image_id: Uuid,
@@ -234,7 +225,7 @@ impl ArtifactBackend for S3Backend {
 }
 
 struct S3Publishing<'a> {
-    backend: &'a S3Backend,
+    backend: &'a S3Backend<'a>,
     publication: Publication<'a>,
     /// The artifact being streamed while written, its upload, and its progress bar.
     streaming: Option<(ArtifactKind, StreamUpload, CounterTicker)>,
@@ -302,15 +293,12 @@ impl Publishing for S3Publishing<'_> {
         }
     }
 
-    fn finish(
-        self: Box<Self>,
-        catalog: &dyn ImageCatalog,
-        name: &str,
-        arch: Arch,
-    ) -> Result<Published> {
-        let client = &self.backend.client;
+    fn finish(self: Box<Self>, name: &str, arch: Arch) -> Result<Published> {
+        let S3Backend {
+            client, catalog, ..
+        } = self.backend;
         let published = self.publication.finish()?;
-        let record = s3_catalog::register_published(catalog, client, &published, name, arch)?;
+        let record = s3_catalog::register_published(*catalog, client, &published, name, arch)?;
         Ok(Published {
             ims_image_artifacts: published.ims_image_artifacts(),
             record,

@@ -293,14 +293,18 @@ fn multipart(
         }
     };
 
-    let result = upload_parts(
+    let to = PartTarget {
         client,
         key,
-        (&upload_id, checksums),
+        upload_id: &upload_id,
+        checksums,
+        listed: &listed,
+        trust_size,
+    };
+    let result = upload_parts(
+        &to,
         (file, path, size),
         (part_size, parts, part_md5s),
-        &listed,
-        trust_size,
         progress,
     )
     .and_then(|(sent, stats)| {
@@ -481,15 +485,12 @@ pub(super) struct SentPart {
 /// (parts reused, bytes sent).
 #[allow(clippy::too_many_arguments)]
 fn upload_parts(
-    client: &Client,
-    key: &str,
-    (upload_id, checksums): (&str, PartChecksums),
+    to: &PartTarget<'_>,
     (file, path, size): (&File, &Path, u64),
     (part_size, parts, part_md5s): (u64, usize, Option<&[[u8; 16]]>),
-    listed: &[ListedPart],
-    trust_size: bool,
     progress: &AtomicU64,
 ) -> Result<(Vec<SentPart>, (usize, u64))> {
+    let client = to.client;
     let reused = AtomicUsize::new(0);
     let sent = AtomicU64::new(0);
     let all = in_parallel(client.config().concurrency, parts, |index| {
@@ -498,12 +499,15 @@ fn upload_parts(
         let number = u16::try_from(index + 1).unwrap_or(u16::MAX);
         let known_md5 = part_md5s.and_then(|m| m.get(index));
         let part = one_part(
-            client,
-            (key, upload_id, checksums),
-            (file, path),
-            (offset, len, number, known_md5),
-            listed,
-            trust_size,
+            to,
+            FilePart {
+                file,
+                path,
+                offset,
+                len,
+                number,
+                known_md5,
+            },
         )?;
         if part.reused {
             reused.fetch_add(1, Ordering::Relaxed);
@@ -567,14 +571,46 @@ pub(super) fn in_parallel<T: Send>(
 /// (see `Found::same_file`), and our md5 stands in as its ETag. With CRC32 `checksums` the part
 /// carries its CRC32 as well (the server checks both it and the Content-MD5); a kept part's
 /// CRC32 is that of our bytes, which it equals.
-pub(super) fn one_part(
-    client: &Client,
-    (key, upload_id, checksums): (&str, &str, PartChecksums),
-    (file, path): (&File, &Path),
-    (offset, len, number, known_md5): (u64, u64, u16, Option<&[u8; 16]>),
-    listed: &[ListedPart],
-    trust_size: bool,
-) -> Result<SentPart> {
+/// The multipart upload parts go to, and what the server already has of it.
+#[derive(Clone, Copy)]
+pub(super) struct PartTarget<'a> {
+    pub client: &'a Client,
+    pub key: &'a str,
+    pub upload_id: &'a str,
+    pub checksums: PartChecksums,
+    /// Parts the server listed for this upload (a resumed one).
+    pub listed: &'a [ListedPart],
+    /// A listed part of the right size is taken as ours without reading it back.
+    pub trust_size: bool,
+}
+
+/// One part of a file: where it lies, its number, and its MD5 when already known.
+pub(super) struct FilePart<'a> {
+    pub file: &'a File,
+    pub path: &'a Path,
+    pub offset: u64,
+    pub len: u64,
+    pub number: u16,
+    pub known_md5: Option<&'a [u8; 16]>,
+}
+
+pub(super) fn one_part(to: &PartTarget<'_>, part: FilePart<'_>) -> Result<SentPart> {
+    let PartTarget {
+        client,
+        key,
+        upload_id,
+        checksums,
+        listed,
+        trust_size,
+    } = *to;
+    let FilePart {
+        file,
+        path,
+        offset,
+        len,
+        number,
+        known_md5,
+    } = part;
     let body = read_range(file, path, offset, len)?;
     let digest: [u8; 16] = match known_md5 {
         Some(d) => *d,

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use super::client::{Client, ListedPart, PartChecksums};
 use super::multipart::{
-    self, Found, MD5SUM_META, Resume, UploadState, UploadStats, UploadedObject, check_uploaded,
-    find_resumable, forget_state, one_part, write_state,
+    self, FilePart, Found, MD5SUM_META, PartTarget, Resume, UploadState, UploadStats,
+    UploadedObject, check_uploaded, find_resumable, forget_state, one_part, write_state,
 };
 use super::{Error, Result};
 
@@ -397,13 +397,24 @@ impl Worker {
     fn send(&self, index: usize, len: u64) -> Result<()> {
         let number = u16::try_from(index + 1)
             .map_err(|_| Error::Config(format!("part {} is beyond S3's limit", index + 1)))?;
+        let to = PartTarget {
+            client: &self.client,
+            key: &self.key,
+            upload_id: &self.upload_id,
+            checksums: PartChecksums::None,
+            listed: &self.shared.listed,
+            trust_size: false,
+        };
         let part = one_part(
-            &self.client,
-            (&self.key, &self.upload_id, PartChecksums::None),
-            (&self.file, &self.path),
-            (index as u64 * self.part_size, len, number, None),
-            &self.shared.listed,
-            false,
+            &to,
+            FilePart {
+                file: &self.file,
+                path: &self.path,
+                offset: index as u64 * self.part_size,
+                len,
+                number,
+                known_md5: None,
+            },
         )?;
         if part.reused {
             self.shared.reused.fetch_add(1, Ordering::Relaxed);
